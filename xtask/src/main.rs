@@ -1,0 +1,138 @@
+//! Project tasks. `cargo xtask demo` and `cargo xtask test` are the two commands the README
+//! promises work on a fresh machine; both run `setup` first.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Tasks for the leak tracer workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the nightly components, bpf-linker and Debian packages the build needs.
+    Setup,
+    /// Build the BPF object on its own (the daemon's build script also does this).
+    BuildEbpf,
+    /// Build everything, trace a real leaking process and print its leak report.
+    Demo,
+    /// Run every test: unit tests and the real-kernel tests (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks side by side and print the ratios (needs root).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::BuildEbpf => {
+            setup::setup()?;
+            build_ebpf()
+        }
+        Task::Demo => {
+            setup::setup()?;
+            demo::demo()
+        }
+        Task::Test { args } => {
+            setup::setup()?;
+            test(&args)
+        }
+        Task::Bench(args) => {
+            setup::setup()?;
+            bench::bench(&args)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "tracer-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        ))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the test suite loads BPF programs into the kernel and must run as root \
+             (e.g. `sudo -E cargo xtask test`)"
+        );
+    }
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args))
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a command, failing with its command line when it exits non-zero.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub(crate) fn cmd_output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{cmd:?} printed non-UTF-8"))
+}

@@ -1,1 +1,244 @@
+//! Types shared by the BPF programs (`tracer-ebpf`) and the daemon (`tracer-daemon`).
+//!
+//! Every type here is a map key, a map value or a ring-buffer record: `#[repr(C)]`, plain
+//! integers only (no `bool`, no enums: a value read back from the kernel must be valid for
+//! every bit pattern), explicit padding, and a size assertion so a layout change is loud.
 #![no_std]
+
+use core::mem::size_of;
+
+/// Deepest user stack the BPF side records, in frames.
+pub const MAX_STACK_DEPTH: usize = 64;
+
+/// Stack id used when the stack could not be captured or stored (counted in [`Stat`]).
+pub const UNKNOWN_STACK_ID: u64 = 0;
+
+/// Names of the maps and globals in the BPF object, so the daemon never spells them twice.
+pub mod names {
+    /// Outstanding allocations: [`AllocKey`](crate::AllocKey) -> [`AllocInfo`](crate::AllocInfo).
+    pub const ALLOCS: &str = "ALLOCS";
+    /// Per-stack totals: [`StackKey`](crate::StackKey) -> [`StackTotals`](crate::StackTotals).
+    pub const STACK_TOTALS: &str = "STACK_TOTALS";
+    /// Stack frames by stack id: `u64` -> [`StackTrace`](crate::StackTrace).
+    pub const STACK_TRACES: &str = "STACK_TRACES";
+    /// Per-thread allocator-call state: `u32` tid -> [`ThreadState`](crate::ThreadState).
+    pub const THREAD_STATE: &str = "THREAD_STATE";
+    /// Per-CPU counters indexed by [`Stat`](crate::Stat).
+    pub const STATS: &str = "STATS";
+    /// Ring buffer of [`MmapEvent`](crate::MmapEvent) and [`MunmapEvent`](crate::MunmapEvent).
+    pub const EVENTS: &str = "EVENTS";
+    /// Global: the daemon's own tgid, whose allocator calls are never recorded.
+    pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
+    /// Global: the page size, for pvalloc's rounding.
+    pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
+}
+
+/// The allocator entry points the probes know, as stored in [`ThreadState::func`].
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocFn(pub u32);
+
+impl AllocFn {
+    pub const NONE: Self = Self(0);
+    pub const MALLOC: Self = Self(1);
+    pub const CALLOC: Self = Self(2);
+    pub const REALLOC: Self = Self(3);
+    pub const REALLOCARRAY: Self = Self(4);
+    pub const FREE: Self = Self(5);
+    pub const POSIX_MEMALIGN: Self = Self(6);
+    pub const ALIGNED_ALLOC: Self = Self(7);
+    pub const MEMALIGN: Self = Self(8);
+    pub const VALLOC: Self = Self(9);
+    pub const PVALLOC: Self = Self(10);
+    pub const MMAP: Self = Self(11);
+    pub const MUNMAP: Self = Self(12);
+}
+
+/// Key of an outstanding allocation: the process and the address it returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+const _: () = assert!(size_of::<AllocKey>() == 16);
+
+/// One outstanding allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocInfo {
+    /// Bytes requested (pvalloc: rounded up to pages, as that call defines).
+    pub size_bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the allocation returned.
+    pub timestamp_ns: u64,
+    /// Key into `STACK_TRACES`; [`UNKNOWN_STACK_ID`] when the stack was lost.
+    pub stack_id: u64,
+    /// cgroup v2 id of the allocating task.
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<AllocInfo>() == 32);
+
+/// Key of a per-stack total: stacks are per process (the same addresses mean different code in
+/// different processes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
+}
+const _: () = assert!(size_of::<StackKey>() == 16);
+
+/// Running totals of one stack, maintained by the BPF programs with atomic adds on every
+/// allocation and free, so a report costs O(stacks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    /// Bytes allocated from this stack and not yet freed.
+    pub outstanding_bytes: u64,
+    /// Allocations from this stack not yet freed.
+    pub outstanding_count: u64,
+    /// Allocations ever recorded from this stack (freed or not).
+    pub allocations_total: u64,
+}
+const _: () = assert!(size_of::<StackTotals>() == 24);
+
+/// A captured user stack: `len` return addresses, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    pub len: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(size_of::<StackTrace>() == 8 + 8 * MAX_STACK_DEPTH);
+
+/// What a thread is doing inside the allocator: the outermost traced call in progress, so that
+/// calls the allocator makes to itself (malloc inside realloc, mmap inside malloc) are not
+/// recorded twice, and a return is matched only with the entry of the same function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadState {
+    /// Traced allocator calls active on this thread (1 = the outermost only).
+    pub depth: u32,
+    /// [`AllocFn`] of the outermost call.
+    pub func: u32,
+    /// When the outermost call entered, to recover from a lost return probe.
+    pub entry_ns: u64,
+    /// Bytes the outermost call asked for.
+    pub size_bytes: u64,
+    /// Function-specific argument: realloc's old pointer, posix_memalign's out-pointer,
+    /// mmap's flags.
+    pub arg: u64,
+    /// realloc: the old block's record, removed at entry and put back if realloc fails.
+    pub stash: AllocInfo,
+    /// 1 when `stash` holds a record.
+    pub stash_valid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ThreadState>() == 72);
+
+/// Ring-buffer record kinds (the first field of every record).
+pub mod event_kind {
+    pub const MMAP: u32 = 1;
+    pub const MUNMAP: u32 = 2;
+}
+
+/// An anonymous mapping a traced process made itself (not from inside its allocator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmapEvent {
+    /// [`event_kind::MMAP`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub addr: u64,
+    pub len_bytes: u64,
+    pub stack_id: u64,
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<MmapEvent>() == 48);
+
+/// A munmap a traced process made itself; the daemon matches it against its mappings, so
+/// unmapping part of a mapping is handled exactly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MunmapEvent {
+    /// [`event_kind::MUNMAP`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub addr: u64,
+    pub len_bytes: u64,
+    pub timestamp_ns: u64,
+}
+const _: () = assert!(size_of::<MunmapEvent>() == 32);
+
+/// Per-CPU counters the BPF programs keep; every loss is one of these, never silent.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat(pub u32);
+
+impl Stat {
+    /// Allocations recorded in `ALLOCS`.
+    pub const ALLOCATIONS_RECORDED: Self = Self(0);
+    /// Frees (and reallocs) that removed a recorded allocation.
+    pub const FREES_MATCHED: Self = Self(1);
+    /// Frees of addresses never recorded (allocated before tracing began, or by an untraced path).
+    pub const FREES_UNKNOWN: Self = Self(2);
+    /// Allocations lost because `ALLOCS` was full.
+    pub const ALLOCS_MAP_FULL: Self = Self(3);
+    /// Allocations lost because `STACK_TOTALS` was full.
+    pub const STACK_TOTALS_MAP_FULL: Self = Self(4);
+    /// Stacks that could not be captured (recorded under [`UNKNOWN_STACK_ID`]).
+    pub const STACKS_LOST: Self = Self(5);
+    /// Stacks that could not be stored because `STACK_TRACES` was full.
+    pub const STACK_TRACES_MAP_FULL: Self = Self(6);
+    /// Allocator calls not tracked because `THREAD_STATE` could not hold the thread.
+    pub const THREAD_STATE_FULL: Self = Self(7);
+    /// Calls that failed (NULL, MAP_FAILED, non-zero) and so recorded nothing.
+    pub const FAILED_CALLS: Self = Self(8);
+    /// Allocator calls made from inside another traced allocator call (not recorded twice).
+    pub const NESTED_CALLS: Self = Self(9);
+    /// Returns seen without their entry (probe attached mid-call, or state lost).
+    pub const RETURNS_WITHOUT_ENTRY: Self = Self(10);
+    /// Ring-buffer records dropped because the buffer was full.
+    pub const EVENTS_DROPPED: Self = Self(11);
+    /// An allocation at an address already recorded: its free was missed; the old one was dropped.
+    pub const ALLOCS_REPLACED: Self = Self(12);
+    /// Outermost calls abandoned because their return never came (stale thread state).
+    pub const STALE_CALLS: Self = Self(13);
+    /// Number of counters.
+    pub const COUNT: u32 = 14;
+
+    /// Names, in index order, as the daemon reports them.
+    pub const NAMES: [&'static str; Self::COUNT as usize] = [
+        "allocations_recorded",
+        "frees_matched",
+        "frees_unknown",
+        "allocs_map_full",
+        "stack_totals_map_full",
+        "stacks_lost",
+        "stack_traces_map_full",
+        "thread_state_full",
+        "failed_calls",
+        "nested_calls",
+        "returns_without_entry",
+        "events_dropped",
+        "allocs_replaced",
+        "stale_calls",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)] plain integers with explicit padding, valid for any
+    // bit pattern.
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for StackTotals {}
+    unsafe impl aya::Pod for StackTrace {}
+    unsafe impl aya::Pod for ThreadState {}
+}

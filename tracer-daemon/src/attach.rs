@@ -1,0 +1,241 @@
+//! Attaching the allocator probes to one process, on the library file it really maps.
+//!
+//! The allocator is the first mapped ELF file (executable first, then libraries in load order,
+//! as the dynamic linker resolves symbols) that defines `malloc`. Each function's probe goes at
+//! its file offset in that file, opened through /proc/PID/root so a container's own libc is
+//! hooked. Probes are per process: only the traced process pays for them.
+
+use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use tracing::{debug, warn};
+
+use crate::{
+    bpf::Probes,
+    discover::process::{self, ProcessError},
+};
+
+/// One allocator function and the programs that trace it.
+#[derive(Debug)]
+pub struct AllocatorFunction {
+    /// Symbol name.
+    pub symbol: &'static str,
+    /// Program at the function's entry.
+    pub entry: &'static str,
+    /// Program at its return, if the result is needed.
+    pub exit: Option<&'static str>,
+    /// Whether tracing is impossible without it.
+    pub required: bool,
+}
+
+/// Every function traced, in preference order (when two symbols share an address, the first is
+/// the one probed: probing both would count each call twice).
+pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
+    AllocatorFunction { symbol: "malloc", entry: "malloc_enter", exit: Some("malloc_exit"), required: true },
+    AllocatorFunction { symbol: "free", entry: "free_enter", exit: None, required: true },
+    AllocatorFunction { symbol: "calloc", entry: "calloc_enter", exit: Some("calloc_exit"), required: false },
+    AllocatorFunction { symbol: "realloc", entry: "realloc_enter", exit: Some("realloc_exit"), required: false },
+    AllocatorFunction { symbol: "reallocarray", entry: "reallocarray_enter", exit: Some("reallocarray_exit"), required: false },
+    AllocatorFunction { symbol: "posix_memalign", entry: "posix_memalign_enter", exit: Some("posix_memalign_exit"), required: false },
+    AllocatorFunction { symbol: "memalign", entry: "memalign_enter", exit: Some("memalign_exit"), required: false },
+    AllocatorFunction { symbol: "aligned_alloc", entry: "aligned_alloc_enter", exit: Some("aligned_alloc_exit"), required: false },
+    AllocatorFunction { symbol: "valloc", entry: "valloc_enter", exit: Some("valloc_exit"), required: false },
+    AllocatorFunction { symbol: "pvalloc", entry: "pvalloc_enter", exit: Some("pvalloc_exit"), required: false },
+    AllocatorFunction { symbol: "mmap", entry: "mmap_enter", exit: Some("mmap_exit"), required: false },
+    AllocatorFunction { symbol: "munmap", entry: "munmap_enter", exit: None, required: false },
+];
+
+/// Why a process could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The process could not be inspected.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// No mapped file defines malloc.
+    #[error(
+        "process {pid} maps no ELF file that defines malloc (checked: {checked}); a statically \
+         linked, stripped program cannot be traced"
+    )]
+    NoAllocator {
+        /// The pid.
+        pid: u32,
+        /// Files that were searched.
+        checked: String,
+    },
+    /// The allocator library lacks a function the tracer cannot do without.
+    #[error("library {library} of process {pid} has no symbol {symbol}")]
+    MissingSymbol {
+        /// The pid.
+        pid: u32,
+        /// The library path.
+        library: String,
+        /// The missing function.
+        symbol: &'static str,
+    },
+    /// The kernel refused a uprobe.
+    #[error("failed to attach {program} to {} in process {pid}", path.display())]
+    Uprobe {
+        /// The pid.
+        pid: u32,
+        /// The program.
+        program: &'static str,
+        /// The file probed.
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+/// Where each allocator function of a process lives.
+#[derive(Clone, Debug)]
+pub struct AllocatorLibrary {
+    /// The library (or executable) path as the process sees it.
+    pub path: String,
+    /// The same file as the daemon opens it.
+    pub host_path: PathBuf,
+    /// Functions found, with their file offsets.
+    pub functions: Vec<PlannedProbe>,
+}
+
+/// One function to probe.
+#[derive(Clone, Debug)]
+pub struct PlannedProbe {
+    /// Which function.
+    pub function: &'static AllocatorFunction,
+    /// File offset of the probe.
+    pub offset: u64,
+}
+
+/// The probes attached to one process.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The process.
+    pub pid: u32,
+    /// What was probed.
+    pub library: AllocatorLibrary,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Finds the allocator a process uses and the offsets of its functions.
+pub fn find_allocator(pid: u32) -> Result<AllocatorLibrary, AttachError> {
+    let mappings = process::exec_mappings(pid)?;
+    let mut checked = Vec::new();
+    for mapping in &mappings {
+        if checked.contains(&mapping.path) {
+            continue;
+        }
+        checked.push(mapping.path.clone());
+        let host_path = process::host_path(pid, &mapping.path);
+        let Ok(data) = std::fs::read(&host_path) else {
+            debug!(pid, path = %mapping.path, "cannot read mapped file");
+            continue;
+        };
+        let Ok(symbols) = defined_functions(&data) else {
+            continue;
+        };
+        if !symbols.contains_key("malloc") {
+            continue;
+        }
+        let mut functions = Vec::new();
+        let mut taken: HashMap<u64, &'static str> = HashMap::new();
+        for function in ALLOCATOR_FUNCTIONS {
+            let Some(&offset) = symbols.get(function.symbol) else {
+                if function.required {
+                    return Err(AttachError::MissingSymbol {
+                        pid,
+                        library: mapping.path.clone(),
+                        symbol: function.symbol,
+                    });
+                }
+                debug!(pid, symbol = function.symbol, "not in the allocator library; not traced");
+                continue;
+            };
+            if let Some(first) = taken.get(&offset) {
+                debug!(pid, symbol = function.symbol, alias_of = first, "alias; probed once");
+                continue;
+            }
+            let _ = taken.insert(offset, function.symbol);
+            functions.push(PlannedProbe { function, offset });
+        }
+        return Ok(AllocatorLibrary { path: mapping.path.clone(), host_path, functions });
+    }
+    Err(AttachError::NoAllocator { pid, checked: checked.join(", ") })
+}
+
+/// Defined function symbols of an ELF file, by name, as file offsets.
+fn defined_functions(data: &[u8]) -> Result<HashMap<String, u64>, object::Error> {
+    let file = object::File::parse(data)?;
+    let segments: Vec<(u64, u64, u64)> = file
+        .segments()
+        .map(|segment| {
+            let (file_offset, file_size) = segment.file_range();
+            (segment.address(), file_size, file_offset)
+        })
+        .collect();
+    let mut functions = HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.is_undefined() || symbol.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        let address = symbol.address();
+        let Some(offset) = segments.iter().find_map(|&(start, size, file_offset)| {
+            (address >= start && address < start + size).then(|| address - start + file_offset)
+        }) else {
+            continue;
+        };
+        let _ = functions.entry(name.to_owned()).or_insert(offset);
+    }
+    Ok(functions)
+}
+
+/// Attaches every planned probe for one process. Return probes go first: an entry whose return
+/// probe is not yet armed would leave the thread looking "inside the allocator".
+pub fn attach(
+    probes: &mut Probes,
+    pid: u32,
+    library: AllocatorLibrary,
+) -> Result<Attachment, AttachError> {
+    let mut attachment = Attachment { pid, library, links: Vec::new() };
+    let Some(scope_pid) = NonZeroU32::new(pid) else {
+        return Err(ProcessError::NotFound { pid }.into());
+    };
+    let planned: Vec<(&'static str, u64)> = {
+        let functions = &attachment.library.functions;
+        let exits = functions.iter().filter_map(|p| p.function.exit.map(|e| (e, p.offset)));
+        let entries = functions.iter().map(|p| (p.function.entry, p.offset));
+        exits.chain(entries).collect()
+    };
+    for (program_name, offset) in planned {
+        let path = attachment.library.host_path.clone();
+        let result = match probes.uprobe(program_name) {
+            Some(program) => program
+                .attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(scope_pid))
+                .map_err(Box::new),
+            None => Err(Box::new(aya::programs::ProgramError::NotLoaded)),
+        };
+        match result {
+            Ok(link) => attachment.links.push((program_name, link)),
+            Err(source) => {
+                detach(probes, attachment);
+                return Err(AttachError::Uprobe { pid, program: program_name, path, source });
+            }
+        }
+    }
+    debug!(pid, library = %attachment.library.path, probes = attachment.links.len(), "attached");
+    Ok(attachment)
+}
+
+/// Detaches a process's probes: entries first, then returns (the reverse of attaching).
+pub fn detach(probes: &mut Probes, attachment: Attachment) {
+    let Attachment { pid, links, .. } = attachment;
+    let (entries, exits): (Vec<_>, Vec<_>) =
+        links.into_iter().partition(|(name, _)| name.ends_with("_enter"));
+    for (program_name, link) in entries.into_iter().chain(exits) {
+        let detached = probes.uprobe(program_name).map(|program| program.detach(link));
+        if let Some(Err(error)) = detached {
+            warn!(pid, program = program_name, %error, "failed to detach");
+        }
+    }
+}

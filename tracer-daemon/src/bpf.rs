@@ -1,0 +1,235 @@
+//! The BPF object embedded in this binary: kernel checks, loading, and the programs' names.
+//!
+//! One table ([`KERNEL_FEATURES`]) says what each part needs from the kernel and what happens
+//! without it; [`Probes::load`] checks privileges and features first so a missing one is a
+//! clear error, not an EPERM from deep inside a syscall.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader, programs::UProbe};
+use tracer_common::names;
+
+/// The object built from `tracer-ebpf` by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Environment variable that points the kernel-feature checks at another sysfs root. Only for
+/// tests that show the errors a kernel without a feature gives.
+pub const SYSFS_ROOT_ENV: &str = "TRACER_SYSFS_ROOT";
+
+/// Something the daemon needs from the kernel.
+#[derive(Debug)]
+pub struct KernelFeature {
+    /// Short name used in messages.
+    pub name: &'static str,
+    /// File whose presence proves the feature, relative to the sysfs root.
+    pub sysfs_path: &'static str,
+    /// Which programs need it.
+    pub needed_by: &'static str,
+    /// What the daemon does without it.
+    pub without: &'static str,
+}
+
+/// What each part of the tracer needs from the kernel.
+pub const KERNEL_FEATURES: &[KernelFeature] = &[
+    KernelFeature {
+        name: "uprobes",
+        sysfs_path: "bus/event_source/devices/uprobe/type",
+        needed_by: "every allocator probe (uprobe/uretprobe on malloc, free, mmap, ...)",
+        without: "refuses to start: nothing could be traced (needs CONFIG_UPROBE_EVENTS)",
+    },
+    KernelFeature {
+        name: "BTF",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "CO-RE relocations and the OOM-kill hook (tp_btf/mark_victim)",
+        without: "refuses to start (needs CONFIG_DEBUG_INFO_BTF)",
+    },
+];
+
+/// Map sizes, set at load (all preallocated).
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Outstanding allocations across all traced processes.
+    pub allocations: u32,
+    /// Distinct (process, stack) totals.
+    pub stack_totals: u32,
+    /// Distinct stacks.
+    pub stack_traces: u32,
+    /// Threads with allocator-call state.
+    pub threads: u32,
+    /// Ring buffer for mmap/munmap records, bytes (a power of two).
+    pub events_bytes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            allocations: 1 << 19,
+            stack_totals: 1 << 16,
+            stack_traces: 1 << 15,
+            threads: 1 << 14,
+            events_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why the BPF side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary was built without the BPF object (AYA_BUILD_SKIP=1).
+    #[error(
+        "this binary was built without its BPF object (AYA_BUILD_SKIP=1); rebuild it with the \
+         BPF toolchain (`cargo xtask setup`, then `cargo build`)"
+    )]
+    NoObject,
+    /// The process lacks the capabilities to load and attach BPF programs.
+    #[error(
+        "missing capabilities {missing}: loading BPF programs and attaching uprobes needs \
+         CAP_BPF and CAP_PERFMON; run as root or grant them (e.g. the DaemonSet's \
+         securityContext.capabilities.add)"
+    )]
+    MissingCapabilities {
+        /// The capability names, comma-separated.
+        missing: String,
+    },
+    /// The kernel lacks a feature the tracer needs.
+    #[error("the kernel has no {}: {path} is missing; {} {}", feature.name, feature.needed_by, feature.without)]
+    MissingKernelFeature {
+        /// Which feature.
+        feature: &'static KernelFeature,
+        /// The file that proves it.
+        path: PathBuf,
+    },
+    /// The kernel refused the object or one of its maps.
+    #[error("failed to load the BPF object")]
+    Object(#[source] Box<aya::EbpfError>),
+    /// The kernel refused a program (the verifier log is in the source).
+    #[error("failed to load BPF program {name}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+/// Linux capability numbers the tracer needs.
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Every uprobe program in the object, in the order they load.
+pub const UPROBE_PROGRAMS: &[&str] = &[
+    "malloc_enter",
+    "malloc_exit",
+    "calloc_enter",
+    "calloc_exit",
+    "realloc_enter",
+    "realloc_exit",
+    "reallocarray_enter",
+    "reallocarray_exit",
+    "free_enter",
+    "posix_memalign_enter",
+    "posix_memalign_exit",
+    "aligned_alloc_enter",
+    "aligned_alloc_exit",
+    "memalign_enter",
+    "memalign_exit",
+    "valloc_enter",
+    "valloc_exit",
+    "pvalloc_enter",
+    "pvalloc_exit",
+    "mmap_enter",
+    "mmap_exit",
+    "munmap_enter",
+];
+
+/// The loaded object. Maps are taken out of it by `collect`; programs stay here.
+pub struct Probes {
+    pub(crate) ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Checks privileges and kernel features, then loads the object and every program.
+    pub fn load(sizes: &MapSizes) -> Result<Self, LoadError> {
+        check_capabilities()?;
+        check_kernel_features()?;
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let daemon_tgid = std::process::id();
+        let page_size = page_size();
+        let mut loader = EbpfLoader::new();
+        let _ = loader
+            .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
+            .override_global(names::GLOBAL_PAGE_SIZE, &page_size, true)
+            .map_max_entries(names::ALLOCS, sizes.allocations)
+            .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
+            .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
+            .map_max_entries(names::THREAD_STATE, sizes.threads)
+            .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());
+        let mut ebpf = loader.load(OBJECT).map_err(|e| LoadError::Object(Box::new(e)))?;
+        for &name in UPROBE_PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoadError::Program {
+                    name,
+                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+                })?
+                .try_into()
+                .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+            program.load().map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// A loaded uprobe program by name.
+    pub(crate) fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
+        self.ebpf.program_mut(name)?.try_into().ok()
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+fn sysfs_root() -> PathBuf {
+    std::env::var_os(SYSFS_ROOT_ENV).map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+}
+
+/// Fails with the first feature the kernel lacks.
+pub fn check_kernel_features() -> Result<(), LoadError> {
+    let root = sysfs_root();
+    for feature in KERNEL_FEATURES {
+        let path = root.join(feature.sysfs_path);
+        if !path.exists() {
+            return Err(LoadError::MissingKernelFeature { feature, path });
+        }
+    }
+    Ok(())
+}
+
+/// Fails when the effective capability set lacks CAP_BPF or CAP_PERFMON.
+pub fn check_capabilities() -> Result<(), LoadError> {
+    let effective = effective_capabilities(Path::new("/proc/self/status")).unwrap_or(u64::MAX);
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::MissingCapabilities { missing: missing.join(", ") })
+    }
+}
+
+/// The `CapEff` mask of a /proc status file; `None` when it cannot be read.
+fn effective_capabilities(status: &Path) -> Option<u64> {
+    let text = fs::read_to_string(status).ok()?;
+    let line = text.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
+}

@@ -1,0 +1,25 @@
+//! Command line of `tracer-daemon`.
+
+pub mod trace;
+
+use clap::{Parser, Subcommand};
+
+/// eBPF memory-leak tracer: names the call sites that hold memory in a process or pod.
+#[derive(Debug, Parser)]
+#[command(name = "tracer-daemon", version)]
+pub struct Cli {
+    /// Log filter (tracing's env-filter syntax, e.g. `info`, `tracer_daemon=debug`).
+    #[arg(long, env = "TRACER_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace running processes and print their leak report every interval.
+    Trace(trace::TraceArgs),
+}

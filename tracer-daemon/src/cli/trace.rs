@@ -1,0 +1,182 @@
+//! `tracer-daemon trace --pid PID ...`: the one-shot tracer for a person at a terminal.
+//!
+//! Prints a report every interval (human text, or one JSON object per line with `--json`),
+//! and exits after a last report once every target has exited, or on Ctrl-C.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    bpf::MapSizes,
+    report::{ProcessState, Report},
+    tracer::{ReportOptions, Tracer},
+};
+
+/// Arguments of `trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Process to trace (repeat for several).
+    #[arg(long = "pid", required = true, value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Time between reports (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stacks shown per process.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub top: u32,
+
+    /// Only count allocations at least this old (e.g. 10s); 0 counts all.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub min_age: Duration,
+
+    /// Print one JSON object per report (JSON Lines) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this many reports (default: until the targets exit or Ctrl-C).
+    #[arg(long, value_name = "N")]
+    pub reports: Option<u64>,
+
+    /// Capacity for outstanding allocations across all targets (kernel memory, preallocated:
+    /// about 100 bytes each).
+    #[arg(long, default_value_t = 1 << 19)]
+    pub max_allocations: u32,
+
+    /// Capacity for distinct stacks (about 600 bytes each).
+    #[arg(long, default_value_t = 1 << 15)]
+    pub max_stacks: u32,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 2m)"))
+}
+
+/// Runs `trace`.
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    if args.interval < Duration::from_millis(10) {
+        anyhow::bail!("--interval must be at least 10ms");
+    }
+    // Check the targets before loading anything, so a typo'd pid fails fast and clearly.
+    for &pid in &args.pids {
+        let _ = crate::discover::process::inspect(pid)?;
+    }
+    let sizes = MapSizes {
+        allocations: args.max_allocations,
+        stack_totals: args.max_stacks.saturating_mul(2),
+        stack_traces: args.max_stacks,
+        ..MapSizes::default()
+    };
+    let mut tracer = Tracer::new(&sizes)?;
+    for &pid in &args.pids {
+        tracer.trace(pid).with_context(|| format!("cannot trace pid {pid}"))?;
+    }
+    tracing::info!(pids = ?args.pids, "attached; first report in {}", humantime::format_duration(args.interval));
+    let options = ReportOptions {
+        top: args.top as usize,
+        min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
+    };
+
+    let poll_every = args.interval.min(Duration::from_millis(200));
+    let mut next_report = Instant::now() + args.interval;
+    let mut reports = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let interrupted = tokio::select! {
+            _ = tokio::time::sleep(poll_every) => false,
+            _ = &mut ctrl_c => true,
+        };
+        tracer.poll();
+        let finished = interrupted || tracer.all_ended();
+        if finished || Instant::now() >= next_report {
+            let report = tracer.report(&options)?;
+            print_report(&report, args.json)?;
+            reports += 1;
+            next_report += args.interval;
+            if Instant::now() > next_report {
+                next_report = Instant::now() + args.interval;
+            }
+        }
+        if finished || args.reports.is_some_and(|n| reports >= n) {
+            return Ok(());
+        }
+    }
+}
+
+fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(format_text(report).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The human form of a report.
+pub fn format_text(report: &Report) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "=== leak report #{} ===", report.sequence);
+    for process in &report.processes {
+        let state = match process.state {
+            ProcessState::Running => "",
+            ProcessState::Ended => " [ended]",
+        };
+        let _ = writeln!(
+            text,
+            "pid {} ({}){state}: {} outstanding in {} allocations from {} stacks, {} since last report",
+            process.pid,
+            process.comm,
+            bytes(process.outstanding_bytes),
+            process.outstanding_count,
+            process.stacks_total,
+            signed_bytes(process.growth_bytes),
+        );
+        for (rank, stack) in process.stacks.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "  #{:<3}{:>14}  {:>8} allocs  oldest {:>8}  {:>14}  [{:?}]",
+                rank + 1,
+                bytes(stack.bytes),
+                stack.count,
+                age(stack.oldest_age_ns),
+                signed_bytes(stack.growth_bytes),
+                stack.kind,
+            );
+            for frame in stack.frames.iter().take(12) {
+                let _ = writeln!(text, "        {}", frame.display_name());
+            }
+            if stack.frames.is_empty() {
+                let _ = writeln!(text, "        [stack lost]");
+            }
+        }
+    }
+    let lost = report.stats.allocations_lost();
+    if lost > 0 {
+        let _ = writeln!(text, "WARNING: {lost} allocations could not be recorded (maps full); see --json stats");
+    }
+    text
+}
+
+fn bytes(n: u64) -> String {
+    format!("{n} B")
+}
+
+fn signed_bytes(n: i64) -> String {
+    format!("{n:+} B")
+}
+
+fn age(ns: u64) -> String {
+    let secs = ns as f64 / 1e9;
+    if secs < 1.0 { format!("{:.0}ms", secs * 1e3) } else { format!("{secs:.1}s") }
+}

@@ -1,0 +1,206 @@
+//! Reading what the BPF programs recorded: per-stack totals, outstanding allocations (for
+//! ages), stacks, loss counters, and the mmap/munmap ring buffer.
+
+pub mod batch;
+pub mod mappings;
+pub mod stats;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+};
+
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf};
+use tracer_common::{
+    AllocInfo, AllocKey, MmapEvent, MunmapEvent, StackKey, StackTotals, StackTrace, event_kind,
+    names,
+};
+
+use crate::bpf::Probes;
+use mappings::{Mapping, MappingTracker};
+use stats::BpfStats;
+
+/// Why the maps could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// A map is missing from the object or has another type.
+    #[error("BPF map {name} is missing or has the wrong type")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: Option<MapError>,
+    },
+    /// A map read failed.
+    #[error("failed to read BPF map {name}")]
+    Read {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Ages of one stack's outstanding allocations, from a scan of every allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgeSummary {
+    /// Timestamp of the oldest outstanding allocation (CLOCK_MONOTONIC ns).
+    pub oldest_ns: u64,
+    /// Bytes of allocations at least the minimum age old.
+    pub aged_bytes: u64,
+    /// Count of allocations at least the minimum age old.
+    pub aged_count: u64,
+}
+
+/// The maps, taken out of the loaded object.
+pub struct BpfMaps {
+    allocs: BpfHashMap<MapData, AllocKey, AllocInfo>,
+    totals: BpfHashMap<MapData, StackKey, StackTotals>,
+    traces: BpfHashMap<MapData, u64, StackTrace>,
+    stats: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    probes: &mut Probes,
+    name: &'static str,
+) -> Result<T, CollectError> {
+    let map = probes.ebpf.take_map(name).ok_or(CollectError::Map { name, source: None })?;
+    T::try_from(map).map_err(|e| CollectError::Map { name, source: Some(e) })
+}
+
+impl BpfMaps {
+    /// Takes the maps out of the object (once).
+    pub fn take(probes: &mut Probes) -> Result<Self, CollectError> {
+        Ok(Self {
+            allocs: take(probes, names::ALLOCS)?,
+            totals: take(probes, names::STACK_TOTALS)?,
+            traces: take(probes, names::STACK_TRACES)?,
+            stats: take(probes, names::STATS)?,
+            events: take(probes, names::EVENTS)?,
+        })
+    }
+
+    /// Every per-stack total (O(stacks)).
+    pub fn stack_totals(&self) -> Result<HashMap<StackKey, StackTotals>, CollectError> {
+        let mut out = HashMap::new();
+        batch::for_each(self.totals.map(), |key: StackKey, totals: StackTotals| {
+            let _ = out.insert(key, totals);
+        })
+        .map_err(|source| CollectError::Read { name: names::STACK_TOTALS, source })?;
+        Ok(out)
+    }
+
+    /// Scans every outstanding allocation of these processes and summarises ages per stack:
+    /// the oldest one, and what is at least `min_age_ns` old at `now_ns`.
+    pub fn scan_ages(
+        &self,
+        tgids: &HashSet<u32>,
+        now_ns: u64,
+        min_age_ns: u64,
+    ) -> Result<HashMap<StackKey, AgeSummary>, CollectError> {
+        let mut out: HashMap<StackKey, AgeSummary> = HashMap::new();
+        batch::for_each(self.allocs.map(), |key: AllocKey, info: AllocInfo| {
+            if !tgids.contains(&key.tgid) {
+                return;
+            }
+            let stack = StackKey { tgid: key.tgid, _pad: 0, stack_id: info.stack_id };
+            let summary = out
+                .entry(stack)
+                .or_insert(AgeSummary { oldest_ns: u64::MAX, ..AgeSummary::default() });
+            summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
+            if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
+                summary.aged_bytes += info.size_bytes;
+                summary.aged_count += 1;
+            }
+        })
+        .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
+        Ok(out)
+    }
+
+    /// A stack's return addresses, innermost first.
+    pub fn stack_frames(&self, stack_id: u64) -> Option<Vec<u64>> {
+        let trace = self.traces.get(&stack_id, 0).ok()?;
+        let len = usize::try_from(trace.len).ok()?.min(trace.ips.len());
+        Some(trace.ips[..len].to_vec())
+    }
+
+    /// Applies every pending mmap/munmap record; returns how many were read.
+    pub fn drain_events(&mut self, tracker: &mut MappingTracker) -> usize {
+        let mut read = 0;
+        while let Some(item) = self.events.next() {
+            read += 1;
+            apply_event(&item, tracker);
+        }
+        read
+    }
+
+    /// The loss and activity counters.
+    pub fn stats(&self) -> BpfStats {
+        stats::read(&self.stats)
+    }
+
+    /// Drops every record of an ended process, and the stacks no other process uses.
+    pub fn forget_process(&self, tgid: u32) -> Result<(), CollectError> {
+        let mut alloc_keys = Vec::new();
+        batch::for_each(self.allocs.map(), |key: AllocKey, _: AllocInfo| {
+            if key.tgid == tgid {
+                alloc_keys.push(key);
+            }
+        })
+        .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
+        batch::delete(self.allocs.map(), &alloc_keys)
+            .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
+
+        let totals = self.stack_totals()?;
+        let (ended, alive): (Vec<StackKey>, Vec<StackKey>) =
+            totals.keys().partition(|key| key.tgid == tgid);
+        batch::delete(self.totals.map(), &ended)
+            .map_err(|source| CollectError::Read { name: names::STACK_TOTALS, source })?;
+        let still_used: HashSet<u64> = alive.iter().map(|key| key.stack_id).collect();
+        let unused: Vec<u64> = ended
+            .iter()
+            .map(|key| key.stack_id)
+            .filter(|id| !still_used.contains(id))
+            .collect();
+        batch::delete(self.traces.map(), &unused)
+            .map_err(|source| CollectError::Read { name: names::STACK_TRACES, source })?;
+        Ok(())
+    }
+}
+
+fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) {
+    let Some(kind) = bytes.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])) else {
+        return;
+    };
+    match kind {
+        event_kind::MMAP if bytes.len() >= size_of::<MmapEvent>() => {
+            // SAFETY: the record is at least as long as the type, which is plain data.
+            let event = unsafe { bytes.as_ptr().cast::<MmapEvent>().read_unaligned() };
+            tracker.mapped(
+                event.tgid,
+                event.addr,
+                Mapping {
+                    len_bytes: event.len_bytes,
+                    stack_id: event.stack_id,
+                    timestamp_ns: event.timestamp_ns,
+                    cgroup_id: event.cgroup_id,
+                },
+            );
+        }
+        event_kind::MUNMAP if bytes.len() >= size_of::<MunmapEvent>() => {
+            // SAFETY: as above.
+            let event = unsafe { bytes.as_ptr().cast::<MunmapEvent>().read_unaligned() };
+            tracker.unmapped(event.tgid, event.addr, event.len_bytes);
+        }
+        _ => {}
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}

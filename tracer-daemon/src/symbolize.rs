@@ -1,0 +1,216 @@
+//! Turning stack addresses into function, file and line, with blazesym.
+//!
+//! Each traced process's executable mappings are snapshotted while it lives, with an open
+//! handle on every mapped file, so its stacks can still be symbolized after it has exited (an
+//! OOM kill does not wait for us). Files are shared by (device, inode) across processes, so a
+//! libc used by a hundred processes is parsed once. Results are cached per (process, stack).
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use blazesym::symbolize::{self, Input, Symbolized, source::Elf, source::Source};
+use serde::Serialize;
+use tracing::debug;
+
+use crate::discover::process;
+
+/// One symbolized frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The return address as recorded.
+    pub addr: u64,
+    /// Function name (demangled), when known.
+    pub function: Option<String>,
+    /// Source file, when debug info has it.
+    pub file: Option<String>,
+    /// Source line, when debug info has it.
+    pub line: Option<u32>,
+    /// The module (executable or library) path, when known.
+    pub module: Option<String>,
+    /// Offset of the address in `module`'s file, when known (for `module+0x...` display).
+    pub module_offset: Option<u64>,
+    /// True for a function inlined into the next frame.
+    pub inlined: bool,
+}
+
+impl Frame {
+    fn unknown(addr: u64) -> Self {
+        Self {
+            addr,
+            function: None,
+            file: None,
+            line: None,
+            module: None,
+            module_offset: None,
+            inlined: false,
+        }
+    }
+
+    /// `function (file:line)`, or `module+0xoffset`, or the bare address.
+    pub fn display_name(&self) -> String {
+        match (&self.function, &self.file, self.line) {
+            (Some(function), Some(file), Some(line)) => {
+                let file = file.rsplit('/').next().unwrap_or(file);
+                format!("{function} ({file}:{line})")
+            }
+            (Some(function), _, _) => function.clone(),
+            (None, _, _) => match (&self.module, self.module_offset) {
+                (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+                _ => format!("{:#x}", self.addr),
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ModuleMapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    path: String,
+    file: Option<Arc<File>>,
+}
+
+/// Symbolizes stacks of traced processes.
+pub struct Symbolizer {
+    blaze: symbolize::Symbolizer,
+    modules: HashMap<u32, Vec<ModuleMapping>>,
+    files: HashMap<(u64, u64), Arc<File>>,
+    stacks: HashMap<(u32, u64), Arc<[Frame]>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer with code info, inlined functions and demangling on.
+    pub fn new() -> Self {
+        let blaze = symbolize::Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self { blaze, modules: HashMap::new(), files: HashMap::new(), stacks: HashMap::new() }
+    }
+
+    /// Re-reads a live process's executable mappings (new libraries after dlopen); keeps the
+    /// last snapshot when the process is gone.
+    pub fn refresh(&mut self, pid: u32) {
+        let Ok(mappings) = process::exec_mappings(pid) else {
+            return;
+        };
+        let known = self.modules.get(&pid);
+        if known.is_some_and(|known| {
+            known.len() == mappings.len()
+                && known.iter().zip(&mappings).all(|(k, m)| k.start == m.start && k.path == m.path)
+        }) {
+            return;
+        }
+        let snapshot = mappings
+            .into_iter()
+            .map(|m| {
+                let file = self.open_mapped(pid, m.start, m.end, &m.path);
+                ModuleMapping { start: m.start, end: m.end, file_offset: m.file_offset, path: m.path, file }
+            })
+            .collect();
+        let _ = self.modules.insert(pid, snapshot);
+    }
+
+    /// Opens the file behind a mapping: the exact mapped inode via map_files when allowed, else
+    /// by path through the process's root.
+    fn open_mapped(&mut self, pid: u32, start: u64, end: u64, path: &str) -> Option<Arc<File>> {
+        let candidates = [
+            PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}")),
+            process::host_path(pid, path),
+        ];
+        let file = candidates.iter().find_map(|p| File::open(p).ok())?;
+        let meta = file.metadata().ok()?;
+        let file = self.files.entry((meta.dev(), meta.ino())).or_insert_with(|| Arc::new(file));
+        Some(Arc::clone(file))
+    }
+
+    /// The frames of a stack (cached per process and stack).
+    pub fn symbolize(&mut self, pid: u32, stack_id: u64, addrs: &[u64]) -> Arc<[Frame]> {
+        if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
+            return Arc::clone(frames);
+        }
+        if addrs.iter().any(|&addr| self.mapping_of(pid, addr).is_none()) {
+            self.refresh(pid);
+        }
+        let mut frames = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            self.symbolize_address(pid, addr, &mut frames);
+        }
+        let frames: Arc<[Frame]> = frames.into();
+        let _ = self.stacks.insert((pid, stack_id), Arc::clone(&frames));
+        frames
+    }
+
+    fn mapping_of(&self, pid: u32, addr: u64) -> Option<&ModuleMapping> {
+        self.modules.get(&pid)?.iter().find(|m| m.start <= addr && addr < m.end)
+    }
+
+    /// Appends the frames of one return address: inlined callees first, innermost first.
+    fn symbolize_address(&self, pid: u32, addr: u64, out: &mut Vec<Frame>) {
+        let Some(mapping) = self.mapping_of(pid, addr) else {
+            out.push(Frame::unknown(addr));
+            return;
+        };
+        // A return address points after the call; the call itself is one byte before.
+        let file_offset = addr.saturating_sub(1) - mapping.start + mapping.file_offset;
+        let mut frame = Frame {
+            module: Some(mapping.path.clone()),
+            module_offset: Some(file_offset),
+            ..Frame::unknown(addr)
+        };
+        let Some(file) = &mapping.file else {
+            out.push(frame);
+            return;
+        };
+        let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+        let symbolized = self.blaze.symbolize_single(&source, Input::FileOffset(file_offset));
+        match symbolized {
+            Ok(Symbolized::Sym(sym)) => {
+                for inlined in sym.inlined.iter().rev() {
+                    let code = inlined.code_info.as_ref();
+                    out.push(Frame {
+                        function: Some(inlined.name.to_string()),
+                        file: code.map(|c| c.to_path().display().to_string()),
+                        line: code.and_then(|c| c.line),
+                        inlined: true,
+                        ..frame.clone()
+                    });
+                }
+                let code = sym.code_info.as_deref();
+                frame.function = Some(sym.name.to_string());
+                frame.file = code.map(|c| c.to_path().display().to_string());
+                frame.line = code.and_then(|c| c.line);
+                out.push(frame);
+            }
+            Ok(Symbolized::Unknown(reason)) => {
+                debug!(pid, addr, %reason, "no symbol");
+                out.push(frame);
+            }
+            Err(error) => {
+                debug!(pid, addr, %error, "symbolization failed");
+                out.push(frame);
+            }
+        }
+    }
+
+    /// Forgets a process (after its last report).
+    pub fn forget(&mut self, pid: u32) {
+        let _ = self.modules.remove(&pid);
+        self.stacks.retain(|&(p, _), _| p != pid);
+        // Close files no process maps any more.
+        self.files.retain(|_, file| Arc::strong_count(file) > 1);
+    }
+}

@@ -1,0 +1,296 @@
+//! Test support: compiles the C workloads, runs them under the real `tracer-daemon` binary and
+//! reads its JSON reports. Everything is real: real processes, real probes, real kernel.
+#![allow(dead_code, reason = "each test binary uses a different part of the support code")]
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+/// How long any single wait may take before the test fails with a message.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The real-kernel tests need root (CI runs them as root); fail loudly rather than skip.
+pub(crate) fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these tests load BPF programs and must run as root (CI does)");
+}
+
+/// Compiles `tests/workloads/<name>.c` (once per test binary) and returns the executable.
+pub(crate) fn workload(name: &str) -> PathBuf {
+    workload_with(name, &[])
+}
+
+/// Like [`workload`] with extra compiler flags (the binary's name carries them).
+pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    std::fs::create_dir_all(&out_dir).expect("create workload dir");
+    let suffix: String = extra_flags.iter().map(|f| f.replace(['-', '=', '/'], "_")).collect();
+    let out = out_dir.join(format!("{name}{suffix}"));
+    let src = src_dir.join(format!("{name}.c"));
+    let tmp = out_dir.join(format!(".{name}{suffix}.{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread"])
+        .args(extra_flags)
+        .arg("-I")
+        .arg(&src_dir)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    std::fs::rename(&tmp, &out).expect("install workload");
+    out
+}
+
+/// Lines a child prints, read on a thread.
+fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let _reader = std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running C workload speaking the harness protocol.
+pub(crate) struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Extra pids it reported (forked children), in order.
+    pub(crate) other_pids: Vec<u32>,
+}
+
+impl Workload {
+    /// Starts a workload and waits for its "ready".
+    pub(crate) fn start(executable: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(executable)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", executable.display()));
+        let stdin = child.stdin.take();
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        let pid = child.id();
+        let mut workload = Self { child, stdin, lines, pid, other_pids: Vec::new() };
+        let _ = workload.wait_for("ready");
+        workload
+    }
+
+    /// Waits for a line starting with `word`; returns the rest of the line.
+    pub(crate) fn wait_for(&mut self, word: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("workload {} never printed {word:?}", self.pid));
+            if let Some(rest) = line.strip_prefix(word) {
+                return rest.trim().to_owned();
+            }
+            if let Some(pid) = line.strip_prefix("child ") {
+                self.other_pids.push(pid.trim().parse().expect("child pid"));
+            }
+        }
+    }
+
+    /// Sends a command line.
+    pub(crate) fn send(&mut self, word: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{word}").expect("write to workload");
+        stdin.flush().expect("flush workload stdin");
+    }
+
+    /// Sends "go" and waits for "done"; returns the wall-clock time (ms) when done was seen.
+    pub(crate) fn run_to_done(&mut self) -> u64 {
+        self.send("go");
+        let _ = self.wait_for("done");
+        now_ms()
+    }
+
+    /// Lets the workload exit and reaps it.
+    pub(crate) fn finish(mut self) {
+        self.send("exit");
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wall clock, ms since the epoch (the reports' clock).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+/// The daemon binary under test.
+pub(crate) fn daemon_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tracer-daemon")
+}
+
+/// A running `tracer-daemon trace --json`.
+pub(crate) struct Trace {
+    child: Child,
+    reports: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Trace {
+    /// Starts tracing these pids with a short interval, and waits for the first report (so the
+    /// probes are attached when this returns).
+    pub(crate) fn start(pids: &[u32], extra: &[&str]) -> Self {
+        let mut cmd = Command::new(daemon_binary());
+        let _ = cmd.args(["trace", "--json", "--interval", "200ms"]);
+        for pid in pids {
+            let _ = cmd.arg("--pid").arg(pid.to_string());
+        }
+        let mut child = cmd
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracer-daemon");
+        let reports = line_reader(child.stdout.take().expect("stdout"));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_lines = line_reader(child.stderr.take().expect("stderr"));
+        let sink = Arc::clone(&stderr);
+        let _collector = std::thread::spawn(move || {
+            for line in stderr_lines {
+                eprintln!("[tracer] {line}");
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut trace = Self { child, reports, stderr };
+        let _ = trace.next_report();
+        trace
+    }
+
+    /// The next report.
+    pub(crate) fn next_report(&mut self) -> Value {
+        match self.reports.recv_timeout(TIMEOUT) {
+            Ok(line) => serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("report is not JSON ({e}): {line}")),
+            Err(_) => panic!("no report from tracer-daemon; stderr:\n{}", self.stderr()),
+        }
+    }
+
+    /// The first report whose data was read at or after `time_ms`.
+    pub(crate) fn report_after(&mut self, time_ms: u64) -> Value {
+        loop {
+            let report = self.next_report();
+            if report["timestamp_unix_ms"].as_u64().expect("timestamp") >= time_ms {
+                return report;
+            }
+        }
+    }
+
+    /// Everything the tracer wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for the tracer to exit by itself; returns the reports it printed last.
+    pub(crate) fn wait_exit(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait tracer") {
+                std::thread::sleep(Duration::from_millis(50));
+                let rest = self
+                    .reports
+                    .try_iter()
+                    .map(|line| serde_json::from_str(&line).expect("report JSON"))
+                    .collect();
+                return (status, rest);
+            }
+            assert!(Instant::now() < deadline, "tracer did not exit; stderr:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        let _ = unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process's entry in a report.
+pub(crate) fn process<'a>(report: &'a Value, pid: u32) -> &'a Value {
+    report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"))
+}
+
+/// The function names of a stack, innermost first.
+pub(crate) fn functions(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// The stacks of a process whose innermost frame is `function`.
+pub(crate) fn stacks_from<'a>(report: &'a Value, pid: u32, function: &str) -> Vec<&'a Value> {
+    process(report, pid)["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .filter(|s| functions(s).first().map(String::as_str) == Some(function))
+        .collect()
+}
+
+/// The one stack of a process whose innermost frame is `function` (fails otherwise).
+pub(crate) fn stack_from<'a>(report: &'a Value, pid: u32, function: &str) -> &'a Value {
+    let stacks = stacks_from(report, pid, function);
+    assert_eq!(stacks.len(), 1, "expected one stack from {function} in pid {pid}: {report:#}");
+    stacks[0]
+}
+
+/// (bytes, count) of a stack.
+pub(crate) fn bytes_count(stack: &Value) -> (u64, u64) {
+    (stack["bytes"].as_u64().expect("bytes"), stack["count"].as_u64().expect("count"))
+}

@@ -1,0 +1,117 @@
+//! Outstanding allocations and per-stack totals: recorded at an allocation's return, removed
+//! at its free. Totals are changed with atomic adds so concurrent threads never lose an update.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+};
+use tracer_common::{AllocInfo, AllocKey, Stat, StackKey, StackTotals};
+
+use crate::{
+    maps::{ALLOCS, STACK_TOTALS},
+    stack,
+    stats::bump,
+};
+
+const EEXIST: i32 = 17;
+
+/// Records a successful allocation made by the current task.
+pub(crate) fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size_bytes: u64) {
+    let info = AllocInfo {
+        size_bytes,
+        // SAFETY: the helpers have no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: stack::capture(ctx),
+        // SAFETY: as above.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    };
+    if insert(tgid, addr, &info) {
+        bump(Stat::ALLOCATIONS_RECORDED);
+    }
+}
+
+/// Puts back a record taken out by [`remove`] (realloc failed: the old block is still live).
+pub(crate) fn restore(tgid: u32, addr: u64, info: &AllocInfo) {
+    let _restored = insert(tgid, addr, info);
+}
+
+/// Removes the record of `addr`, if any, and returns it.
+pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    let Some(info) = ALLOCS.get_ptr(&key) else {
+        bump(Stat::FREES_UNKNOWN);
+        return None;
+    };
+    // SAFETY: a copy out of the map; only trusted if the delete below is ours.
+    let info = unsafe { *info };
+    // Two frees of one block race here; only the one whose delete succeeds updates the totals.
+    ALLOCS.remove(&key).ok()?;
+    let stack_key = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
+    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
+        // SAFETY: totals entries are never deleted while their process lives.
+        unsafe {
+            add(&raw mut (*totals).outstanding_bytes, info.size_bytes.wrapping_neg());
+            add(&raw mut (*totals).outstanding_count, u64::MAX);
+        }
+    }
+    bump(Stat::FREES_MATCHED);
+    Some(info)
+}
+
+/// Inserts a record and adds it to its stack's totals; false when a map was full (counted).
+fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
+    let Some(totals) = totals_of(tgid, info.stack_id) else {
+        return false;
+    };
+    let key = AllocKey { tgid, _pad: 0, addr };
+    match ALLOCS.insert(&key, info, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(err) if err == -EEXIST => {
+            // The block at this address was freed by a path we did not see; drop the old record.
+            bump(Stat::ALLOCS_REPLACED);
+            let _old = remove(tgid, addr);
+            if ALLOCS.insert(&key, info, u64::from(BPF_NOEXIST)).is_err() {
+                bump(Stat::ALLOCS_MAP_FULL);
+                return false;
+            }
+        }
+        Err(_) => {
+            bump(Stat::ALLOCS_MAP_FULL);
+            return false;
+        }
+    }
+    // SAFETY: totals entries are never deleted while their process lives.
+    unsafe {
+        add(&raw mut (*totals).outstanding_bytes, info.size_bytes);
+        add(&raw mut (*totals).outstanding_count, 1);
+        add(&raw mut (*totals).allocations_total, 1);
+    }
+    true
+}
+
+fn totals_of(tgid: u32, stack_id: u64) -> Option<*mut StackTotals> {
+    let key = StackKey { tgid, _pad: 0, stack_id };
+    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&key) {
+        return Some(totals);
+    }
+    let _ignored = STACK_TOTALS.insert(&key, &StackTotals::default(), u64::from(BPF_NOEXIST));
+    let totals = STACK_TOTALS.get_ptr_mut(&key);
+    if totals.is_none() {
+        bump(Stat::STACK_TOTALS_MAP_FULL);
+    }
+    totals
+}
+
+/// Atomic add (wrapping, so adding `x.wrapping_neg()` subtracts).
+///
+/// # Safety
+/// `counter` must point into a live map value.
+unsafe fn add(counter: *mut u64, value: u64) {
+    // core's atomic types have no read-modify-write ops on the BPF target; the intrinsic
+    // lowers to the BPF atomic add instruction.
+    // SAFETY: the caller guarantees a valid, aligned u64 in map memory.
+    let _previous = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}

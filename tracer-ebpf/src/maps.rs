@@ -1,0 +1,34 @@
+//! All maps of the object. Sizes are defaults; the daemon sets the real ones at load.
+//! Hash maps are preallocated: an insert never allocates in the probe, and a full map is an
+//! error the programs count, never an eviction (LRU would silently hide leaks). The one LRU map
+//! holds per-thread call state, which is only ever stale for threads that have gone.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, StackTrace, Stat, ThreadState};
+
+#[map]
+pub(crate) static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 19, 0);
+
+#[map]
+pub(crate) static STACK_TOTALS: HashMap<StackKey, StackTotals> =
+    HashMap::with_max_entries(1 << 16, 0);
+
+#[map]
+pub(crate) static STACK_TRACES: HashMap<u64, StackTrace> = HashMap::with_max_entries(1 << 15, 0);
+
+#[map]
+pub(crate) static THREAD_STATE: LruHashMap<u32, ThreadState> =
+    LruHashMap::with_max_entries(1 << 14, 0);
+
+#[map]
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// One stack buffer per CPU: a 520-byte trace does not fit on the 512-byte BPF stack.
+#[map]
+pub(crate) static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

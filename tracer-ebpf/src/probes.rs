@@ -1,0 +1,277 @@
+//! Entry points: one uprobe per allocator entry, one uretprobe per allocator return.
+//!
+//! Placement: the daemon attaches every program at the function's entry (offset 0) in the
+//! library file the traced process really maps. Return probes capture the stack: there the
+//! instruction pointer is the call site, so the direct caller is always the first frame.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{AllocFn, Stat};
+
+use crate::{
+    config::daemon_tgid,
+    heap,
+    mmap::{self, MAP_ANONYMOUS, MAP_FAILED},
+    stats::bump,
+    thread_state::{self, current},
+};
+
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+/// `count * size`, saturating: an overflowing product makes the call fail, which records
+/// nothing.
+fn array_bytes(count: u64, size: u64) -> u64 {
+    // By 32-bit halves: LLVM turns any division-based overflow test into a 128-bit multiply,
+    // which BPF lacks.
+    let (count_hi, count_lo) = (count >> 32, count & 0xffff_ffff);
+    let (size_hi, size_lo) = (size >> 32, size & 0xffff_ffff);
+    if count_hi != 0 && size_hi != 0 {
+        return u64::MAX;
+    }
+    let cross = count_hi * size_lo + count_lo * size_hi;
+    if cross >> 32 != 0 {
+        return u64::MAX;
+    }
+    let low = count_lo * size_lo;
+    let total = low.wrapping_add(cross << 32);
+    if total < low { u64::MAX } else { total }
+}
+
+// ---- malloc(size) ----
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::MALLOC, arg(&ctx, 0), 0);
+    0
+}
+
+#[uretprobe]
+pub fn malloc_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::MALLOC);
+    0
+}
+
+// ---- calloc(nmemb, size) ----
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = array_bytes(arg(&ctx, 0), arg(&ctx, 1));
+    let _ = thread_state::enter(AllocFn::CALLOC, size, 0);
+    0
+}
+
+#[uretprobe]
+pub fn calloc_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::CALLOC);
+    0
+}
+
+// ---- realloc(ptr, size), reallocarray(ptr, nmemb, size) ----
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    resize_entered(AllocFn::REALLOC, arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[uretprobe]
+pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    resize_returned(&ctx, AllocFn::REALLOC);
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = array_bytes(arg(&ctx, 1), arg(&ctx, 2));
+    resize_entered(AllocFn::REALLOCARRAY, arg(&ctx, 0), size);
+    0
+}
+
+#[uretprobe]
+pub fn reallocarray_exit(ctx: RetProbeContext) -> u32 {
+    resize_returned(&ctx, AllocFn::REALLOCARRAY);
+    0
+}
+
+/// The old block leaves the books at entry, not at return: once realloc has freed it, another
+/// thread may be handed the same address before our return probe runs. If realloc fails, the
+/// record is put back.
+fn resize_entered(func: AllocFn, old: u64, size: u64) {
+    let Some(state) = thread_state::enter(func, size, old) else {
+        return;
+    };
+    if old != 0 {
+        let (tgid, _) = current();
+        if let Some(info) = heap::remove(tgid, old) {
+            state.stash = info;
+            state.stash_valid = 1;
+        }
+    }
+}
+
+fn resize_returned(ctx: &RetProbeContext, func: AllocFn) {
+    let Some(state) = thread_state::exit(func) else {
+        return;
+    };
+    let (tgid, _) = current();
+    let new: u64 = ctx.ret();
+    if new != 0 {
+        heap::record(ctx, tgid, new, state.size_bytes);
+    } else if state.size_bytes != 0 || state.arg == 0 {
+        // Failed: realloc(p, n > 0) returned NULL and p is still the caller's.
+        bump(Stat::FAILED_CALLS);
+        if state.stash_valid == 1 {
+            heap::restore(tgid, state.arg, &state.stash);
+        }
+    }
+    // realloc(p, 0) returning NULL freed p, which left the books at entry.
+    state.stash_valid = 0;
+}
+
+// ---- free(ptr) ----
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let ptr = arg(&ctx, 0);
+    let (tgid, _) = current();
+    if ptr != 0 && tgid != daemon_tgid() {
+        let _ = heap::remove(tgid, ptr);
+    }
+    0
+}
+
+// ---- posix_memalign(memptr, alignment, size) ----
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0));
+    0
+}
+
+#[uretprobe]
+pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    let Some(state) = thread_state::exit(AllocFn::POSIX_MEMALIGN) else {
+        return 0;
+    };
+    let status: i32 = ctx.ret();
+    if status != 0 {
+        bump(Stat::FAILED_CALLS);
+        return 0;
+    }
+    // The result is only in the caller's out-pointer, written just before the return.
+    // SAFETY: a user-memory read; the helper checks the address.
+    match unsafe { bpf_probe_read_user(state.arg as *const u64) } {
+        Ok(ptr) if ptr != 0 => {
+            let (tgid, _) = current();
+            heap::record(&ctx, tgid, ptr, state.size_bytes);
+        }
+        _ => bump(Stat::FAILED_CALLS),
+    }
+    0
+}
+
+// ---- aligned_alloc(alignment, size), memalign(alignment, size), valloc(size), pvalloc(size) ----
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::ALIGNED_ALLOC, arg(&ctx, 1), 0);
+    0
+}
+
+#[uretprobe]
+pub fn aligned_alloc_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::ALIGNED_ALLOC);
+    0
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::MEMALIGN, arg(&ctx, 1), 0);
+    0
+}
+
+#[uretprobe]
+pub fn memalign_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::MEMALIGN);
+    0
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::VALLOC, arg(&ctx, 0), 0);
+    0
+}
+
+#[uretprobe]
+pub fn valloc_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::VALLOC);
+    0
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    // pvalloc allocates whole pages by definition.
+    let size = mmap::round_to_pages(arg(&ctx, 0));
+    let _ = thread_state::enter(AllocFn::PVALLOC, size, 0);
+    0
+}
+
+#[uretprobe]
+pub fn pvalloc_exit(ctx: RetProbeContext) -> u32 {
+    pointer_returned(&ctx, AllocFn::PVALLOC);
+    0
+}
+
+/// Shared return path of every call whose result is the new block's address.
+fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
+    let Some(state) = thread_state::exit(func) else {
+        return;
+    };
+    let ptr: u64 = ctx.ret();
+    if ptr == 0 {
+        bump(Stat::FAILED_CALLS);
+        return;
+    }
+    let (tgid, _) = current();
+    heap::record(ctx, tgid, ptr, state.size_bytes);
+}
+
+// ---- mmap(addr, length, prot, flags, fd, offset), munmap(addr, length) ----
+
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    let _ = thread_state::enter(AllocFn::MMAP, arg(&ctx, 1), arg(&ctx, 3));
+    0
+}
+
+#[uretprobe]
+pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
+    let Some(state) = thread_state::exit(AllocFn::MMAP) else {
+        return 0;
+    };
+    let addr: u64 = ctx.ret();
+    if addr == MAP_FAILED {
+        bump(Stat::FAILED_CALLS);
+        return 0;
+    }
+    if state.arg & MAP_ANONYMOUS != 0 {
+        let (tgid, _) = current();
+        mmap::mapped(&ctx, tgid, addr, state.size_bytes);
+    }
+    0
+}
+
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current();
+    if tgid == daemon_tgid() || thread_state::inside_allocator(tid) {
+        return 0;
+    }
+    mmap::unmapped(tgid, arg(&ctx, 0), arg(&ctx, 1));
+    0
+}

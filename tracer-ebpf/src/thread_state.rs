@@ -1,0 +1,107 @@
+//! Per-thread allocator-call state: which outermost traced call a thread is in.
+//!
+//! glibc calls itself: realloc(NULL, n) tail-jumps into malloc, memalign calls malloc, malloc
+//! calls mmap for large chunks and new arenas. Only the outermost call is recorded; the inner
+//! ones only move the depth. A return is matched with the entry of the same function, never
+//! with whatever the thread entered last (the mix-up that makes an arena's 128 MiB reservation
+//! look like a leak in other tools).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns};
+use tracer_common::{AllocFn, Stat, ThreadState};
+
+use crate::{
+    config::{STALE_CALL_NS, daemon_tgid},
+    maps::THREAD_STATE,
+    stats::bump,
+};
+
+/// The calling task: (tgid, tid).
+pub(crate) fn current() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+/// Called at every traced entry. Returns the thread's state when this call is the outermost
+/// traced one (the caller may stash more in it), `None` when it is nested or untracked.
+pub(crate) fn enter(func: AllocFn, size_bytes: u64, arg: u64) -> Option<&'static mut ThreadState> {
+    let (tgid, tid) = current();
+    if tgid == daemon_tgid() {
+        return None;
+    }
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = state_of(tid)?;
+    if state.depth > 0 {
+        if now.wrapping_sub(state.entry_ns) < STALE_CALL_NS {
+            state.depth += 1;
+            bump(Stat::NESTED_CALLS);
+            return None;
+        }
+        bump(Stat::STALE_CALLS);
+    }
+    state.depth = 1;
+    state.func = func.0;
+    state.entry_ns = now;
+    state.size_bytes = size_bytes;
+    state.arg = arg;
+    state.stash_valid = 0;
+    Some(state)
+}
+
+/// Called at every traced return. Returns the state of the outermost call when this is its
+/// return, `None` for a nested return or a return without a matching entry.
+pub(crate) fn exit(func: AllocFn) -> Option<&'static mut ThreadState> {
+    let (tgid, tid) = current();
+    if tgid == daemon_tgid() {
+        return None;
+    }
+    let Some(state) = THREAD_STATE.get_ptr_mut(&tid) else {
+        bump(Stat::RETURNS_WITHOUT_ENTRY);
+        return None;
+    };
+    // SAFETY: entries of this map are only touched by their own thread.
+    let state = unsafe { &mut *state };
+    if state.depth == 0 {
+        bump(Stat::RETURNS_WITHOUT_ENTRY);
+        return None;
+    }
+    state.depth -= 1;
+    if state.depth > 0 {
+        return None;
+    }
+    if state.func != func.0 {
+        bump(Stat::RETURNS_WITHOUT_ENTRY);
+        return None;
+    }
+    state.func = AllocFn::NONE.0;
+    Some(state)
+}
+
+/// True when the calling thread is inside a traced allocator call (so a munmap it makes is
+/// the allocator's own business).
+pub(crate) fn inside_allocator(tid: u32) -> bool {
+    let Some(state) = THREAD_STATE.get_ptr(&tid) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let state = unsafe { &*state };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    state.depth > 0 && now.wrapping_sub(state.entry_ns) < STALE_CALL_NS
+}
+
+fn state_of(tid: u32) -> Option<&'static mut ThreadState> {
+    if let Some(state) = THREAD_STATE.get_ptr_mut(&tid) {
+        // SAFETY: entries of this map are only touched by their own thread.
+        return Some(unsafe { &mut *state });
+    }
+    let _ignored = THREAD_STATE.insert(&tid, &ThreadState::default(), u64::from(BPF_NOEXIST));
+    match THREAD_STATE.get_ptr_mut(&tid) {
+        // SAFETY: as above.
+        Some(state) => Some(unsafe { &mut *state }),
+        None => {
+            bump(Stat::THREAD_STATE_FULL);
+            None
+        }
+    }
+}

@@ -173,6 +173,7 @@ impl Tracer {
                 }
                 stacks.push(self.stack_report(pid, stack_id, MemoryKind::Mmap, mapped.bytes, mapped.count, mapped.oldest_ns, now_ns));
             }
+            let stacks = report::merge_same_call_sites(stacks);
             let outstanding_bytes = stacks.iter().map(|s| s.bytes).sum::<u64>();
             let outstanding_count = stacks.iter().map(|s| s.count).sum::<u64>();
             let previous = self.previous_process_bytes.insert(pid, outstanding_bytes).unwrap_or(0);

@@ -3,7 +3,7 @@
 //! These are the daemon's domain types; the CLI prints them and the API converts them at its
 //! edge. Nothing here knows about maps or protobuf.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ pub enum ProcessState {
 }
 
 /// Where a stack's memory came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryKind {
     /// malloc family.
@@ -86,6 +86,52 @@ pub struct Report {
     pub stats: BpfStats,
 }
 
+/// Merges stacks whose frames are the same source locations: an unrolled loop calls malloc
+/// from two addresses of one line, which a person reads as one call site. Frames without line
+/// info keep their address, so distinct call sites are never merged by function name alone.
+pub fn merge_same_call_sites(stacks: Vec<StackReport>) -> Vec<StackReport> {
+    let mut merged: Vec<StackReport> = Vec::with_capacity(stacks.len());
+    let mut index: HashMap<(MemoryKind, Vec<FrameIdentity<'_>>), usize> = HashMap::new();
+    let identities: Vec<Vec<FrameIdentity<'_>>> =
+        stacks.iter().map(|s| s.frames.iter().map(FrameIdentity::of).collect()).collect();
+    for (stack, identity) in stacks.iter().zip(identities) {
+        if stack.frames.is_empty() {
+            merged.push(stack.clone());
+            continue;
+        }
+        match index.get(&(stack.kind, identity.clone())) {
+            Some(&at) => {
+                let into = &mut merged[at];
+                into.bytes += stack.bytes;
+                into.count += stack.count;
+                into.oldest_age_ns = into.oldest_age_ns.max(stack.oldest_age_ns);
+                into.growth_bytes = into.growth_bytes.saturating_add(stack.growth_bytes);
+            }
+            None => {
+                let _ = index.insert((stack.kind, identity), merged.len());
+                merged.push(stack.clone());
+            }
+        }
+    }
+    merged
+}
+
+/// What makes two frames the same call site.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum FrameIdentity<'a> {
+    Source { function: &'a str, file: &'a str, line: u32 },
+    Address(u64),
+}
+
+impl<'a> FrameIdentity<'a> {
+    fn of(frame: &'a Frame) -> Self {
+        match (&frame.function, &frame.file, frame.line) {
+            (Some(function), Some(file), Some(line)) => Self::Source { function, file, line },
+            _ => Self::Address(frame.module_offset.unwrap_or(frame.addr)),
+        }
+    }
+}
+
 /// Orders stacks by bytes, then count, then id (a stable order for equal stacks) and keeps the
 /// top `top` of those holding anything.
 pub fn rank(mut stacks: Vec<StackReport>, top: usize) -> Vec<StackReport> {
@@ -118,6 +164,43 @@ mod tests {
         let ranked = rank(vec![stack("a", 10, 1), stack("b", 30, 1), stack("c", 20, 5)], 2);
         let ids: Vec<&str> = ranked.iter().map(|s| s.stack_id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
+    }
+
+    fn frame(function: &str, line: Option<u32>, offset: u64) -> Frame {
+        Frame {
+            addr: offset,
+            function: Some(function.to_owned()),
+            file: line.map(|_| "leak.c".to_owned()),
+            line,
+            module: Some("/bin/leak".to_owned()),
+            module_offset: Some(offset),
+            inlined: false,
+        }
+    }
+
+    fn stack_with(id: &str, bytes: u64, frames: Vec<Frame>) -> StackReport {
+        StackReport { frames: Arc::from(frames), ..stack(id, bytes, 1) }
+    }
+
+    #[test]
+    fn stacks_at_the_same_source_lines_merge_into_one_call_site() {
+        let merged = merge_same_call_sites(vec![
+            stack_with("a", 10, vec![frame("leak", Some(5), 0x10), frame("main", Some(9), 0x40)]),
+            stack_with("b", 20, vec![frame("leak", Some(5), 0x18), frame("main", Some(9), 0x40)]),
+            stack_with("c", 40, vec![frame("leak", Some(6), 0x20), frame("main", Some(9), 0x40)]),
+        ]);
+        let summary: Vec<(&str, u64, u64)> =
+            merged.iter().map(|s| (s.stack_id.as_str(), s.bytes, s.count)).collect();
+        assert_eq!(summary, [("a", 30, 2), ("c", 40, 1)]);
+    }
+
+    #[test]
+    fn frames_without_line_info_merge_only_at_the_same_address() {
+        let merged = merge_same_call_sites(vec![
+            stack_with("a", 10, vec![frame("leak", None, 0x10)]),
+            stack_with("b", 20, vec![frame("leak", None, 0x18)]),
+        ]);
+        assert_eq!(merged.len(), 2);
     }
 
     #[test]

@@ -163,11 +163,14 @@ pub(crate) struct Trace {
 }
 
 impl Trace {
-    /// Starts tracing these pids with a short interval, and waits for the first report (so the
-    /// probes are attached when this returns).
+    /// Starts tracing these pids with a short interval, and waits until the probes are
+    /// attached (the daemon logs it).
     pub(crate) fn start(pids: &[u32], extra: &[&str]) -> Self {
         let mut cmd = Command::new(daemon_binary());
-        let _ = cmd.args(["trace", "--json", "--interval", "200ms"]);
+        let _ = cmd.args(["trace", "--json"]);
+        if !extra.contains(&"--interval") {
+            let _ = cmd.args(["--interval", "200ms"]);
+        }
         for pid in pids {
             let _ = cmd.arg("--pid").arg(pid.to_string());
         }
@@ -190,7 +193,14 @@ impl Trace {
             }
         });
         let mut trace = Self { child, reports, stderr };
-        let _ = trace.next_report();
+        let deadline = Instant::now() + TIMEOUT;
+        while !trace.stderr().contains("attached") {
+            if let Ok(Some(status)) = trace.child.try_wait() {
+                panic!("tracer-daemon exited with {status}; stderr:\n{}", trace.stderr());
+            }
+            assert!(Instant::now() < deadline, "tracer never attached; stderr:\n{}", trace.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         trace
     }
 
@@ -293,4 +303,22 @@ pub(crate) fn stack_from<'a>(report: &'a Value, pid: u32, function: &str) -> &'a
 /// (bytes, count) of a stack.
 pub(crate) fn bytes_count(stack: &Value) -> (u64, u64) {
     (stack["bytes"].as_u64().expect("bytes"), stack["count"].as_u64().expect("count"))
+}
+
+/// (bytes, count) summed over the stacks of a process whose innermost frame is `function`.
+pub(crate) fn function_totals(report: &Value, pid: u32, function: &str) -> (u64, u64) {
+    stacks_from(report, pid, function)
+        .into_iter()
+        .map(bytes_count)
+        .fold((0, 0), |(b, c), (sb, sc)| (b + sb, c + sc))
+}
+
+/// Runs `tracer-daemon` with these arguments to completion; returns (exit code, stderr).
+pub(crate) fn run_daemon(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(daemon_binary())
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run tracer-daemon");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }

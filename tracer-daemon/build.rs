@@ -10,7 +10,9 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
-    let workspace = manifest_dir.parent().context("the daemon crate has no parent dir")?;
+    let workspace = manifest_dir
+        .parent()
+        .context("the daemon crate has no parent dir")?;
     let ebpf_dir = workspace.join("tracer-ebpf");
     let common_dir = workspace.join("tracer-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
@@ -22,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let root_dir = ebpf_dir.to_str().context("tracer-ebpf path is not UTF-8")?;
-    let package = aya_build::Package { name: "tracer-ebpf", root_dir, ..Default::default() };
+    let package = aya_build::Package {
+        name: "tracer-ebpf",
+        root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

@@ -32,18 +32,78 @@ pub struct AllocatorFunction {
 /// Every function traced, in preference order (when two symbols share an address, the first is
 /// the one probed: probing both would count each call twice).
 pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
-    AllocatorFunction { symbol: "malloc", entry: "malloc_enter", exit: Some("malloc_exit"), required: true },
-    AllocatorFunction { symbol: "free", entry: "free_enter", exit: None, required: true },
-    AllocatorFunction { symbol: "calloc", entry: "calloc_enter", exit: Some("calloc_exit"), required: false },
-    AllocatorFunction { symbol: "realloc", entry: "realloc_enter", exit: Some("realloc_exit"), required: false },
-    AllocatorFunction { symbol: "reallocarray", entry: "reallocarray_enter", exit: Some("reallocarray_exit"), required: false },
-    AllocatorFunction { symbol: "posix_memalign", entry: "posix_memalign_enter", exit: Some("posix_memalign_exit"), required: false },
-    AllocatorFunction { symbol: "memalign", entry: "memalign_enter", exit: Some("memalign_exit"), required: false },
-    AllocatorFunction { symbol: "aligned_alloc", entry: "aligned_alloc_enter", exit: Some("aligned_alloc_exit"), required: false },
-    AllocatorFunction { symbol: "valloc", entry: "valloc_enter", exit: Some("valloc_exit"), required: false },
-    AllocatorFunction { symbol: "pvalloc", entry: "pvalloc_enter", exit: Some("pvalloc_exit"), required: false },
-    AllocatorFunction { symbol: "mmap", entry: "mmap_enter", exit: Some("mmap_exit"), required: false },
-    AllocatorFunction { symbol: "munmap", entry: "munmap_enter", exit: None, required: false },
+    AllocatorFunction {
+        symbol: "malloc",
+        entry: "malloc_enter",
+        exit: Some("malloc_exit"),
+        required: true,
+    },
+    AllocatorFunction {
+        symbol: "free",
+        entry: "free_enter",
+        exit: None,
+        required: true,
+    },
+    AllocatorFunction {
+        symbol: "calloc",
+        entry: "calloc_enter",
+        exit: Some("calloc_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "realloc",
+        entry: "realloc_enter",
+        exit: Some("realloc_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "reallocarray",
+        entry: "reallocarray_enter",
+        exit: Some("reallocarray_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "posix_memalign",
+        entry: "posix_memalign_enter",
+        exit: Some("posix_memalign_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "memalign",
+        entry: "memalign_enter",
+        exit: Some("memalign_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "aligned_alloc",
+        entry: "aligned_alloc_enter",
+        exit: Some("aligned_alloc_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "valloc",
+        entry: "valloc_enter",
+        exit: Some("valloc_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "pvalloc",
+        entry: "pvalloc_enter",
+        exit: Some("pvalloc_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "mmap",
+        entry: "mmap_enter",
+        exit: Some("mmap_exit"),
+        required: false,
+    },
+    AllocatorFunction {
+        symbol: "munmap",
+        entry: "munmap_enter",
+        exit: None,
+        required: false,
+    },
 ];
 
 /// Why a process could not be attached.
@@ -148,19 +208,35 @@ pub fn find_allocator(pid: u32) -> Result<AllocatorLibrary, AttachError> {
                         symbol: function.symbol,
                     });
                 }
-                debug!(pid, symbol = function.symbol, "not in the allocator library; not traced");
+                debug!(
+                    pid,
+                    symbol = function.symbol,
+                    "not in the allocator library; not traced"
+                );
                 continue;
             };
             if let Some(first) = taken.get(&offset) {
-                debug!(pid, symbol = function.symbol, alias_of = first, "alias; probed once");
+                debug!(
+                    pid,
+                    symbol = function.symbol,
+                    alias_of = first,
+                    "alias; probed once"
+                );
                 continue;
             }
             let _ = taken.insert(offset, function.symbol);
             functions.push(PlannedProbe { function, offset });
         }
-        return Ok(AllocatorLibrary { path: mapping.path.clone(), host_path, functions });
+        return Ok(AllocatorLibrary {
+            path: mapping.path.clone(),
+            host_path,
+            functions,
+        });
     }
-    Err(AttachError::NoAllocator { pid, checked: checked.join(", ") })
+    Err(AttachError::NoAllocator {
+        pid,
+        checked: checked.join(", "),
+    })
 }
 
 /// Defined function symbols of an ELF file, by name, as file offsets.
@@ -190,28 +266,65 @@ fn defined_functions(data: &[u8]) -> Result<HashMap<String, u64>, object::Error>
     Ok(functions)
 }
 
+/// Which programs go on the allocator functions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgramSet {
+    /// The tracing programs.
+    #[default]
+    Tracing,
+    /// Empty programs at the same points: the kernel's floor cost, for benchmarks.
+    Empty,
+}
+
+impl ProgramSet {
+    fn entry(self, function: &AllocatorFunction) -> &'static str {
+        match self {
+            Self::Tracing => function.entry,
+            Self::Empty => "floor_enter",
+        }
+    }
+
+    fn exit(self, function: &AllocatorFunction) -> Option<&'static str> {
+        match self {
+            Self::Tracing => function.exit,
+            Self::Empty => function.exit.map(|_| "floor_exit"),
+        }
+    }
+}
+
 /// Attaches every planned probe for one process. Return probes go first: an entry whose return
 /// probe is not yet armed would leave the thread looking "inside the allocator".
 pub fn attach(
     probes: &mut Probes,
     pid: u32,
     library: AllocatorLibrary,
+    programs: ProgramSet,
 ) -> Result<Attachment, AttachError> {
-    let mut attachment = Attachment { pid, library, links: Vec::new() };
+    let mut attachment = Attachment {
+        pid,
+        library,
+        links: Vec::new(),
+    };
     let Some(scope_pid) = NonZeroU32::new(pid) else {
         return Err(ProcessError::NotFound { pid }.into());
     };
     let planned: Vec<(&'static str, u64)> = {
         let functions = &attachment.library.functions;
-        let exits = functions.iter().filter_map(|p| p.function.exit.map(|e| (e, p.offset)));
-        let entries = functions.iter().map(|p| (p.function.entry, p.offset));
+        let exits = functions
+            .iter()
+            .filter_map(|p| programs.exit(p.function).map(|e| (e, p.offset)));
+        let entries = functions.iter().map(|p| (programs.entry(p.function), p.offset));
         exits.chain(entries).collect()
     };
     for (program_name, offset) in planned {
         let path = attachment.library.host_path.clone();
         let result = match probes.uprobe(program_name) {
             Some(program) => program
-                .attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(scope_pid))
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    &path,
+                    UProbeScope::OneProcess(scope_pid),
+                )
                 .map_err(Box::new),
             None => Err(Box::new(aya::programs::ProgramError::NotLoaded)),
         };
@@ -219,7 +332,12 @@ pub fn attach(
             Ok(link) => attachment.links.push((program_name, link)),
             Err(source) => {
                 detach(probes, attachment);
-                return Err(AttachError::Uprobe { pid, program: program_name, path, source });
+                return Err(AttachError::Uprobe {
+                    pid,
+                    program: program_name,
+                    path,
+                    source,
+                });
             }
         }
     }
@@ -230,10 +348,13 @@ pub fn attach(
 /// Detaches a process's probes: entries first, then returns (the reverse of attaching).
 pub fn detach(probes: &mut Probes, attachment: Attachment) {
     let Attachment { pid, links, .. } = attachment;
-    let (entries, exits): (Vec<_>, Vec<_>) =
-        links.into_iter().partition(|(name, _)| name.ends_with("_enter"));
+    let (entries, exits): (Vec<_>, Vec<_>) = links
+        .into_iter()
+        .partition(|(name, _)| name.ends_with("_enter"));
     for (program_name, link) in entries.into_iter().chain(exits) {
-        let detached = probes.uprobe(program_name).map(|program| program.detach(link));
+        let detached = probes
+            .uprobe(program_name)
+            .map(|program| program.detach(link));
         if let Some(Err(error)) = detached {
             warn!(pid, program = program_name, %error, "failed to detach");
         }

@@ -143,11 +143,15 @@ pub const UPROBE_PROGRAMS: &[&str] = &[
     "mmap_enter",
     "mmap_exit",
     "munmap_enter",
+    "floor_enter",
+    "floor_exit",
 ];
 
 /// The loaded object. Maps are taken out of it by `collect`; programs stay here.
 pub struct Probes {
     pub(crate) ebpf: Ebpf,
+    /// Forwards the programs' rare log lines (aya-log) to this process's log.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probes {
@@ -169,7 +173,9 @@ impl Probes {
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
             .map_max_entries(names::THREAD_STATE, sizes.threads)
             .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());
-        let mut ebpf = loader.load(OBJECT).map_err(|e| LoadError::Object(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
         for &name in UPROBE_PROGRAMS {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
@@ -178,10 +184,30 @@ impl Probes {
                     source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
                 })?
                 .try_into()
-                .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
-            program.load().map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+                .map_err(|e| LoadError::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
+            program.load().map_err(|e| LoadError::Program {
+                name,
+                source: Box::new(e),
+            })?;
         }
-        Ok(Self { ebpf })
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                tracing::warn!(%error, "BPF log lines will not be shown");
+                None
+            }
+        };
+        Ok(Self { ebpf, logger })
+    }
+
+    /// Moves any pending BPF log lines to the log.
+    pub(crate) fn flush_log(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
     }
 
     /// A loaded uprobe program by name.
@@ -223,7 +249,9 @@ pub fn check_capabilities() -> Result<(), LoadError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(LoadError::MissingCapabilities { missing: missing.join(", ") })
+        Err(LoadError::MissingCapabilities {
+            missing: missing.join(", "),
+        })
     }
 }
 

@@ -98,7 +98,12 @@ impl Symbolizer {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        Self { blaze, modules: HashMap::new(), files: HashMap::new(), stacks: HashMap::new() }
+        Self {
+            blaze,
+            modules: HashMap::new(),
+            files: HashMap::new(),
+            stacks: HashMap::new(),
+        }
     }
 
     /// Re-reads a live process's executable mappings (new libraries after dlopen); keeps the
@@ -110,7 +115,10 @@ impl Symbolizer {
         let known = self.modules.get(&pid);
         if known.is_some_and(|known| {
             known.len() == mappings.len()
-                && known.iter().zip(&mappings).all(|(k, m)| k.start == m.start && k.path == m.path)
+                && known
+                    .iter()
+                    .zip(&mappings)
+                    .all(|(k, m)| k.start == m.start && k.path == m.path)
         }) {
             return;
         }
@@ -118,7 +126,13 @@ impl Symbolizer {
             .into_iter()
             .map(|m| {
                 let file = self.open_mapped(pid, m.start, m.end, &m.path);
-                ModuleMapping { start: m.start, end: m.end, file_offset: m.file_offset, path: m.path, file }
+                ModuleMapping {
+                    start: m.start,
+                    end: m.end,
+                    file_offset: m.file_offset,
+                    path: m.path,
+                    file,
+                }
             })
             .collect();
         let _ = self.modules.insert(pid, snapshot);
@@ -133,7 +147,10 @@ impl Symbolizer {
         ];
         let file = candidates.iter().find_map(|p| File::open(p).ok())?;
         let meta = file.metadata().ok()?;
-        let file = self.files.entry((meta.dev(), meta.ino())).or_insert_with(|| Arc::new(file));
+        let file = self
+            .files
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| Arc::new(file));
         Some(Arc::clone(file))
     }
 
@@ -142,7 +159,10 @@ impl Symbolizer {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
             return Arc::clone(frames);
         }
-        if addrs.iter().any(|&addr| self.mapping_of(pid, addr).is_none()) {
+        if addrs
+            .iter()
+            .any(|&addr| self.mapping_of(pid, addr).is_none())
+        {
             self.refresh(pid);
         }
         let mut frames = Vec::with_capacity(addrs.len());
@@ -155,7 +175,10 @@ impl Symbolizer {
     }
 
     fn mapping_of(&self, pid: u32, addr: u64) -> Option<&ModuleMapping> {
-        self.modules.get(&pid)?.iter().find(|m| m.start <= addr && addr < m.end)
+        self.modules
+            .get(&pid)?
+            .iter()
+            .find(|m| m.start <= addr && addr < m.end)
     }
 
     /// Appends the frames of one return address: inlined callees first, innermost first.
@@ -176,7 +199,9 @@ impl Symbolizer {
             return;
         };
         let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
-        let symbolized = self.blaze.symbolize_single(&source, Input::FileOffset(file_offset));
+        let symbolized = self
+            .blaze
+            .symbolize_single(&source, Input::FileOffset(file_offset));
         match symbolized {
             Ok(Symbolized::Sym(sym)) => {
                 for inlined in sym.inlined.iter().rev() {

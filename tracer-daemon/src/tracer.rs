@@ -11,7 +11,7 @@ use tracer_common::{StackKey, UNKNOWN_STACK_ID};
 use tracing::{info, warn};
 
 use crate::{
-    attach::{self, AttachError, Attachment},
+    attach::{self, AttachError, Attachment, ProgramSet},
     bpf::{LoadError, MapSizes, Probes},
     collect::{self, BpfMaps, CollectError, mappings::MappingTracker},
     discover::process::{self, ProcessInfo},
@@ -77,18 +77,32 @@ impl Tracer {
 
     /// Starts tracing a process.
     pub fn trace(&mut self, pid: u32) -> Result<(), AttachError> {
-        if self.processes.get(&pid).is_some_and(|p| p.state == ProcessState::Running) {
+        self.trace_with(pid, ProgramSet::Tracing)
+    }
+
+    /// Attaches a process with the given programs (the empty ones only for benchmarks).
+    pub fn trace_with(&mut self, pid: u32, programs: ProgramSet) -> Result<(), AttachError> {
+        if self
+            .processes
+            .get(&pid)
+            .is_some_and(|p| p.state == ProcessState::Running)
+        {
             return Ok(());
         }
         let info = process::inspect(pid)?;
         let library = attach::find_allocator(pid)?;
         let allocator = library.path.clone();
         self.symbolizer.refresh(pid);
-        let attachment = attach::attach(&mut self.probes, pid, library)?;
+        let attachment = attach::attach(&mut self.probes, pid, library, programs)?;
         info!(pid, comm = %info.comm, allocator = %allocator, "tracing");
         let _ = self.processes.insert(
             pid,
-            TracedProcess { info, attachment: Some(attachment), allocator, state: ProcessState::Running },
+            TracedProcess {
+                info,
+                attachment: Some(attachment),
+                allocator,
+                state: ProcessState::Running,
+            },
         );
         Ok(())
     }
@@ -106,10 +120,13 @@ impl Tracer {
     /// Applies pending mmap records, notices exited processes (detaching them; their data stays
     /// for one last report) and refreshes module snapshots of the live ones.
     pub fn poll(&mut self) {
+        self.probes.flush_log();
         let _ = self.maps.drain_events(&mut self.mappings);
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
-            let Some(traced) = self.processes.get_mut(&pid) else { continue };
+            let Some(traced) = self.processes.get_mut(&pid) else {
+                continue;
+            };
             if traced.state == ProcessState::Ended {
                 continue;
             }
@@ -128,7 +145,9 @@ impl Tracer {
 
     /// True when nothing is traced or every traced process has ended.
     pub fn all_ended(&self) -> bool {
-        self.processes.values().all(|p| p.state == ProcessState::Ended)
+        self.processes
+            .values()
+            .all(|p| p.state == ProcessState::Ended)
     }
 
     /// Pids traced (running or ended but not yet reported).
@@ -159,26 +178,50 @@ impl Tracer {
                 let (bytes, count) = if options.min_age_ns > 0 {
                     (age.aged_bytes, age.aged_count)
                 } else {
-                    (stack_totals.outstanding_bytes, stack_totals.outstanding_count)
+                    (
+                        stack_totals.outstanding_bytes,
+                        stack_totals.outstanding_count,
+                    )
                 };
                 if bytes == 0 && count == 0 {
                     continue;
                 }
-                stacks.push(self.stack_report(pid, key.stack_id, MemoryKind::Heap, bytes, count, age.oldest_ns, now_ns));
+                stacks.push(self.stack_report(
+                    pid,
+                    key.stack_id,
+                    MemoryKind::Heap,
+                    bytes,
+                    count,
+                    age.oldest_ns,
+                    now_ns,
+                ));
             }
             for (stack_id, mapped) in self.mappings.per_stack(pid) {
                 let aged = now_ns.saturating_sub(mapped.oldest_ns) >= options.min_age_ns;
                 if options.min_age_ns > 0 && !aged {
                     continue;
                 }
-                stacks.push(self.stack_report(pid, stack_id, MemoryKind::Mmap, mapped.bytes, mapped.count, mapped.oldest_ns, now_ns));
+                stacks.push(self.stack_report(
+                    pid,
+                    stack_id,
+                    MemoryKind::Mmap,
+                    mapped.bytes,
+                    mapped.count,
+                    mapped.oldest_ns,
+                    now_ns,
+                ));
             }
             let stacks = report::merge_same_call_sites(stacks);
             let outstanding_bytes = stacks.iter().map(|s| s.bytes).sum::<u64>();
             let outstanding_count = stacks.iter().map(|s| s.count).sum::<u64>();
-            let previous = self.previous_process_bytes.insert(pid, outstanding_bytes).unwrap_or(0);
+            let previous = self
+                .previous_process_bytes
+                .insert(pid, outstanding_bytes)
+                .unwrap_or(0);
             let stacks_total = stacks.len();
-            let Some(traced) = self.processes.get(&pid) else { continue };
+            let Some(traced) = self.processes.get(&pid) else {
+                continue;
+            };
             processes.push(ProcessReport {
                 pid,
                 comm: traced.info.comm.clone(),
@@ -224,13 +267,20 @@ impl Tracer {
         oldest_ns: u64,
         now_ns: u64,
     ) -> StackReport {
-        let previous = self.previous_bytes.insert((pid, stack_id), bytes).unwrap_or(0);
+        let previous = self
+            .previous_bytes
+            .insert((pid, stack_id), bytes)
+            .unwrap_or(0);
         StackReport {
             stack_id: format!("{stack_id:016x}"),
             kind,
             bytes,
             count,
-            oldest_age_ns: if oldest_ns == u64::MAX { 0 } else { now_ns.saturating_sub(oldest_ns) },
+            oldest_age_ns: if oldest_ns == u64::MAX {
+                0
+            } else {
+                now_ns.saturating_sub(oldest_ns)
+            },
             growth_bytes: signed_delta(bytes, previous),
             frames: self.frames(pid, stack_id),
         }
@@ -255,7 +305,10 @@ impl Tracer {
     }
 
     /// The per-stack totals of one process as the kernel holds them (for tests and checks).
-    pub fn raw_totals(&self, pid: u32) -> Result<HashMap<StackKey, tracer_common::StackTotals>, CollectError> {
+    pub fn raw_totals(
+        &self,
+        pid: u32,
+    ) -> Result<HashMap<StackKey, tracer_common::StackTotals>, CollectError> {
         let mut totals = self.maps.stack_totals()?;
         totals.retain(|k, _| k.tgid == pid);
         Ok(totals)
@@ -266,7 +319,11 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
-            if let Some(attachment) = self.processes.get_mut(&pid).and_then(|p| p.attachment.take()) {
+            if let Some(attachment) = self
+                .processes
+                .get_mut(&pid)
+                .and_then(|p| p.attachment.take())
+            {
                 attach::detach(&mut self.probes, attachment);
             }
         }

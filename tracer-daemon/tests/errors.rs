@@ -8,7 +8,10 @@ use support::*;
 fn an_unknown_pid_is_named_in_the_error() {
     let (code, stderr) = run_daemon(&["trace", "--pid", "999999999"], &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("no such process: pid 999999999"), "{stderr}");
+    assert!(
+        stderr.contains("no such process: pid 999999999"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -28,13 +31,21 @@ fn an_unprivileged_user_is_told_which_capabilities_are_missing() {
     require_root();
     let pid = std::process::id().to_string();
     let output = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .args([daemon_binary(), "trace", "--pid", &pid])
         .output()
         .expect("run setpriv");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("missing capabilities CAP_BPF, CAP_PERFMON"), "{stderr}");
+    assert!(
+        stderr.contains("missing capabilities CAP_BPF, CAP_PERFMON"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -42,16 +53,20 @@ fn a_kernel_without_btf_or_uprobes_is_named() {
     require_root();
     let pid = std::process::id().to_string();
     let fake = tempdir("sysfs");
-    let (code, stderr) =
-        run_daemon(&["trace", "--pid", &pid], &[("TRACER_SYSFS_ROOT", fake.to_str().expect("utf8"))]);
+    let (code, stderr) = run_daemon(
+        &["trace", "--pid", &pid],
+        &[("TRACER_SYSFS_ROOT", fake.to_str().expect("utf8"))],
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("the kernel has no uprobes"), "{stderr}");
 
     let uprobe = fake.join("bus/event_source/devices/uprobe");
     std::fs::create_dir_all(&uprobe).expect("mkdir");
     std::fs::write(uprobe.join("type"), "7\n").expect("write");
-    let (code, stderr) =
-        run_daemon(&["trace", "--pid", &pid], &[("TRACER_SYSFS_ROOT", fake.to_str().expect("utf8"))]);
+    let (code, stderr) = run_daemon(
+        &["trace", "--pid", &pid],
+        &[("TRACER_SYSFS_ROOT", fake.to_str().expect("utf8"))],
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("the kernel has no BTF"), "{stderr}");
 }
@@ -63,13 +78,19 @@ fn a_process_with_no_allocator_symbol_is_refused() {
     let pid = workload.pid.to_string();
     let (code, stderr) = run_daemon(&["trace", "--pid", &pid], &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("maps no ELF file that defines malloc"), "{stderr}");
+    assert!(
+        stderr.contains("maps no ELF file that defines malloc"),
+        "{stderr}"
+    );
     workload.send("exit");
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}-{}", std::process::id(), now_ms()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir
 }

@@ -21,7 +21,10 @@ fn a_leaking_function_is_the_top_stack_with_exact_bytes_and_count() {
     assert_eq!(functions(top)[..2], ["leak_here", "main"], "{report:#}");
     assert_eq!(bytes_count(top), (100 * 4096, 100), "{report:#}");
     for function in ["churn_and_free", "calloc_and_free", "realloc_then_free"] {
-        assert!(stacks_from(&report, workload.pid, function).is_empty(), "{function} leaked: {report:#}");
+        assert!(
+            stacks_from(&report, workload.pid, function).is_empty(),
+            "{function} leaked: {report:#}"
+        );
     }
     workload.finish();
 }
@@ -48,7 +51,11 @@ fn every_allocator_entry_point_is_reported_at_its_own_call_site_with_exact_bytes
         ("leak_mmap", 15 * PAGE, 3),
     ];
     for &(function, bytes, count) in expected {
-        assert_eq!(function_totals(&report, pid, function), (bytes, count), "{function}: {report:#}");
+        assert_eq!(
+            function_totals(&report, pid, function),
+            (bytes, count),
+            "{function}: {report:#}"
+        );
     }
     let mmap_stack = stack_from(&report, pid, "leak_mmap");
     assert_eq!(mmap_stack["kind"], "mmap");
@@ -64,9 +71,16 @@ fn failed_calls_and_freed_blocks_record_nothing() {
     let done = workload.run_to_done();
     let report = trace.report_after(done);
     for function in ["failed_calls", "freed_blocks", "file_mapping"] {
-        assert_eq!(function_totals(&report, workload.pid, function), (0, 0), "{function}: {report:#}");
+        assert_eq!(
+            function_totals(&report, workload.pid, function),
+            (0, 0),
+            "{function}: {report:#}"
+        );
     }
-    assert!(report["stats"]["failed_calls"].as_u64().expect("stat") >= 4, "{report:#}");
+    assert!(
+        report["stats"]["failed_calls"].as_u64().expect("stat") >= 4,
+        "{report:#}"
+    );
     workload.finish();
 }
 
@@ -78,7 +92,11 @@ fn unmapping_part_of_a_mapping_leaves_exactly_the_pages_still_mapped() {
     let done = workload.run_to_done();
     let report = trace.report_after(done);
     // 10 pages, a 2-page hole in the middle, the last page unmapped: 7 pages in 2 pieces.
-    assert_eq!(function_totals(&report, workload.pid, "mmap_with_holes"), (7 * PAGE, 2), "{report:#}");
+    assert_eq!(
+        function_totals(&report, workload.pid, "mmap_with_holes"),
+        (7 * PAGE, 2),
+        "{report:#}"
+    );
     workload.finish();
 }
 
@@ -91,8 +109,16 @@ fn forked_processes_leaking_at_identical_addresses_are_reported_separately() {
     let mut trace = Trace::start(&[parent, child], &[]);
     let done = workload.run_to_done();
     let report = trace.report_after(done);
-    assert_eq!(function_totals(&report, parent, "leak_same_address"), (20_000, 20), "{report:#}");
-    assert_eq!(function_totals(&report, child, "leak_same_address"), (10_000, 10), "{report:#}");
+    assert_eq!(
+        function_totals(&report, parent, "leak_same_address"),
+        (20_000, 20),
+        "{report:#}"
+    );
+    assert_eq!(
+        function_totals(&report, child, "leak_same_address"),
+        (10_000, 10),
+        "{report:#}"
+    );
     workload.finish();
 }
 
@@ -104,10 +130,19 @@ fn thread_leaks_are_exact_and_arena_reservations_are_not_leaks() {
     let done = workload.run_to_done();
     let report = trace.report_after(done);
     let pid = workload.pid;
-    assert_eq!(function_totals(&report, pid, "thread_leak"), (200_000, 200), "{report:#}");
+    assert_eq!(
+        function_totals(&report, pid, "thread_leak"),
+        (200_000, 200),
+        "{report:#}"
+    );
     // Four arenas were created, each reserving 128 MiB inside malloc: none of it is a leak.
-    let total = process(&report, pid)["outstanding_bytes"].as_u64().expect("bytes");
-    assert!(total < 64 << 20, "allocator-internal mappings reported as leaks ({total} B): {report:#}");
+    let total = process(&report, pid)["outstanding_bytes"]
+        .as_u64()
+        .expect("bytes");
+    assert!(
+        total < 64 << 20,
+        "allocator-internal mappings reported as leaks ({total} B): {report:#}"
+    );
     workload.finish();
 }
 
@@ -121,9 +156,15 @@ fn a_process_that_exits_is_reported_as_ended_and_the_tracer_then_exits() {
     workload.finish();
     let (status, reports) = trace.wait_exit();
     assert!(status.success(), "tracer exit status {status}");
-    let last = reports.last().expect("a last report after the target ended");
+    let last = reports
+        .last()
+        .expect("a last report after the target ended");
     assert_eq!(process(last, pid)["state"], "ended", "{last:#}");
-    assert_eq!(function_totals(last, pid, "leak_here"), (409_600, 100), "{last:#}");
+    assert_eq!(
+        function_totals(last, pid, "leak_here"),
+        (409_600, 100),
+        "{last:#}"
+    );
 }
 
 #[test]
@@ -136,12 +177,29 @@ fn min_age_counts_only_allocations_at_least_that_old() {
     std::thread::sleep(Duration::from_millis(1700));
     let late = workload.run_to_done();
     let report = trace.report_after(late);
-    assert_eq!(function_totals(&report, pid, "leak_early"), (10_000, 10), "{report:#}");
-    assert_eq!(function_totals(&report, pid, "leak_late"), (0, 0), "{report:#}");
-    let age = stack_from(&report, pid, "leak_early")["oldest_age_ns"].as_u64().expect("age");
-    assert!((1_500_000_000..20_000_000_000).contains(&age), "oldest age {age} ns is not ~1.7 s");
+    assert_eq!(
+        function_totals(&report, pid, "leak_early"),
+        (10_000, 10),
+        "{report:#}"
+    );
+    assert_eq!(
+        function_totals(&report, pid, "leak_late"),
+        (0, 0),
+        "{report:#}"
+    );
+    let age = stack_from(&report, pid, "leak_early")["oldest_age_ns"]
+        .as_u64()
+        .expect("age");
+    assert!(
+        (1_500_000_000..20_000_000_000).contains(&age),
+        "oldest age {age} ns is not ~1.7 s"
+    );
     std::thread::sleep(Duration::from_millis(1700));
     let report = trace.report_after(now_ms());
-    assert_eq!(function_totals(&report, pid, "leak_late"), (5_000, 5), "{report:#}");
+    assert_eq!(
+        function_totals(&report, pid, "leak_late"),
+        (5_000, 5),
+        "{report:#}"
+    );
     workload.finish();
 }

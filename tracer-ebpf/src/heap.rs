@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
 };
-use tracer_common::{AllocInfo, AllocKey, Stat, StackKey, StackTotals};
+use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, Stat};
 
 use crate::{
     maps::{ALLOCS, STACK_TOTALS},
@@ -40,7 +40,11 @@ pub(crate) fn restore(tgid: u32, addr: u64, info: &AllocInfo) {
 
 /// Removes the record of `addr`, if any, and returns it.
 pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
-    let key = AllocKey { tgid, _pad: 0, addr };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
     let Some(info) = ALLOCS.get_ptr(&key) else {
         bump(Stat::FREES_UNKNOWN);
         return None;
@@ -49,11 +53,18 @@ pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
     let info = unsafe { *info };
     // Two frees of one block race here; only the one whose delete succeeds updates the totals.
     ALLOCS.remove(&key).ok()?;
-    let stack_key = StackKey { tgid, _pad: 0, stack_id: info.stack_id };
+    let stack_key = StackKey {
+        tgid,
+        _pad: 0,
+        stack_id: info.stack_id,
+    };
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
         // SAFETY: totals entries are never deleted while their process lives.
         unsafe {
-            add(&raw mut (*totals).outstanding_bytes, info.size_bytes.wrapping_neg());
+            add(
+                &raw mut (*totals).outstanding_bytes,
+                info.size_bytes.wrapping_neg(),
+            );
             add(&raw mut (*totals).outstanding_count, u64::MAX);
         }
     }
@@ -66,7 +77,11 @@ fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
     let Some(totals) = totals_of(tgid, info.stack_id) else {
         return false;
     };
-    let key = AllocKey { tgid, _pad: 0, addr };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
     match ALLOCS.insert(&key, info, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         Err(err) if err == -EEXIST => {
@@ -93,7 +108,11 @@ fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
 }
 
 fn totals_of(tgid: u32, stack_id: u64) -> Option<*mut StackTotals> {
-    let key = StackKey { tgid, _pad: 0, stack_id };
+    let key = StackKey {
+        tgid,
+        _pad: 0,
+        stack_id,
+    };
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&key) {
         return Some(totals);
     }

@@ -7,9 +7,13 @@
 #![no_main]
 // Atomic adds on map values (core's atomics lack read-modify-write on this target).
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on bpfel"
+)]
 
 mod config;
+mod floor;
 mod heap;
 mod maps;
 mod mmap;

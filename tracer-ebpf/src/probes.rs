@@ -46,7 +46,7 @@ fn array_bytes(count: u64, size: u64) -> u64 {
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::MALLOC, arg(&ctx, 0), 0);
+    let _ = thread_state::enter(&ctx, AllocFn::MALLOC, arg(&ctx, 0), 0);
     0
 }
 
@@ -61,7 +61,7 @@ pub fn malloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let size = array_bytes(arg(&ctx, 0), arg(&ctx, 1));
-    let _ = thread_state::enter(AllocFn::CALLOC, size, 0);
+    let _ = thread_state::enter(&ctx, AllocFn::CALLOC, size, 0);
     0
 }
 
@@ -75,7 +75,7 @@ pub fn calloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    resize_entered(AllocFn::REALLOC, arg(&ctx, 0), arg(&ctx, 1));
+    resize_entered(&ctx, AllocFn::REALLOC, arg(&ctx, 0), arg(&ctx, 1));
     0
 }
 
@@ -88,7 +88,7 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let size = array_bytes(arg(&ctx, 1), arg(&ctx, 2));
-    resize_entered(AllocFn::REALLOCARRAY, arg(&ctx, 0), size);
+    resize_entered(&ctx, AllocFn::REALLOCARRAY, arg(&ctx, 0), size);
     0
 }
 
@@ -101,8 +101,8 @@ pub fn reallocarray_exit(ctx: RetProbeContext) -> u32 {
 /// The old block leaves the books at entry, not at return: once realloc has freed it, another
 /// thread may be handed the same address before our return probe runs. If realloc fails, the
 /// record is put back.
-fn resize_entered(func: AllocFn, old: u64, size: u64) {
-    let Some(state) = thread_state::enter(func, size, old) else {
+fn resize_entered(ctx: &ProbeContext, func: AllocFn, old: u64, size: u64) {
+    let Some(state) = thread_state::enter(ctx, func, size, old) else {
         return;
     };
     if old != 0 {
@@ -149,7 +149,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0));
+    let _ = thread_state::enter(&ctx, AllocFn::POSIX_MEMALIGN, arg(&ctx, 2), arg(&ctx, 0));
     0
 }
 
@@ -179,7 +179,7 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::ALIGNED_ALLOC, arg(&ctx, 1), 0);
+    let _ = thread_state::enter(&ctx, AllocFn::ALIGNED_ALLOC, arg(&ctx, 1), 0);
     0
 }
 
@@ -191,7 +191,7 @@ pub fn aligned_alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::MEMALIGN, arg(&ctx, 1), 0);
+    let _ = thread_state::enter(&ctx, AllocFn::MEMALIGN, arg(&ctx, 1), 0);
     0
 }
 
@@ -203,7 +203,7 @@ pub fn memalign_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::VALLOC, arg(&ctx, 0), 0);
+    let _ = thread_state::enter(&ctx, AllocFn::VALLOC, arg(&ctx, 0), 0);
     0
 }
 
@@ -217,7 +217,7 @@ pub fn valloc_exit(ctx: RetProbeContext) -> u32 {
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
     // pvalloc allocates whole pages by definition.
     let size = mmap::round_to_pages(arg(&ctx, 0));
-    let _ = thread_state::enter(AllocFn::PVALLOC, size, 0);
+    let _ = thread_state::enter(&ctx, AllocFn::PVALLOC, size, 0);
     0
 }
 
@@ -245,7 +245,7 @@ fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(AllocFn::MMAP, arg(&ctx, 1), arg(&ctx, 3));
+    let _ = thread_state::enter(&ctx, AllocFn::MMAP, arg(&ctx, 1), arg(&ctx, 3));
     0
 }
 

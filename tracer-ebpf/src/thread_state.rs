@@ -6,7 +6,12 @@
 //! with whatever the thread entered last (the mix-up that makes an arena's 128 MiB reservation
 //! look like a leak in other tools).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
+use aya_log_ebpf::warn;
 use tracer_common::{AllocFn, Stat, ThreadState};
 
 use crate::{
@@ -23,7 +28,12 @@ pub(crate) fn current() -> (u32, u32) {
 
 /// Called at every traced entry. Returns the thread's state when this call is the outermost
 /// traced one (the caller may stash more in it), `None` when it is nested or untracked.
-pub(crate) fn enter(func: AllocFn, size_bytes: u64, arg: u64) -> Option<&'static mut ThreadState> {
+pub(crate) fn enter<C: EbpfContext>(
+    ctx: &C,
+    func: AllocFn,
+    size_bytes: u64,
+    arg: u64,
+) -> Option<&'static mut ThreadState> {
     let (tgid, tid) = current();
     if tgid == daemon_tgid() {
         return None;
@@ -37,7 +47,12 @@ pub(crate) fn enter(func: AllocFn, size_bytes: u64, arg: u64) -> Option<&'static
             bump(Stat::NESTED_CALLS);
             return None;
         }
+        // Rare (a lost return probe): worth a line in the daemon's log.
         bump(Stat::STALE_CALLS);
+        warn!(
+            ctx,
+            "tid {}: allocator call {} never returned; state reset", tid, state.func
+        );
     }
     state.depth = 1;
     state.func = func.0;

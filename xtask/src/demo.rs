@@ -16,9 +16,12 @@ pub(crate) fn demo() -> anyhow::Result<()> {
         bail!("the demo loads BPF programs and must run as root (e.g. `sudo -E cargo xtask demo`)");
     }
     let root = workspace_root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "--package", "tracer-daemon"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer-daemon",
+    ]))?;
     let out_dir = root.join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let service = out_dir.join("leaky_service");
@@ -39,7 +42,17 @@ pub(crate) fn demo() -> anyhow::Result<()> {
         child.id()
     );
     let traced = run(Command::new(root.join("target/release/tracer-daemon"))
-        .args(["trace", "--pid", &child.id().to_string(), "--interval", "3s", "--reports", "3", "--top", "5"])
+        .args([
+            "trace",
+            "--pid",
+            &child.id().to_string(),
+            "--interval",
+            "3s",
+            "--reports",
+            "3",
+            "--top",
+            "5",
+        ])
         .env("TRACER_LOG", "warn"));
     let _ = child.kill();
     let _ = child.wait();

@@ -30,9 +30,13 @@ pub(crate) fn setup() -> anyhow::Result<()> {
 }
 
 fn nightly_components() -> anyhow::Result<()> {
-    let installed = cmd_output(
-        Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
-    )
+    let installed = cmd_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
     .context("nightly toolchain missing: `rustup toolchain install nightly` first")?;
     for component in ["rust-src", "llvm-tools"] {
         let present = installed
@@ -52,9 +56,11 @@ fn nightly_components() -> anyhow::Result<()> {
 }
 
 fn cargo_home() -> PathBuf {
-    env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
-    })
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// Path of the installed bpf-linker binary.
@@ -102,8 +108,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     for name in ["libLLVM.so", soname.as_str()] {
         let link = lib.join(name);
         let _ignored = std::fs::remove_file(&link);
-        symlink(&libllvm, &link)
-            .with_context(|| format!("failed to link {} -> {}", link.display(), libllvm.display()))?;
+        symlink(&libllvm, &link).with_context(|| {
+            format!("failed to link {} -> {}", link.display(), libllvm.display())
+        })?;
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {soname} (about a minute)");
     run(Command::new("cargo")
@@ -135,7 +142,10 @@ fn find_libllvm(dir: &Path) -> anyhow::Result<PathBuf> {
             return Ok(path);
         }
     }
-    bail!("no libLLVM.so.* in {}: is the nightly `rustc` component installed?", dir.display())
+    bail!(
+        "no libLLVM.so.* in {}: is the nightly `rustc` component installed?",
+        dir.display()
+    )
 }
 
 /// Installs the Debian packages that are missing; does nothing when all are present.
@@ -147,7 +157,9 @@ pub(crate) fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
             !Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", package])
                 .output()
-                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
         })
         .collect();
     if missing.is_empty() {

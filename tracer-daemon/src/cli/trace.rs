@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
+    attach::ProgramSet,
     bpf::MapSizes,
     report::{ProcessState, Report},
     tracer::{ReportOptions, Tracer},
@@ -50,6 +51,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 1 << 19)]
     pub max_allocations: u32,
 
+    /// Attach empty programs at the same points instead of tracing (the kernel's floor cost,
+    /// for benchmarks).
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// Capacity for distinct stacks (about 600 bytes each).
     #[arg(long, default_value_t = 1 << 15)]
     pub max_stacks: u32,
@@ -76,7 +82,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut tracer = Tracer::new(&sizes)?;
     for &pid in &args.pids {
-        tracer.trace(pid).with_context(|| format!("cannot trace pid {pid}"))?;
+        let programs = if args.empty_programs {
+            ProgramSet::Empty
+        } else {
+            ProgramSet::Tracing
+        };
+        tracer
+            .trace_with(pid, programs)
+            .with_context(|| format!("cannot trace pid {pid}"))?;
     }
     tracing::info!(pids = ?args.pids, "attached; first report in {}", humantime::format_duration(args.interval));
     let options = ReportOptions {
@@ -163,7 +176,10 @@ pub fn format_text(report: &Report) -> String {
     }
     let lost = report.stats.allocations_lost();
     if lost > 0 {
-        let _ = writeln!(text, "WARNING: {lost} allocations could not be recorded (maps full); see --json stats");
+        let _ = writeln!(
+            text,
+            "WARNING: {lost} allocations could not be recorded (maps full); see --json stats"
+        );
     }
     text
 }
@@ -178,5 +194,9 @@ fn signed_bytes(n: i64) -> String {
 
 fn age(ns: u64) -> String {
     let secs = ns as f64 / 1e9;
-    if secs < 1.0 { format!("{:.0}ms", secs * 1e3) } else { format!("{secs:.1}s") }
+    if secs < 1.0 {
+        format!("{:.0}ms", secs * 1e3)
+    } else {
+        format!("{secs:.1}s")
+    }
 }

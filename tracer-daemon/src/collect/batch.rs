@@ -27,7 +27,11 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
             size_of::<bpf_attr>(),
         )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Calls `visit` with every (key, value) of a hash map. Elements inserted or deleted during
@@ -43,7 +47,11 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(K, V)) -> i
     loop {
         // SAFETY: bpf_attr is plain data; all-zero is its documented initial state.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.batch.in_batch = if first { 0 } else { std::ptr::from_ref(&in_batch) as u64 };
+        attr.batch.in_batch = if first {
+            0
+        } else {
+            std::ptr::from_ref(&in_batch) as u64
+        };
         attr.batch.out_batch = std::ptr::from_mut(&mut out_batch) as u64;
         attr.batch.keys = keys.as_mut_ptr() as u64;
         attr.batch.values = values.as_mut_ptr() as u64;
@@ -57,8 +65,15 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(K, V)) -> i
             // valid for any bytes, and read_unaligned needs no alignment.
             let (key, value) = unsafe {
                 (
-                    keys.as_ptr().add(i * size_of::<K>()).cast::<K>().read_unaligned(),
-                    values.as_ptr().add(i * size_of::<V>()).cast::<V>().read_unaligned(),
+                    keys.as_ptr()
+                        .add(i * size_of::<K>())
+                        .cast::<K>()
+                        .read_unaligned(),
+                    values
+                        .as_ptr()
+                        .add(i * size_of::<V>())
+                        .cast::<V>()
+                        .read_unaligned(),
                 )
             };
             visit(key, value);

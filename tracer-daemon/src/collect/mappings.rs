@@ -41,7 +41,11 @@ impl MappingTracker {
             return;
         }
         self.unmapped(tgid, start, mapping.len_bytes);
-        let _ = self.by_process.entry(tgid).or_default().insert(start, mapping);
+        let _ = self
+            .by_process
+            .entry(tgid)
+            .or_default()
+            .insert(start, mapping);
     }
 
     /// Removes `[start, start + len)` from whatever mappings it overlaps.
@@ -58,13 +62,27 @@ impl MappingTracker {
         }
         affected.extend(index.range(start..end).map(|(&s, _)| s));
         for piece_start in affected {
-            let Some(mapping) = index.remove(&piece_start) else { continue };
+            let Some(mapping) = index.remove(&piece_start) else {
+                continue;
+            };
             let piece_end = piece_start.saturating_add(mapping.len_bytes);
             if piece_start < start {
-                let _ = index.insert(piece_start, Mapping { len_bytes: start - piece_start, ..mapping });
+                let _ = index.insert(
+                    piece_start,
+                    Mapping {
+                        len_bytes: start - piece_start,
+                        ..mapping
+                    },
+                );
             }
             if piece_end > end {
-                let _ = index.insert(end, Mapping { len_bytes: piece_end - end, ..mapping });
+                let _ = index.insert(
+                    end,
+                    Mapping {
+                        len_bytes: piece_end - end,
+                        ..mapping
+                    },
+                );
             }
         }
         if index.is_empty() {
@@ -79,7 +97,11 @@ impl MappingTracker {
 
     /// A process's mappings, by start address.
     pub fn mappings(&self, tgid: u32) -> impl Iterator<Item = (u64, &Mapping)> {
-        self.by_process.get(&tgid).into_iter().flatten().map(|(&start, m)| (start, m))
+        self.by_process
+            .get(&tgid)
+            .into_iter()
+            .flatten()
+            .map(|(&start, m)| (start, m))
     }
 
     /// A process's mappings totalled per stack.
@@ -105,7 +127,12 @@ mod tests {
     const PAGE: u64 = 4096;
 
     fn mapping(len_bytes: u64, stack_id: u64) -> Mapping {
-        Mapping { len_bytes, stack_id, timestamp_ns: 1, cgroup_id: 0 }
+        Mapping {
+            len_bytes,
+            stack_id,
+            timestamp_ns: 1,
+            cgroup_id: 0,
+        }
     }
 
     fn bytes(tracker: &MappingTracker) -> u64 {
@@ -118,8 +145,18 @@ mod tests {
         tracker.mapped(1, 0x10000, mapping(10 * PAGE, 7));
         tracker.unmapped(1, 0x10000 + 3 * PAGE, 2 * PAGE);
         let pieces: Vec<(u64, u64)> = tracker.mappings(1).map(|(s, m)| (s, m.len_bytes)).collect();
-        assert_eq!(pieces, vec![(0x10000, 3 * PAGE), (0x10000 + 5 * PAGE, 5 * PAGE)]);
-        assert_eq!(tracker.per_stack(1)[&7], MappingTotals { bytes: 8 * PAGE, count: 2, oldest_ns: 1 });
+        assert_eq!(
+            pieces,
+            vec![(0x10000, 3 * PAGE), (0x10000 + 5 * PAGE, 5 * PAGE)]
+        );
+        assert_eq!(
+            tracker.per_stack(1)[&7],
+            MappingTotals {
+                bytes: 8 * PAGE,
+                count: 2,
+                oldest_ns: 1
+            }
+        );
     }
 
     #[test]
@@ -129,7 +166,10 @@ mod tests {
         tracker.unmapped(1, 0x10000, PAGE);
         tracker.unmapped(1, 0x10000 + 9 * PAGE, PAGE);
         assert_eq!(bytes(&tracker), 8 * PAGE);
-        assert_eq!(tracker.mappings(1).next().map(|(s, _)| s), Some(0x10000 + PAGE));
+        assert_eq!(
+            tracker.mappings(1).next().map(|(s, _)| s),
+            Some(0x10000 + PAGE)
+        );
     }
 
     #[test]

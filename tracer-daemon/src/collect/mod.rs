@@ -65,8 +65,14 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     probes: &mut Probes,
     name: &'static str,
 ) -> Result<T, CollectError> {
-    let map = probes.ebpf.take_map(name).ok_or(CollectError::Map { name, source: None })?;
-    T::try_from(map).map_err(|e| CollectError::Map { name, source: Some(e) })
+    let map = probes
+        .ebpf
+        .take_map(name)
+        .ok_or(CollectError::Map { name, source: None })?;
+    T::try_from(map).map_err(|e| CollectError::Map {
+        name,
+        source: Some(e),
+    })
 }
 
 impl BpfMaps {
@@ -87,7 +93,10 @@ impl BpfMaps {
         batch::for_each(self.totals.map(), |key: StackKey, totals: StackTotals| {
             let _ = out.insert(key, totals);
         })
-        .map_err(|source| CollectError::Read { name: names::STACK_TOTALS, source })?;
+        .map_err(|source| CollectError::Read {
+            name: names::STACK_TOTALS,
+            source,
+        })?;
         Ok(out)
     }
 
@@ -104,17 +113,25 @@ impl BpfMaps {
             if !tgids.contains(&key.tgid) {
                 return;
             }
-            let stack = StackKey { tgid: key.tgid, _pad: 0, stack_id: info.stack_id };
-            let summary = out
-                .entry(stack)
-                .or_insert(AgeSummary { oldest_ns: u64::MAX, ..AgeSummary::default() });
+            let stack = StackKey {
+                tgid: key.tgid,
+                _pad: 0,
+                stack_id: info.stack_id,
+            };
+            let summary = out.entry(stack).or_insert(AgeSummary {
+                oldest_ns: u64::MAX,
+                ..AgeSummary::default()
+            });
             summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
             if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
                 summary.aged_bytes += info.size_bytes;
                 summary.aged_count += 1;
             }
         })
-        .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
+        .map_err(|source| CollectError::Read {
+            name: names::ALLOCS,
+            source,
+        })?;
         Ok(out)
     }
 
@@ -148,29 +165,41 @@ impl BpfMaps {
                 alloc_keys.push(key);
             }
         })
-        .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
-        batch::delete(self.allocs.map(), &alloc_keys)
-            .map_err(|source| CollectError::Read { name: names::ALLOCS, source })?;
+        .map_err(|source| CollectError::Read {
+            name: names::ALLOCS,
+            source,
+        })?;
+        batch::delete(self.allocs.map(), &alloc_keys).map_err(|source| CollectError::Read {
+            name: names::ALLOCS,
+            source,
+        })?;
 
         let totals = self.stack_totals()?;
         let (ended, alive): (Vec<StackKey>, Vec<StackKey>) =
             totals.keys().partition(|key| key.tgid == tgid);
-        batch::delete(self.totals.map(), &ended)
-            .map_err(|source| CollectError::Read { name: names::STACK_TOTALS, source })?;
+        batch::delete(self.totals.map(), &ended).map_err(|source| CollectError::Read {
+            name: names::STACK_TOTALS,
+            source,
+        })?;
         let still_used: HashSet<u64> = alive.iter().map(|key| key.stack_id).collect();
         let unused: Vec<u64> = ended
             .iter()
             .map(|key| key.stack_id)
             .filter(|id| !still_used.contains(id))
             .collect();
-        batch::delete(self.traces.map(), &unused)
-            .map_err(|source| CollectError::Read { name: names::STACK_TRACES, source })?;
+        batch::delete(self.traces.map(), &unused).map_err(|source| CollectError::Read {
+            name: names::STACK_TRACES,
+            source,
+        })?;
         Ok(())
     }
 }
 
 fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) {
-    let Some(kind) = bytes.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])) else {
+    let Some(kind) = bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    else {
         return;
     };
     match kind {
@@ -199,8 +228,13 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }

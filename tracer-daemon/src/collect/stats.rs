@@ -14,7 +14,10 @@ pub struct BpfStats(pub BTreeMap<&'static str, u64>);
 impl BpfStats {
     /// One counter.
     pub fn get(&self, stat: Stat) -> u64 {
-        self.0.get(Stat::NAMES[stat.0 as usize]).copied().unwrap_or(0)
+        self.0
+            .get(Stat::NAMES[stat.0 as usize])
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Allocations the tracer could not record (full maps, lost stacks are counted apart).
@@ -30,7 +33,10 @@ impl BpfStats {
 pub fn read(stats: &PerCpuArray<MapData, u64>) -> BpfStats {
     let mut out = BTreeMap::new();
     for index in 0..Stat::COUNT {
-        let total = stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        let total = stats
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
         let _ = out.insert(Stat::NAMES[index as usize], total);
     }
     BpfStats(out)

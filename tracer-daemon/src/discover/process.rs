@@ -70,7 +70,11 @@ pub fn inspect(pid: u32) -> Result<ProcessInfo, ProcessError> {
     if stat.state == 'Z' || stat.state == 'X' {
         return Err(ProcessError::NotFound { pid });
     }
-    Ok(ProcessInfo { pid, comm: stat.comm, start_ticks: stat.starttime })
+    Ok(ProcessInfo {
+        pid,
+        comm: stat.comm,
+        start_ticks: stat.starttime,
+    })
 }
 
 /// True while the process with this identity is alive (not reused, not a zombie).

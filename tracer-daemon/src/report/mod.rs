@@ -92,8 +92,10 @@ pub struct Report {
 pub fn merge_same_call_sites(stacks: Vec<StackReport>) -> Vec<StackReport> {
     let mut merged: Vec<StackReport> = Vec::with_capacity(stacks.len());
     let mut index: HashMap<(MemoryKind, Vec<FrameIdentity<'_>>), usize> = HashMap::new();
-    let identities: Vec<Vec<FrameIdentity<'_>>> =
-        stacks.iter().map(|s| s.frames.iter().map(FrameIdentity::of).collect()).collect();
+    let identities: Vec<Vec<FrameIdentity<'_>>> = stacks
+        .iter()
+        .map(|s| s.frames.iter().map(FrameIdentity::of).collect())
+        .collect();
     for (stack, identity) in stacks.iter().zip(identities) {
         if stack.frames.is_empty() {
             merged.push(stack.clone());
@@ -119,14 +121,22 @@ pub fn merge_same_call_sites(stacks: Vec<StackReport>) -> Vec<StackReport> {
 /// What makes two frames the same call site.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum FrameIdentity<'a> {
-    Source { function: &'a str, file: &'a str, line: u32 },
+    Source {
+        function: &'a str,
+        file: &'a str,
+        line: u32,
+    },
     Address(u64),
 }
 
 impl<'a> FrameIdentity<'a> {
     fn of(frame: &'a Frame) -> Self {
         match (&frame.function, &frame.file, frame.line) {
-            (Some(function), Some(file), Some(line)) => Self::Source { function, file, line },
+            (Some(function), Some(file), Some(line)) => Self::Source {
+                function,
+                file,
+                line,
+            },
             _ => Self::Address(frame.module_offset.unwrap_or(frame.addr)),
         }
     }
@@ -137,7 +147,10 @@ impl<'a> FrameIdentity<'a> {
 pub fn rank(mut stacks: Vec<StackReport>, top: usize) -> Vec<StackReport> {
     stacks.retain(|s| s.bytes > 0 || s.count > 0);
     stacks.sort_by(|a, b| {
-        b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.count.cmp(&a.count))
+            .then(a.stack_id.cmp(&b.stack_id))
     });
     stacks.truncate(top);
     stacks
@@ -161,7 +174,10 @@ mod tests {
 
     #[test]
     fn ranking_puts_most_bytes_first_and_cuts_at_top() {
-        let ranked = rank(vec![stack("a", 10, 1), stack("b", 30, 1), stack("c", 20, 5)], 2);
+        let ranked = rank(
+            vec![stack("a", 10, 1), stack("b", 30, 1), stack("c", 20, 5)],
+            2,
+        );
         let ids: Vec<&str> = ranked.iter().map(|s| s.stack_id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
     }
@@ -179,18 +195,35 @@ mod tests {
     }
 
     fn stack_with(id: &str, bytes: u64, frames: Vec<Frame>) -> StackReport {
-        StackReport { frames: Arc::from(frames), ..stack(id, bytes, 1) }
+        StackReport {
+            frames: Arc::from(frames),
+            ..stack(id, bytes, 1)
+        }
     }
 
     #[test]
     fn stacks_at_the_same_source_lines_merge_into_one_call_site() {
         let merged = merge_same_call_sites(vec![
-            stack_with("a", 10, vec![frame("leak", Some(5), 0x10), frame("main", Some(9), 0x40)]),
-            stack_with("b", 20, vec![frame("leak", Some(5), 0x18), frame("main", Some(9), 0x40)]),
-            stack_with("c", 40, vec![frame("leak", Some(6), 0x20), frame("main", Some(9), 0x40)]),
+            stack_with(
+                "a",
+                10,
+                vec![frame("leak", Some(5), 0x10), frame("main", Some(9), 0x40)],
+            ),
+            stack_with(
+                "b",
+                20,
+                vec![frame("leak", Some(5), 0x18), frame("main", Some(9), 0x40)],
+            ),
+            stack_with(
+                "c",
+                40,
+                vec![frame("leak", Some(6), 0x20), frame("main", Some(9), 0x40)],
+            ),
         ]);
-        let summary: Vec<(&str, u64, u64)> =
-            merged.iter().map(|s| (s.stack_id.as_str(), s.bytes, s.count)).collect();
+        let summary: Vec<(&str, u64, u64)> = merged
+            .iter()
+            .map(|s| (s.stack_id.as_str(), s.bytes, s.count))
+            .collect();
         assert_eq!(summary, [("a", 30, 2), ("c", 40, 1)]);
     }
 
@@ -205,8 +238,15 @@ mod tests {
 
     #[test]
     fn ranking_breaks_ties_by_count_then_id_and_drops_empty_stacks() {
-        let ranked =
-            rank(vec![stack("z", 8, 1), stack("y", 8, 2), stack("x", 8, 1), stack("e", 0, 0)], 10);
+        let ranked = rank(
+            vec![
+                stack("z", 8, 1),
+                stack("y", 8, 2),
+                stack("x", 8, 1),
+                stack("e", 0, 0),
+            ],
+            10,
+        );
         let ids: Vec<&str> = ranked.iter().map(|s| s.stack_id.as_str()).collect();
         assert_eq!(ids, ["y", "x", "z"]);
     }

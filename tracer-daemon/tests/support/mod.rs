@@ -1,6 +1,9 @@
 //! Test support: compiles the C workloads, runs them under the real `tracer-daemon` binary and
 //! reads its JSON reports. Everything is real: real processes, real probes, real kernel.
-#![allow(dead_code, reason = "each test binary uses a different part of the support code")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support code"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -22,7 +25,10 @@ pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "these tests load BPF programs and must run as root (CI does)");
+    assert_eq!(
+        euid, 0,
+        "these tests load BPF programs and must run as root (CI does)"
+    );
 }
 
 /// Compiles `tests/workloads/<name>.c` (once per test binary) and returns the executable.
@@ -37,12 +43,21 @@ pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
     let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).expect("create workload dir");
-    let suffix: String = extra_flags.iter().map(|f| f.replace(['-', '=', '/'], "_")).collect();
+    let suffix: String = extra_flags
+        .iter()
+        .map(|f| f.replace(['-', '=', '/'], "_"))
+        .collect();
     let out = out_dir.join(format!("{name}{suffix}"));
     let src = src_dir.join(format!("{name}.c"));
     let tmp = out_dir.join(format!(".{name}{suffix}.{}", std::process::id()));
     let status = Command::new("gcc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread"])
+        .args([
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-pthread",
+        ])
         .args(extra_flags)
         .arg("-I")
         .arg(&src_dir)
@@ -93,7 +108,13 @@ impl Workload {
         let stdin = child.stdin.take();
         let lines = line_reader(child.stdout.take().expect("stdout"));
         let pid = child.id();
-        let mut workload = Self { child, stdin, lines, pid, other_pids: Vec::new() };
+        let mut workload = Self {
+            child,
+            stdin,
+            lines,
+            pid,
+            other_pids: Vec::new(),
+        };
         let _ = workload.wait_for("ready");
         workload
     }
@@ -147,7 +168,10 @@ impl Drop for Workload {
 
 /// Wall clock, ms since the epoch (the reports' clock).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
 }
 
 /// The daemon binary under test.
@@ -192,13 +216,24 @@ impl Trace {
                 text.push('\n');
             }
         });
-        let mut trace = Self { child, reports, stderr };
+        let mut trace = Self {
+            child,
+            reports,
+            stderr,
+        };
         let deadline = Instant::now() + TIMEOUT;
         while !trace.stderr().contains("attached") {
             if let Ok(Some(status)) = trace.child.try_wait() {
-                panic!("tracer-daemon exited with {status}; stderr:\n{}", trace.stderr());
+                panic!(
+                    "tracer-daemon exited with {status}; stderr:\n{}",
+                    trace.stderr()
+                );
             }
-            assert!(Instant::now() < deadline, "tracer never attached; stderr:\n{}", trace.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "tracer never attached; stderr:\n{}",
+                trace.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         trace
@@ -225,7 +260,10 @@ impl Trace {
 
     /// Everything the tracer wrote to stderr so far.
     pub(crate) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits for the tracer to exit by itself; returns the reports it printed last.
@@ -241,7 +279,11 @@ impl Trace {
                     .collect();
                 return (status, rest);
             }
-            assert!(Instant::now() < deadline, "tracer did not exit; stderr:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "tracer did not exit; stderr:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -264,7 +306,7 @@ impl Drop for Trace {
 }
 
 /// A process's entry in a report.
-pub(crate) fn process<'a>(report: &'a Value, pid: u32) -> &'a Value {
+pub(crate) fn process(report: &Value, pid: u32) -> &Value {
     report["processes"]
         .as_array()
         .expect("processes")
@@ -296,13 +338,20 @@ pub(crate) fn stacks_from<'a>(report: &'a Value, pid: u32, function: &str) -> Ve
 /// The one stack of a process whose innermost frame is `function` (fails otherwise).
 pub(crate) fn stack_from<'a>(report: &'a Value, pid: u32, function: &str) -> &'a Value {
     let stacks = stacks_from(report, pid, function);
-    assert_eq!(stacks.len(), 1, "expected one stack from {function} in pid {pid}: {report:#}");
+    assert_eq!(
+        stacks.len(),
+        1,
+        "expected one stack from {function} in pid {pid}: {report:#}"
+    );
     stacks[0]
 }
 
 /// (bytes, count) of a stack.
 pub(crate) fn bytes_count(stack: &Value) -> (u64, u64) {
-    (stack["bytes"].as_u64().expect("bytes"), stack["count"].as_u64().expect("count"))
+    (
+        stack["bytes"].as_u64().expect("bytes"),
+        stack["count"].as_u64().expect("count"),
+    )
 }
 
 /// (bytes, count) summed over the stacks of a process whose innermost frame is `function`.
@@ -320,5 +369,8 @@ pub(crate) fn run_daemon(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, 
         .envs(envs.iter().copied())
         .output()
         .expect("run tracer-daemon");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

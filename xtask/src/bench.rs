@@ -56,12 +56,7 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("benchmarks attach uprobes and must run as root");
     }
     let root = workspace_root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "tracer-daemon",
-    ]))?;
+    run(crate::cargo().args(["build", "--release", "--package", "tracer-daemon"]))?;
     let daemon = root.join("target/release/tracer-daemon");
     let churn = compile(&root, "churn")?;
 

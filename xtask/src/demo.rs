@@ -16,12 +16,7 @@ pub(crate) fn demo() -> anyhow::Result<()> {
         bail!("the demo loads BPF programs and must run as root (e.g. `sudo -E cargo xtask demo`)");
     }
     let root = workspace_root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "tracer-daemon",
-    ]))?;
+    run(crate::cargo().args(["build", "--release", "--package", "tracer-daemon"]))?;
     let out_dir = root.join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let service = out_dir.join("leaky_service");

@@ -78,9 +78,25 @@ pub(crate) fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A `cargo` command in the workspace with bpf-linker's directory first on PATH (the daemon's
+/// build script runs it by name).
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    let linker_dir = setup::bpf_linker_path().parent().map(Path::to_path_buf);
+    if let Some(dir) = linker_dir {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir];
+        dirs.extend(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            let _ = cmd.env("PATH", joined);
+        }
+    }
+    let _ = cmd.current_dir(workspace_root());
+    cmd
+}
+
 fn build_ebpf() -> anyhow::Result<()> {
-    run(Command::new("cargo")
-        .current_dir(workspace_root())
+    run(cargo()
         .args([
             "+nightly",
             "build",
@@ -105,9 +121,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
              (e.g. `sudo -E cargo xtask test`)"
         );
     }
-    run(Command::new("cargo")
-        .current_dir(workspace_root())
-        .args(["test", "--workspace", "--no-fail-fast"])
+    run(cargo()
+        .args(["test", "--no-fail-fast"])
         .args(args))
 }
 

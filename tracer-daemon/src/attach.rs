@@ -313,7 +313,9 @@ pub fn attach(
         let exits = functions
             .iter()
             .filter_map(|p| programs.exit(p.function).map(|e| (e, p.offset)));
-        let entries = functions.iter().map(|p| (programs.entry(p.function), p.offset));
+        let entries = functions
+            .iter()
+            .map(|p| (programs.entry(p.function), p.offset));
         exits.chain(entries).collect()
     };
     for (program_name, offset) in planned {

@@ -121,9 +121,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
              (e.g. `sudo -E cargo xtask test`)"
         );
     }
-    run(cargo()
-        .args(["test", "--no-fail-fast"])
-        .args(args))
+    run(cargo().args(["test", "--no-fail-fast"]).args(args))
 }
 
 pub(crate) fn is_root() -> bool {

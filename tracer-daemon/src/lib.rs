@@ -2,13 +2,19 @@
 //! the kernel recorded, symbolizes and ranks leak sites.
 //!
 //! Data flows through the modules in this order: `discover` → `attach` → `collect` →
-//! `symbolize` → `report`; `tracer` ties them together and `cli` drives it.
+//! `symbolize` → `report`; `tracer` ties them together for one set of processes, `agent` runs
+//! it as the node agent (with `select` deciding what to trace), `api` serves it over gRPC, and
+//! `cli` is the command line of `tracer-daemon`; `tracerctl` is the client.
 
+pub mod agent;
+pub mod api;
 pub mod attach;
 pub mod bpf;
 pub mod cli;
 pub mod collect;
+pub mod config;
 pub mod discover;
 pub mod report;
+pub mod select;
 pub mod symbolize;
 pub mod tracer;

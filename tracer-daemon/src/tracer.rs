@@ -1,10 +1,10 @@
-//! The tracing engine: loads the probes, attaches processes, and builds leak reports from
-//! what the kernel side recorded. Owned by one task; the CLI and the node agent drive it.
+//! The tracing engine: loads the probes, attaches processes, and builds per-process leak
+//! reports from what the kernel side recorded. Owned by one task; the `trace` command and the
+//! node agent drive it.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tracer_common::{StackKey, UNKNOWN_STACK_ID};
@@ -13,9 +13,9 @@ use tracing::{info, warn};
 use crate::{
     attach::{self, AttachError, Attachment, ProgramSet},
     bpf::{LoadError, MapSizes, Probes},
-    collect::{self, BpfMaps, CollectError, mappings::MappingTracker},
+    collect::{self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, stats::BpfStats},
     discover::process::{self, ProcessInfo},
-    report::{self, MemoryKind, ProcessReport, ProcessState, Report, StackReport},
+    report::{self, MemoryKind, ProcessReport, ProcessState, StackReport},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -30,11 +30,9 @@ pub enum TracerError {
     Collect(#[from] CollectError),
 }
 
-/// What a report should contain.
-#[derive(Clone, Copy, Debug)]
+/// What a report should count.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ReportOptions {
-    /// Stacks per process.
-    pub top: usize,
     /// Only allocations at least this old count (0: all).
     pub min_age_ns: u64,
 }
@@ -53,9 +51,8 @@ pub struct Tracer {
     mappings: MappingTracker,
     symbolizer: Symbolizer,
     processes: BTreeMap<u32, TracedProcess>,
-    previous_bytes: HashMap<(u32, u64), u64>,
-    previous_process_bytes: HashMap<u32, u64>,
-    sequence: u64,
+    /// Ages from the last full scan of outstanding allocations.
+    ages: HashMap<StackKey, AgeSummary>,
 }
 
 impl Tracer {
@@ -69,9 +66,7 @@ impl Tracer {
             mappings: MappingTracker::default(),
             symbolizer: Symbolizer::new(),
             processes: BTreeMap::new(),
-            previous_bytes: HashMap::new(),
-            previous_process_bytes: HashMap::new(),
-            sequence: 0,
+            ages: HashMap::new(),
         })
     }
 
@@ -82,11 +77,7 @@ impl Tracer {
 
     /// Attaches a process with the given programs (the empty ones only for benchmarks).
     pub fn trace_with(&mut self, pid: u32, programs: ProgramSet) -> Result<(), AttachError> {
-        if self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.state == ProcessState::Running)
-        {
+        if self.processes.get(&pid).is_some_and(|p| p.state == ProcessState::Running) {
             return Ok(());
         }
         let info = process::inspect(pid)?;
@@ -117,8 +108,8 @@ impl Tracer {
         }
     }
 
-    /// Applies pending mmap records, notices exited processes (detaching them; their data stays
-    /// for one last report) and refreshes module snapshots of the live ones.
+    /// Applies pending mmap records, notices exited processes (detaching them; their records
+    /// stay until [`Tracer::reap_ended`]) and refreshes module snapshots of the live ones.
     pub fn poll(&mut self) {
         self.probes.flush_log();
         let _ = self.maps.drain_events(&mut self.mappings);
@@ -143,120 +134,122 @@ impl Tracer {
         let _ = self.maps.drain_events(&mut self.mappings);
     }
 
-    /// True when nothing is traced or every traced process has ended.
-    pub fn all_ended(&self) -> bool {
-        self.processes
-            .values()
-            .all(|p| p.state == ProcessState::Ended)
-    }
-
-    /// Pids traced (running or ended but not yet reported).
-    pub fn pids(&self) -> Vec<u32> {
-        self.processes.keys().copied().collect()
-    }
-
-    /// Builds a report of every traced process; ended processes appear once more, then their
-    /// records are dropped.
-    pub fn report(&mut self, options: &ReportOptions) -> Result<Report, CollectError> {
-        // Taken before the maps are read: everything recorded before this instant is in it.
-        let timestamp_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.poll();
-        let now_ns = collect::monotonic_now_ns();
-        let tgids: HashSet<u32> = self.processes.keys().copied().collect();
-        let totals = self.maps.stack_totals()?;
-        let ages = self.maps.scan_ages(&tgids, now_ns, options.min_age_ns)?;
-        self.sequence += 1;
-
-        let mut processes = Vec::new();
-        let pids: Vec<u32> = self.processes.keys().copied().collect();
-        for pid in pids {
-            let mut stacks = Vec::new();
-            for (key, stack_totals) in totals.iter().filter(|(k, _)| k.tgid == pid) {
-                let age = ages.get(key).copied().unwrap_or_default();
-                let (bytes, count) = if options.min_age_ns > 0 {
-                    (age.aged_bytes, age.aged_count)
-                } else {
-                    (
-                        stack_totals.outstanding_bytes,
-                        stack_totals.outstanding_count,
-                    )
-                };
-                if bytes == 0 && count == 0 {
-                    continue;
-                }
-                stacks.push(self.stack_report(
-                    pid,
-                    key.stack_id,
-                    MemoryKind::Heap,
-                    bytes,
-                    count,
-                    age.oldest_ns,
-                    now_ns,
-                ));
-            }
-            for (stack_id, mapped) in self.mappings.per_stack(pid) {
-                let aged = now_ns.saturating_sub(mapped.oldest_ns) >= options.min_age_ns;
-                if options.min_age_ns > 0 && !aged {
-                    continue;
-                }
-                stacks.push(self.stack_report(
-                    pid,
-                    stack_id,
-                    MemoryKind::Mmap,
-                    mapped.bytes,
-                    mapped.count,
-                    mapped.oldest_ns,
-                    now_ns,
-                ));
-            }
-            let stacks = report::merge_same_call_sites(stacks);
-            let outstanding_bytes = stacks.iter().map(|s| s.bytes).sum::<u64>();
-            let outstanding_count = stacks.iter().map(|s| s.count).sum::<u64>();
-            let previous = self
-                .previous_process_bytes
-                .insert(pid, outstanding_bytes)
-                .unwrap_or(0);
-            let stacks_total = stacks.len();
-            let Some(traced) = self.processes.get(&pid) else {
-                continue;
-            };
-            processes.push(ProcessReport {
-                pid,
-                comm: traced.info.comm.clone(),
-                state: traced.state,
-                allocator: traced.allocator.clone(),
-                outstanding_bytes,
-                outstanding_count,
-                growth_bytes: signed_delta(outstanding_bytes, previous),
-                stacks_total,
-                stacks: report::rank(stacks, options.top),
-            });
-        }
-
-        let report = Report {
-            sequence: self.sequence,
-            timestamp_unix_ms,
-            min_age_ns: options.min_age_ns,
-            processes,
-            stats: self.maps.stats(),
-        };
-
+    /// Drops the records of every ended process; returns their pids.
+    pub fn reap_ended(&mut self) -> Vec<u32> {
         let ended: Vec<u32> = self
             .processes
             .iter()
             .filter(|(_, p)| p.state == ProcessState::Ended)
             .map(|(&pid, _)| pid)
             .collect();
-        for pid in ended {
+        for &pid in &ended {
             let _ = self.processes.remove(&pid);
             self.drop_records(pid);
         }
-        Ok(report)
+        ended
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site per memory kind")]
+    /// True when nothing is traced or every traced process has ended.
+    pub fn all_ended(&self) -> bool {
+        self.processes.values().all(|p| p.state == ProcessState::Ended)
+    }
+
+    /// Pids traced (running, or ended and not yet reaped).
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+
+    /// Running or ended, for a traced pid.
+    pub fn state(&self, pid: u32) -> Option<ProcessState> {
+        self.processes.get(&pid).map(|p| p.state)
+    }
+
+    /// The allocator library probed in a traced process.
+    pub fn allocator(&self, pid: u32) -> Option<&str> {
+        self.processes.get(&pid).map(|p| p.allocator.as_str())
+    }
+
+    /// The BPF programs' counters.
+    pub fn stats(&self) -> BpfStats {
+        self.maps.stats()
+    }
+
+    /// Rescans every outstanding allocation of the traced processes for ages (O(allocations));
+    /// reports without a minimum age use the result until the next scan.
+    pub fn refresh_ages(&mut self) -> Result<(), CollectError> {
+        let tgids: HashSet<u32> = self.processes.keys().copied().collect();
+        self.ages = self.maps.scan_ages(&tgids, collect::monotonic_now_ns(), 0)?;
+        Ok(())
+    }
+
+    /// Reports on these traced processes (unknown pids are skipped): every stack holding
+    /// memory, stacks at the same call site merged, unranked. Bytes and counts come from the
+    /// kernel's per-stack totals (O(stacks)); with a minimum age, from a scan of the
+    /// allocations instead.
+    pub fn process_reports(
+        &mut self,
+        pids: &[u32],
+        options: &ReportOptions,
+    ) -> Result<Vec<ProcessReport>, CollectError> {
+        let pids: Vec<u32> = pids.iter().copied().filter(|p| self.processes.contains_key(p)).collect();
+        let now_ns = collect::monotonic_now_ns();
+        let totals = self.maps.stack_totals()?;
+        let ages = if options.min_age_ns > 0 {
+            let tgids: HashSet<u32> = pids.iter().copied().collect();
+            self.maps.scan_ages(&tgids, now_ns, options.min_age_ns)?
+        } else {
+            // Taken out while `self` is borrowed mutably below, and put back at the end.
+            std::mem::take(&mut self.ages)
+        };
+
+        let mut reports = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let mut stacks = Vec::new();
+            for (key, stack_totals) in totals.iter().filter(|(k, _)| k.tgid == pid) {
+                let age = ages.get(key).copied().unwrap_or(AgeSummary {
+                    oldest_ns: u64::MAX,
+                    ..AgeSummary::default()
+                });
+                let (bytes, count) = if options.min_age_ns > 0 {
+                    (age.aged_bytes, age.aged_count)
+                } else {
+                    (stack_totals.outstanding_bytes, stack_totals.outstanding_count)
+                };
+                if bytes == 0 && count == 0 {
+                    continue;
+                }
+                let oldest = oldest_age(age.oldest_ns, now_ns);
+                stacks.push(self.stack_report(pid, key.stack_id, MemoryKind::Heap, bytes, count, oldest));
+            }
+            for (stack_id, mapped) in self.mappings.per_stack(pid) {
+                let oldest = oldest_age(mapped.oldest_ns, now_ns);
+                if options.min_age_ns > 0 && oldest < options.min_age_ns {
+                    continue;
+                }
+                stacks.push(self.stack_report(pid, stack_id, MemoryKind::Mmap, mapped.bytes, mapped.count, oldest));
+            }
+            let stacks = report::merge_same_call_sites(stacks);
+            let Some(traced) = self.processes.get(&pid) else {
+                continue;
+            };
+            reports.push(ProcessReport {
+                pid,
+                comm: traced.info.comm.clone(),
+                state: traced.state,
+                allocator: traced.allocator.clone(),
+                outstanding_bytes: stacks.iter().map(|s| s.bytes).sum(),
+                outstanding_count: stacks.iter().map(|s| s.count).sum(),
+                growth_bytes: 0,
+                stacks_total: stacks.len(),
+                stacks,
+            });
+        }
+        if options.min_age_ns == 0 {
+            self.ages = ages;
+        }
+        Ok(reports)
+    }
+
     fn stack_report(
         &mut self,
         pid: u32,
@@ -264,24 +257,17 @@ impl Tracer {
         kind: MemoryKind,
         bytes: u64,
         count: u64,
-        oldest_ns: u64,
-        now_ns: u64,
+        oldest_age_ns: u64,
     ) -> StackReport {
-        let previous = self
-            .previous_bytes
-            .insert((pid, stack_id), bytes)
-            .unwrap_or(0);
         StackReport {
             stack_id: format!("{stack_id:016x}"),
+            pid,
             kind,
             bytes,
             count,
-            oldest_age_ns: if oldest_ns == u64::MAX {
-                0
-            } else {
-                now_ns.saturating_sub(oldest_ns)
-            },
-            growth_bytes: signed_delta(bytes, previous),
+            oldest_age_ns,
+            growth_bytes: 0,
+            growth: None,
             frames: self.frames(pid, stack_id),
         }
     }
@@ -300,18 +286,7 @@ impl Tracer {
         }
         self.mappings.forget(pid);
         self.symbolizer.forget(pid);
-        self.previous_bytes.retain(|&(p, _), _| p != pid);
-        let _ = self.previous_process_bytes.remove(&pid);
-    }
-
-    /// The per-stack totals of one process as the kernel holds them (for tests and checks).
-    pub fn raw_totals(
-        &self,
-        pid: u32,
-    ) -> Result<HashMap<StackKey, tracer_common::StackTotals>, CollectError> {
-        let mut totals = self.maps.stack_totals()?;
-        totals.retain(|k, _| k.tgid == pid);
-        Ok(totals)
+        self.ages.retain(|key, _| key.tgid != pid);
     }
 }
 
@@ -319,17 +294,13 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
-            if let Some(attachment) = self
-                .processes
-                .get_mut(&pid)
-                .and_then(|p| p.attachment.take())
-            {
+            if let Some(attachment) = self.processes.get_mut(&pid).and_then(|p| p.attachment.take()) {
                 attach::detach(&mut self.probes, attachment);
             }
         }
     }
 }
 
-fn signed_delta(now: u64, before: u64) -> i64 {
-    i64::try_from(i128::from(now) - i128::from(before)).unwrap_or(i64::MAX)
+fn oldest_age(oldest_ns: u64, now_ns: u64) -> u64 {
+    if oldest_ns == u64::MAX { 0 } else { now_ns.saturating_sub(oldest_ns) }
 }

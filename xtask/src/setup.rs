@@ -22,10 +22,38 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// these are the ones a fresh machine lacks).
 const APT_PACKAGES: &[&str] = &[];
 
+/// Python packages the tests use as a client that is not ours (pinned).
+const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.3", "grpcio-tools==1.85.1", "protobuf==7.36.2"];
+
 pub(crate) fn setup() -> anyhow::Result<()> {
     nightly_components()?;
     bpf_linker()?;
     apt_packages(APT_PACKAGES)?;
+    python_env()?;
+    Ok(())
+}
+
+/// The virtualenv holding the tests' Python packages (under target/, so `cargo clean` resets it).
+pub(crate) fn python_env_dir() -> PathBuf {
+    crate::workspace_root().join("target/pyenv")
+}
+
+/// The Python interpreter of that virtualenv.
+pub(crate) fn python() -> PathBuf {
+    python_env_dir().join("bin/python")
+}
+
+fn python_env() -> anyhow::Result<()> {
+    let stamp = python_env_dir().join(".installed");
+    let wanted = PYTHON_PACKAGES.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    if !python().exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(python_env_dir()))?;
+    }
+    run(Command::new(python()).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PYTHON_PACKAGES))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("failed to write {}", stamp.display()))?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Command line of `tracer-daemon`.
 
+pub mod run;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -22,4 +23,6 @@ pub struct Cli {
 pub enum Command {
     /// Trace running processes and print their leak report every interval.
     Trace(trace::TraceArgs),
+    /// Run as the node agent: trace selected pods and serve the gRPC API.
+    Run(run::RunArgs),
 }

@@ -4,9 +4,10 @@
 //! and exits after a last report once every target has exited, or on Ctrl-C.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     io::Write as _,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -15,7 +16,7 @@ use clap::Args;
 use crate::{
     attach::ProgramSet,
     bpf::MapSizes,
-    report::{ProcessState, Report},
+    report::{self, ProcessState, Report},
     tracer::{ReportOptions, Tracer},
 };
 
@@ -93,9 +94,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     tracing::info!(pids = ?args.pids, "attached; first report in {}", humantime::format_duration(args.interval));
     let options = ReportOptions {
-        top: args.top as usize,
         min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
     };
+    let mut session = Session { top: args.top as usize, ..Session::default() };
 
     let poll_every = args.interval.min(Duration::from_millis(200));
     let mut next_report = Instant::now() + args.interval;
@@ -110,7 +111,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         tracer.poll();
         let finished = interrupted || tracer.all_ended();
         if finished || Instant::now() >= next_report {
-            let report = tracer.report(&options)?;
+            let report = session.report(&mut tracer, &options)?;
             print_report(&report, args.json)?;
             reports += 1;
             next_report += args.interval;
@@ -122,6 +123,56 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// What one `trace` run remembers between reports: the sequence and the previous bytes, for
+/// growth since the previous report.
+#[derive(Default)]
+struct Session {
+    top: usize,
+    sequence: u64,
+    previous_stack_bytes: HashMap<(u32, String), u64>,
+    previous_process_bytes: HashMap<u32, u64>,
+}
+
+impl Session {
+    /// Builds the next report; ended processes appear in it once more, then are dropped.
+    fn report(&mut self, tracer: &mut Tracer, options: &ReportOptions) -> anyhow::Result<Report> {
+        // Taken before the maps are read: everything recorded before this instant is in it.
+        let timestamp_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        tracer.poll();
+        tracer.refresh_ages()?;
+        let mut processes = tracer.process_reports(&tracer.pids(), options)?;
+        self.sequence += 1;
+        for process in &mut processes {
+            let pid = process.pid;
+            for stack in &mut process.stacks {
+                let previous = self.previous_stack_bytes.insert((pid, stack.stack_id.clone()), stack.bytes);
+                stack.growth_bytes = signed_delta(stack.bytes, previous.unwrap_or(0));
+            }
+            let previous = self.previous_process_bytes.insert(pid, process.outstanding_bytes);
+            process.growth_bytes = signed_delta(process.outstanding_bytes, previous.unwrap_or(0));
+            process.stacks = report::rank(std::mem::take(&mut process.stacks), self.top);
+        }
+        let report = Report {
+            sequence: self.sequence,
+            timestamp_unix_ms,
+            min_age_ns: options.min_age_ns,
+            processes,
+            stats: tracer.stats(),
+        };
+        for pid in tracer.reap_ended() {
+            self.previous_stack_bytes.retain(|(p, _), _| *p != pid);
+            let _ = self.previous_process_bytes.remove(&pid);
+        }
+        Ok(report)
+    }
+}
+
+fn signed_delta(now: u64, before: u64) -> i64 {
+    i64::try_from(i128::from(now) - i128::from(before)).unwrap_or(i64::MAX)
 }
 
 fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {

@@ -1,3 +1,8 @@
-//! Finding what to trace: processes (and, for the node agent, their cgroups and pods).
+//! Finding what to trace: processes, their cgroups, and the pods and containers those belong
+//! to, from the node's own records (no API server needed).
 
+pub mod cgroup;
+pub mod memory;
+pub mod node;
+pub mod pods;
 pub mod process;

@@ -3,11 +3,15 @@
 //! These are the daemon's domain types; the CLI prints them and the API converts them at its
 //! edge. Nothing here knows about maps or protobuf.
 
+pub mod growth;
+pub mod pod;
+
 use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
 use crate::{collect::stats::BpfStats, symbolize::Frame};
+use growth::Growth;
 
 /// Whether a traced process is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -32,8 +36,10 @@ pub enum MemoryKind {
 /// One stack holding memory.
 #[derive(Clone, Debug, Serialize)]
 pub struct StackReport {
-    /// Stack id, hex.
+    /// Stack id, hex (the smallest id when stacks at the same call site were merged).
     pub stack_id: String,
+    /// The process.
+    pub pid: u32,
     /// Heap or mmap.
     pub kind: MemoryKind,
     /// Outstanding bytes (those at least `min_age` old when a minimum age is set).
@@ -42,8 +48,11 @@ pub struct StackReport {
     pub count: u64,
     /// Age of the oldest outstanding allocation, ns.
     pub oldest_age_ns: u64,
-    /// Change of `bytes` since the previous report (negative when freed).
+    /// Change of `bytes` since the previous report of the same reader (negative when freed).
     pub growth_bytes: i64,
+    /// Growth over the daemon's sliding window, when it keeps one (the node agent does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Growth>,
     /// Frames, innermost (the allocation's call site) first.
     pub frames: Arc<[Frame]>,
 }
@@ -104,6 +113,9 @@ pub fn merge_same_call_sites(stacks: Vec<StackReport>) -> Vec<StackReport> {
         match index.get(&(stack.kind, identity.clone())) {
             Some(&at) => {
                 let into = &mut merged[at];
+                if stack.stack_id < into.stack_id {
+                    into.stack_id.clone_from(&stack.stack_id);
+                }
                 into.bytes += stack.bytes;
                 into.count += stack.count;
                 into.oldest_age_ns = into.oldest_age_ns.max(stack.oldest_age_ns);
@@ -163,11 +175,13 @@ mod tests {
     fn stack(id: &str, bytes: u64, count: u64) -> StackReport {
         StackReport {
             stack_id: id.to_owned(),
+            pid: 1,
             kind: MemoryKind::Heap,
             bytes,
             count,
             oldest_age_ns: 0,
             growth_bytes: 0,
+            growth: None,
             frames: Arc::from(Vec::new()),
         }
     }

@@ -18,6 +18,8 @@ use std::{
 
 use serde_json::Value;
 
+pub(crate) mod node;
+
 /// How long any single wait may take before the test fails with a message.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 

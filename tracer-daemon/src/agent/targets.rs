@@ -1,0 +1,62 @@
+//! What ListTargets returns: pods, containers and processes with memory figures and whether
+//! each is traced (and why not, when it should be).
+
+use serde::Serialize;
+
+use crate::discover::memory::MemoryFigures;
+
+/// A process.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetProcess {
+    /// Pid.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// True when its allocator is probed.
+    pub traced: bool,
+    /// The allocator library probed.
+    pub allocator: Option<String>,
+    /// Why a selected process is not traced.
+    pub not_traced_reason: Option<String>,
+}
+
+/// A container.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerTarget {
+    /// Name, when known.
+    pub name: Option<String>,
+    /// Runtime id.
+    pub id: String,
+    /// Runtime.
+    pub runtime: String,
+    /// Memory figures now.
+    pub memory: Option<MemoryFigures>,
+    /// Processes.
+    pub processes: Vec<TargetProcess>,
+}
+
+/// A pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodTarget {
+    /// Namespace, when known.
+    pub namespace: Option<String>,
+    /// Name, when known.
+    pub name: Option<String>,
+    /// Uid.
+    pub uid: String,
+    /// QoS class.
+    pub qos_class: String,
+    /// Whether the selection includes it.
+    pub selected: bool,
+    /// Containers.
+    pub containers: Vec<ContainerTarget>,
+}
+
+/// Everything on the node.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeTargets {
+    /// Pods, by namespace and name.
+    pub pods: Vec<PodTarget>,
+    /// Processes traced by pid outside any pod.
+    pub other_processes: Vec<TargetProcess>,
+}

@@ -1,0 +1,515 @@
+//! Domain ↔ protobuf conversions, in one place at the API edge. Requests are validated here:
+//! a malformed field is an `InvalidArgument` naming it.
+
+use std::time::Duration;
+
+use tonic::Status;
+use tracer_proto::v1 as pb;
+
+use crate::{
+    agent::{
+        AgentError, ReportRequest,
+        selector::{Selector, Target},
+        targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess},
+    },
+    collect::stats::BpfStats,
+    discover::memory::MemoryFigures,
+    report::{
+        MemoryKind, StackReport,
+        growth::{Growth, GrowthClass},
+        pod::{ContainerReport, PodReport, SortBy},
+    },
+    symbolize::Frame,
+};
+use tracer_common::Stat;
+
+/// Most stacks a report may ask for.
+pub const MAX_TOP: u32 = 1000;
+/// Stacks per report when the request says 0.
+pub const DEFAULT_TOP: u32 = 20;
+/// Longest minimum age accepted.
+pub const MAX_MIN_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest and longest watch interval.
+pub const WATCH_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+/// Watch interval when the request gives none.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+impl From<AgentError> for Status {
+    fn from(error: AgentError) -> Self {
+        let message = format!("{error:#}");
+        match error {
+            AgentError::InvalidArgument(_) => Status::invalid_argument(message),
+            AgentError::NotFound(_) => Status::not_found(message),
+            AgentError::NotTraced(_) => Status::failed_precondition(message),
+            AgentError::Unavailable(_) | AgentError::Start(_) => Status::unavailable(message),
+            AgentError::Collect(_) => Status::internal(message),
+        }
+    }
+}
+
+/// A request's selector, validated.
+pub fn selector(selector: Option<pb::Selector>) -> Result<Selector, Status> {
+    let selector = selector.ok_or_else(|| Status::invalid_argument("selector is required"))?;
+    let container = Some(selector.container).filter(|c| !c.is_empty());
+    let target = match selector.target {
+        Some(pb::selector::Target::Pod(pod)) => Target::Pod { namespace: pod.namespace, name: pod.name },
+        Some(pb::selector::Target::PodUid(uid)) => Target::PodUid(uid),
+        Some(pb::selector::Target::Pid(pid)) => Target::Pid(pid),
+        None => return Err(Status::invalid_argument("selector must name a pod, a pod uid or a pid")),
+    };
+    Selector::new(target, container).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    let Some(value) = value else { return Ok(None) };
+    Duration::try_from(value)
+        .map(Some)
+        .map_err(|_| Status::invalid_argument(format!("{field} must be a non-negative duration")))
+}
+
+/// A GetLeakReport request, validated.
+pub fn report_request(request: pb::GetLeakReportRequest) -> Result<ReportRequest, Status> {
+    let selector = selector(request.selector)?;
+    if request.top > MAX_TOP {
+        return Err(Status::invalid_argument(format!("top must be at most {MAX_TOP}, got {}", request.top)));
+    }
+    let min_age = duration("min_age", request.min_age)?.unwrap_or_default();
+    if min_age > MAX_MIN_AGE {
+        return Err(Status::invalid_argument("min_age must be at most 30 days"));
+    }
+    let sort_by = match pb::SortBy::try_from(request.sort_by) {
+        Ok(pb::SortBy::Unspecified | pb::SortBy::Bytes) => SortBy::Bytes,
+        Ok(pb::SortBy::Growth) => SortBy::Growth,
+        Err(_) => return Err(Status::invalid_argument(format!("unknown sort_by {}", request.sort_by))),
+    };
+    Ok(ReportRequest {
+        selector,
+        top: if request.top == 0 { DEFAULT_TOP } else { request.top } as usize,
+        min_age_ns: u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX),
+        sort_by,
+    })
+}
+
+/// A WatchLeakReports request, validated: the report request and the interval.
+pub fn watch_request(request: pb::WatchLeakReportsRequest) -> Result<(ReportRequest, Duration), Status> {
+    let report = report_request(request.report.ok_or_else(|| Status::invalid_argument("report is required"))?)?;
+    let interval = duration("interval", request.interval)?.unwrap_or(DEFAULT_WATCH_INTERVAL);
+    let (min, max) = WATCH_INTERVAL_RANGE;
+    if interval < min || interval > max {
+        return Err(Status::invalid_argument("interval must be between 100ms and 1h"));
+    }
+    Ok((report, interval))
+}
+
+fn proto_duration_ns(ns: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: (ns / 1_000_000_000) as i64, nanos: (ns % 1_000_000_000) as i32 }
+}
+
+fn ns_of(duration: Option<&prost_types::Duration>) -> u64 {
+    duration.map_or(0, |d| (d.seconds.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(d.nanos.max(0) as u64))
+}
+
+impl From<&MemoryFigures> for pb::MemoryFigures {
+    fn from(m: &MemoryFigures) -> Self {
+        Self { usage_bytes: m.usage_bytes, limit_bytes: m.limit_bytes, limit_hits: m.limit_hits, oom_kills: m.oom_kills }
+    }
+}
+
+impl From<&pb::MemoryFigures> for MemoryFigures {
+    fn from(m: &pb::MemoryFigures) -> Self {
+        Self {
+            usage_bytes: m.usage_bytes,
+            limit_bytes: m.limit_bytes,
+            limit_hits: m.limit_hits,
+            oom_kills: m.oom_kills,
+            high_events: 0,
+            under_oom: false,
+        }
+    }
+}
+
+impl From<&TargetProcess> for pb::ProcessTarget {
+    fn from(p: &TargetProcess) -> Self {
+        Self {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            traced: p.traced,
+            allocator: p.allocator.clone().unwrap_or_default(),
+            not_traced_reason: p.not_traced_reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&pb::ProcessTarget> for TargetProcess {
+    fn from(p: &pb::ProcessTarget) -> Self {
+        Self {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            traced: p.traced,
+            allocator: Some(p.allocator.clone()).filter(|s| !s.is_empty()),
+            not_traced_reason: Some(p.not_traced_reason.clone()).filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+impl From<&NodeTargets> for pb::ListTargetsResponse {
+    fn from(targets: &NodeTargets) -> Self {
+        Self {
+            pods: targets
+                .pods
+                .iter()
+                .map(|pod| pb::PodTarget {
+                    pod: Some(pb::PodName {
+                        namespace: pod.namespace.clone().unwrap_or_default(),
+                        name: pod.name.clone().unwrap_or_default(),
+                    }),
+                    uid: pod.uid.clone(),
+                    qos_class: pod.qos_class.clone(),
+                    selected: pod.selected,
+                    containers: pod
+                        .containers
+                        .iter()
+                        .map(|c| pb::ContainerTarget {
+                            name: c.name.clone().unwrap_or_default(),
+                            id: c.id.clone(),
+                            runtime: c.runtime.clone(),
+                            memory: c.memory.as_ref().map(Into::into),
+                            processes: c.processes.iter().map(Into::into).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            other_processes: targets.other_processes.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<&pb::ListTargetsResponse> for NodeTargets {
+    fn from(response: &pb::ListTargetsResponse) -> Self {
+        let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Self {
+            pods: response
+                .pods
+                .iter()
+                .map(|pod| PodTarget {
+                    namespace: pod.pod.as_ref().and_then(|p| non_empty(&p.namespace)),
+                    name: pod.pod.as_ref().and_then(|p| non_empty(&p.name)),
+                    uid: pod.uid.clone(),
+                    qos_class: pod.qos_class.clone(),
+                    selected: pod.selected,
+                    containers: pod
+                        .containers
+                        .iter()
+                        .map(|c| ContainerTarget {
+                            name: non_empty(&c.name),
+                            id: c.id.clone(),
+                            runtime: c.runtime.clone(),
+                            memory: c.memory.as_ref().map(Into::into),
+                            processes: c.processes.iter().map(Into::into).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            other_processes: response.other_processes.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+fn growth_class(class: Option<GrowthClass>) -> pb::GrowthClass {
+    match class {
+        None => pb::GrowthClass::Unspecified,
+        Some(GrowthClass::InsufficientData) => pb::GrowthClass::InsufficientData,
+        Some(GrowthClass::Growing) => pb::GrowthClass::Growing,
+        Some(GrowthClass::LevellingOff) => pb::GrowthClass::LevellingOff,
+        Some(GrowthClass::Stable) => pb::GrowthClass::Stable,
+        Some(GrowthClass::Shrinking) => pb::GrowthClass::Shrinking,
+    }
+}
+
+fn domain_growth_class(class: pb::GrowthClass) -> Option<GrowthClass> {
+    match class {
+        pb::GrowthClass::Unspecified => None,
+        pb::GrowthClass::InsufficientData => Some(GrowthClass::InsufficientData),
+        pb::GrowthClass::Growing => Some(GrowthClass::Growing),
+        pb::GrowthClass::LevellingOff => Some(GrowthClass::LevellingOff),
+        pb::GrowthClass::Stable => Some(GrowthClass::Stable),
+        pb::GrowthClass::Shrinking => Some(GrowthClass::Shrinking),
+    }
+}
+
+/// Longest function or path text sent (bounded responses).
+const MAX_TEXT: usize = 1024;
+
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl From<&Frame> for pb::Frame {
+    fn from(f: &Frame) -> Self {
+        Self {
+            address: f.addr,
+            function: f.function.as_deref().map(bounded).unwrap_or_default(),
+            file: f.file.as_deref().map(bounded).unwrap_or_default(),
+            line: f.line.unwrap_or(0),
+            module: f.module.as_deref().map(bounded).unwrap_or_default(),
+            module_offset: f.module_offset.unwrap_or(0),
+            inlined: f.inlined,
+        }
+    }
+}
+
+impl From<&pb::Frame> for Frame {
+    fn from(f: &pb::Frame) -> Self {
+        let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Self {
+            addr: f.address,
+            function: non_empty(&f.function),
+            file: non_empty(&f.file),
+            line: Some(f.line).filter(|&l| l != 0),
+            module: non_empty(&f.module),
+            module_offset: Some(f.module_offset).filter(|_| !f.module.is_empty()),
+            inlined: f.inlined,
+        }
+    }
+}
+
+impl From<&StackReport> for pb::StackReport {
+    fn from(s: &StackReport) -> Self {
+        Self {
+            stack_id: s.stack_id.clone(),
+            pid: s.pid,
+            kind: match s.kind {
+                MemoryKind::Heap => pb::MemoryKind::Heap,
+                MemoryKind::Mmap => pb::MemoryKind::Mmap,
+            } as i32,
+            bytes: s.bytes,
+            count: s.count,
+            oldest_age: Some(proto_duration_ns(s.oldest_age_ns)),
+            growth_bytes_per_second: s.growth.map_or(0.0, |g| g.bytes_per_second),
+            recent_growth_bytes_per_second: s.growth.map_or(0.0, |g| g.recent_bytes_per_second),
+            growth_class: growth_class(s.growth.map(|g| g.class)) as i32,
+            frames: s.frames.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<&pb::StackReport> for StackReport {
+    fn from(s: &pb::StackReport) -> Self {
+        let class = domain_growth_class(pb::GrowthClass::try_from(s.growth_class).unwrap_or_default());
+        Self {
+            stack_id: s.stack_id.clone(),
+            pid: s.pid,
+            kind: if s.kind == pb::MemoryKind::Mmap as i32 { MemoryKind::Mmap } else { MemoryKind::Heap },
+            bytes: s.bytes,
+            count: s.count,
+            oldest_age_ns: ns_of(s.oldest_age.as_ref()),
+            growth_bytes: 0,
+            growth: class.map(|class| Growth {
+                bytes_per_second: s.growth_bytes_per_second,
+                recent_bytes_per_second: s.recent_growth_bytes_per_second,
+                class,
+                samples: 0,
+                span_ns: 0,
+            }),
+            frames: s.frames.iter().map(Frame::from).collect::<Vec<_>>().into(),
+        }
+    }
+}
+
+fn losses(stats: &BpfStats) -> pb::LossCounters {
+    pb::LossCounters {
+        allocations_map_full: stats.get(Stat::ALLOCS_MAP_FULL),
+        stack_totals_map_full: stats.get(Stat::STACK_TOTALS_MAP_FULL),
+        stacks_lost: stats.get(Stat::STACKS_LOST) + stats.get(Stat::STACK_TRACES_MAP_FULL),
+        dropped_events: stats.get(Stat::EVENTS_DROPPED),
+        thread_state_full: stats.get(Stat::THREAD_STATE_FULL),
+    }
+}
+
+impl From<&PodReport> for pb::LeakReport {
+    fn from(r: &PodReport) -> Self {
+        Self {
+            taken_at: Some(prost_types::Timestamp {
+                seconds: (r.taken_at_unix_ms / 1000) as i64,
+                nanos: ((r.taken_at_unix_ms % 1000) * 1_000_000) as i32,
+            }),
+            pod: Some(pb::PodName {
+                namespace: r.namespace.clone().unwrap_or_default(),
+                name: r.pod_name.clone().unwrap_or_default(),
+            }),
+            pod_uid: r.pod_uid.clone().unwrap_or_default(),
+            containers: r
+                .containers
+                .iter()
+                .map(|c| pb::ContainerReport {
+                    name: c.name.clone().unwrap_or_default(),
+                    id: c.id.clone().unwrap_or_default(),
+                    memory: c.memory.as_ref().map(Into::into),
+                    outstanding_bytes: c.outstanding_bytes,
+                    outstanding_count: c.outstanding_count,
+                    leak_bytes_per_second: c.leak_bytes_per_second,
+                    time_to_limit: c.time_to_limit_ns.map(proto_duration_ns),
+                    stacks: c.stacks.iter().map(Into::into).collect(),
+                    stacks_total: u32::try_from(c.stacks_total).unwrap_or(u32::MAX),
+                    pids: c.pids.clone(),
+                })
+                .collect(),
+            sort_by: match r.sort_by {
+                SortBy::Bytes => pb::SortBy::Bytes,
+                SortBy::Growth => pb::SortBy::Growth,
+            } as i32,
+            min_age: Some(proto_duration_ns(r.min_age_ns)),
+            losses: Some(losses(&r.stats)),
+        }
+    }
+}
+
+impl From<&pb::LeakReport> for PodReport {
+    fn from(r: &pb::LeakReport) -> Self {
+        let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        let losses = r.losses.unwrap_or_default();
+        let stats = BpfStats(
+            [
+                (Stat::NAMES[Stat::ALLOCS_MAP_FULL.0 as usize], losses.allocations_map_full),
+                (Stat::NAMES[Stat::STACK_TOTALS_MAP_FULL.0 as usize], losses.stack_totals_map_full),
+                (Stat::NAMES[Stat::STACKS_LOST.0 as usize], losses.stacks_lost),
+                (Stat::NAMES[Stat::EVENTS_DROPPED.0 as usize], losses.dropped_events),
+                (Stat::NAMES[Stat::THREAD_STATE_FULL.0 as usize], losses.thread_state_full),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        Self {
+            taken_at_unix_ms: r.taken_at.map_or(0, |t| {
+                (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000
+            }),
+            namespace: r.pod.as_ref().and_then(|p| non_empty(&p.namespace)),
+            pod_name: r.pod.as_ref().and_then(|p| non_empty(&p.name)),
+            pod_uid: non_empty(&r.pod_uid),
+            containers: r
+                .containers
+                .iter()
+                .map(|c| ContainerReport {
+                    name: non_empty(&c.name),
+                    id: non_empty(&c.id),
+                    memory: c.memory.as_ref().map(Into::into),
+                    outstanding_bytes: c.outstanding_bytes,
+                    outstanding_count: c.outstanding_count,
+                    leak_bytes_per_second: c.leak_bytes_per_second,
+                    time_to_limit_ns: c.time_to_limit.as_ref().map(|d| ns_of(Some(d))),
+                    stacks: c.stacks.iter().map(Into::into).collect(),
+                    stacks_total: c.stacks_total as usize,
+                    pids: c.pids.clone(),
+                })
+                .collect(),
+            sort_by: if r.sort_by == pb::SortBy::Growth as i32 { SortBy::Growth } else { SortBy::Bytes },
+            min_age_ns: ns_of(r.min_age.as_ref()),
+            stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_selector(namespace: &str, name: &str) -> Option<pb::Selector> {
+        Some(pb::Selector {
+            target: Some(pb::selector::Target::Pod(pb::PodName { namespace: namespace.into(), name: name.into() })),
+            container: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_missing_or_empty_selector_is_an_invalid_argument() {
+        assert_eq!(selector(None).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
+        let empty = Some(pb::Selector { target: None, container: String::new() });
+        assert_eq!(selector(empty).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
+        assert_eq!(selector(pod_selector("", "x")).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_invalid_arguments_naming_the_field() {
+        let request = |top, min_age_seconds| pb::GetLeakReportRequest {
+            selector: pod_selector("shop", "api"),
+            top,
+            min_age: Some(prost_types::Duration { seconds: min_age_seconds, nanos: 0 }),
+            sort_by: 0,
+        };
+        let error = report_request(request(5000, 0)).expect_err("must be rejected");
+        assert!(error.message().contains("top"), "{error}");
+        let error = report_request(request(10, -1)).expect_err("must be rejected");
+        assert!(error.message().contains("min_age"), "{error}");
+        let error = report_request(request(10, 100 * 24 * 3600)).expect_err("must be rejected");
+        assert!(error.message().contains("min_age"), "{error}");
+        assert_eq!(report_request(request(0, 5)).expect("valid").top, DEFAULT_TOP as usize);
+        let watch = pb::WatchLeakReportsRequest {
+            report: Some(request(10, 0)),
+            interval: Some(prost_types::Duration { seconds: 0, nanos: 1_000_000 }),
+        };
+        assert!(watch_request(watch).expect_err("must be rejected").message().contains("interval"));
+    }
+
+    #[test]
+    fn a_report_survives_the_round_trip_through_protobuf() {
+        let report = PodReport {
+            taken_at_unix_ms: 1_700_000_000_123,
+            namespace: Some("shop".into()),
+            pod_name: Some("api".into()),
+            pod_uid: Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()),
+            containers: vec![ContainerReport {
+                name: Some("app".into()),
+                id: Some("ab".repeat(32)),
+                memory: None,
+                outstanding_bytes: 4096,
+                outstanding_count: 1,
+                leak_bytes_per_second: 12.5,
+                time_to_limit_ns: Some(3_000_000_000),
+                stacks: vec![StackReport {
+                    stack_id: "00000000000000ff".into(),
+                    pid: 42,
+                    kind: MemoryKind::Mmap,
+                    bytes: 4096,
+                    count: 1,
+                    oldest_age_ns: 1_500_000_000,
+                    growth_bytes: 0,
+                    growth: Some(Growth {
+                        bytes_per_second: 12.5,
+                        recent_bytes_per_second: 10.0,
+                        class: GrowthClass::Growing,
+                        samples: 0,
+                        span_ns: 0,
+                    }),
+                    frames: vec![Frame {
+                        addr: 0x1234,
+                        function: Some("leak".into()),
+                        file: Some("leak.c".into()),
+                        line: Some(7),
+                        module: Some("/app".into()),
+                        module_offset: Some(0x234),
+                        inlined: false,
+                    }]
+                    .into(),
+                }],
+                stacks_total: 1,
+                pids: vec![42],
+            }],
+            sort_by: SortBy::Growth,
+            min_age_ns: 2_000_000_000,
+            stats: BpfStats::default(),
+        };
+        let back = PodReport::from(&pb::LeakReport::from(&report));
+        let original = serde_json::to_value(&report).expect("json");
+        let round_trip = serde_json::to_value(&back).expect("json");
+        assert_eq!(original["containers"], round_trip["containers"]);
+        assert_eq!(original["taken_at_unix_ms"], round_trip["taken_at_unix_ms"]);
+        assert_eq!(original["min_age_ns"], round_trip["min_age_ns"]);
+    }
+}

@@ -1,0 +1,146 @@
+//! `tracer-daemon run`: the node agent (the DaemonSet's process). Discovers pods' processes
+//! from cgroups, traces the selected ones, and serves the gRPC API until SIGTERM or Ctrl-C.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use tracing::info;
+
+use crate::{
+    agent::{self, AgentConfig},
+    api::server::{self, DEFAULT_SOCKET, Listen},
+    bpf::MapSizes,
+    config,
+    discover::node::NodePaths,
+    report::growth::GrowthConfig,
+};
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to serve the API: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, env = "TRACER_LISTEN", default_value_t = format!("unix:{DEFAULT_SOCKET}"))]
+    pub listen: String,
+
+    /// Config file (TOML: [selection], [growth], [limits]).
+    #[arg(long, env = "TRACER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The kubelet's pod log directories.
+    #[arg(long, env = "TRACER_POD_LOG_ROOT", default_value = "/var/log/pods")]
+    pub pod_log_root: PathBuf,
+
+    /// The kubelet's container log symlinks (container id to name).
+    #[arg(long, env = "TRACER_CONTAINER_LOG_ROOT", default_value = "/var/log/containers")]
+    pub container_log_root: PathBuf,
+
+    /// Trace pods in namespaces matching this glob (repeatable; adds to the config file).
+    #[arg(long = "namespace", value_name = "GLOB")]
+    pub namespaces: Vec<String>,
+
+    /// Never trace pods in namespaces matching this glob (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "GLOB")]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Trace pods whose name matches this glob (repeatable).
+    #[arg(long = "pod", value_name = "GLOB")]
+    pub pods: Vec<String>,
+
+    /// Never trace pods whose name matches this glob (repeatable).
+    #[arg(long = "exclude-pod", value_name = "GLOB")]
+    pub exclude_pods: Vec<String>,
+
+    /// Most processes traced at once [default: config file, else 256].
+    #[arg(long)]
+    pub max_processes: Option<usize>,
+
+    /// Span of growth history kept per stack [default: config file, else 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub growth_window: Option<Duration>,
+
+    /// Time between growth samples [default: config file, else 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub sample_interval: Option<Duration>,
+
+    /// Time between scans of /proc for new processes and pods.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub discovery_interval: Duration,
+
+    /// Outstanding allocations across the node (kernel memory, ~100 B each) [default: config
+    /// file, else 524288].
+    #[arg(long)]
+    pub max_allocations: Option<u32>,
+
+    /// Distinct stacks across the node (~600 B each) [default: config file, else 32768].
+    #[arg(long)]
+    pub max_stacks: Option<u32>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 5m)"))
+}
+
+/// Runs the node agent.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let listen: Listen = args.listen.parse().map_err(anyhow::Error::msg).context("invalid --listen")?;
+    let file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::ConfigFile::default(),
+    };
+    let mut selection = file.selection.clone();
+    selection.namespaces.extend(args.namespaces.iter().cloned());
+    selection.exclude_namespaces.extend(args.exclude_namespaces.iter().cloned());
+    selection.pods.extend(args.pods.iter().cloned());
+    selection.exclude_pods.extend(args.exclude_pods.iter().cloned());
+    if args.max_processes.is_some() {
+        selection.max_processes = args.max_processes;
+    }
+    if selection.namespaces.is_empty() && selection.pods.is_empty() {
+        info!("no --namespace/--pod selection: nothing is traced until StartTracing names a pod");
+    }
+    let window = args.growth_window.or(file.growth.window);
+    let sample_interval = args.sample_interval.or(file.growth.sample_interval).unwrap_or(Duration::from_secs(10));
+    let growth = GrowthConfig {
+        window_ns: window.map_or(GrowthConfig::default().window_ns, |w| u64::try_from(w.as_nanos()).unwrap_or(u64::MAX)),
+        ..GrowthConfig::default()
+    };
+    let max_stacks = args.max_stacks.or(file.limits.max_stacks).unwrap_or(1 << 15);
+    let config = AgentConfig {
+        sizes: MapSizes {
+            allocations: args.max_allocations.or(file.limits.max_allocations).unwrap_or(1 << 19),
+            stack_totals: max_stacks.saturating_mul(2),
+            stack_traces: max_stacks,
+            ..MapSizes::default()
+        },
+        paths: NodePaths {
+            pod_log_root: args.pod_log_root.clone(),
+            container_log_root: args.container_log_root.clone(),
+            ..NodePaths::default()
+        },
+        selection,
+        growth,
+        discovery_interval: args.discovery_interval,
+        sample_interval,
+        ..AgentConfig::default()
+    };
+    let (handle, _agent_thread) = agent::spawn(config)?;
+    info!("agent started");
+    server::serve(&listen, handle, shutdown_signal()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

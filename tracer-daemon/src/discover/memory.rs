@@ -1,0 +1,749 @@
+//! A cgroup's memory figures (usage, limit, limit hits, OOM kills) on cgroup v2 and v1, and
+//! where the cgroup filesystems are mounted, so leak growth can be set against the limit.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStringExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use tracing::warn;
+
+/// v1 limits at or above this mean "unlimited": the kernel reports its page-counter maximum
+/// (9223372036854771712 with 4 KiB pages), and no real limit comes near 4 EiB.
+const V1_UNLIMITED_THRESHOLD_BYTES: u64 = 1 << 62;
+
+/// Why a cgroup's memory figures could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// A cgroup file could not be read (the cgroup is gone, or the controller is not enabled).
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the read returned.
+        #[source]
+        source: io::Error,
+    },
+    /// A cgroup file does not hold what the kernel writes there (truncated or garbage).
+    #[error("{file}: expected {expected}, got {found:?}")]
+    Invalid {
+        /// The file's name, e.g. `memory.max`.
+        file: &'static str,
+        /// What the kernel writes there.
+        expected: &'static str,
+        /// The offending text.
+        found: String,
+    },
+}
+
+impl MemoryError {
+    fn invalid(file: &'static str, expected: &'static str, found: impl Into<String>) -> Self {
+        Self::Invalid {
+            file,
+            expected,
+            found: found.into(),
+        }
+    }
+}
+
+/// Which cgroup hierarchy a directory belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupVersion {
+    /// A v1 hierarchy with the memory controller (`memory.usage_in_bytes` and friends).
+    V1,
+    /// The unified hierarchy (`memory.current` and friends).
+    V2,
+}
+
+/// Memory figures of one cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryFigures {
+    /// Memory charged to the cgroup (v2 `memory.current`, v1 `memory.usage_in_bytes`).
+    pub usage_bytes: u64,
+    /// Hard limit; `None` when unlimited (`max` in v2, the page-counter maximum in v1).
+    pub limit_bytes: Option<u64>,
+    /// Times usage hit the limit (v2 `memory.events` `max`, v1 `memory.failcnt`).
+    pub limit_hits: u64,
+    /// Processes the OOM killer killed in the cgroup (v2 `memory.events` `oom_kill`, v1
+    /// `memory.oom_control` `oom_kill`, 0 on kernels before 4.13 that lack it).
+    pub oom_kills: u64,
+    /// Times usage went over `memory.high` and was throttled (v2 only; 0 on v1).
+    pub high_events: u64,
+    /// The cgroup is out of memory right now with the OOM killer disabled (v1 only; false on v2).
+    pub under_oom: bool,
+}
+
+/// The counters of a v2 `memory.events` file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEvents {
+    /// Reclaimed below `memory.low` under pressure.
+    pub low: u64,
+    /// Went over `memory.high` and was throttled.
+    pub high: u64,
+    /// Hit `memory.max`.
+    pub max: u64,
+    /// The OOM killer was invoked.
+    pub oom: u64,
+    /// A process was killed by the OOM killer.
+    pub oom_kill: u64,
+    /// The whole cgroup was killed at once (`memory.oom.group`, kernel 5.17+).
+    pub oom_group_kill: u64,
+}
+
+/// The fields of a v1 `memory.oom_control` file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomControl {
+    /// The OOM killer is disabled for the cgroup: tasks hang instead of dying.
+    pub oom_kill_disable: bool,
+    /// The cgroup is out of memory right now (only lasts while the killer is disabled).
+    pub under_oom: bool,
+    /// Processes killed by the OOM killer (0 when the kernel predates the line, before 4.13).
+    pub oom_kill: u64,
+}
+
+/// Reads the memory figures of the cgroup directory `dir`.
+///
+/// v2 reads `memory.current`, `memory.max` and `memory.events`; v1 reads
+/// `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.failcnt` and `memory.oom_control`.
+pub fn read_memory(dir: &Path, version: CgroupVersion) -> Result<MemoryFigures, MemoryError> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        fs::read_to_string(&path).map_err(|source| MemoryError::Read { path, source })
+    };
+    let number = |file: &'static str| parse_count(file, &read(file)?);
+    let limit = |file: &'static str| parse_limit_in(file, &read(file)?);
+    Ok(match version {
+        CgroupVersion::V2 => {
+            let events = parse_memory_events(&read("memory.events")?)?;
+            MemoryFigures {
+                usage_bytes: number("memory.current")?,
+                limit_bytes: limit("memory.max")?,
+                limit_hits: events.max,
+                oom_kills: events.oom_kill,
+                high_events: events.high,
+                under_oom: false,
+            }
+        }
+        CgroupVersion::V1 => {
+            let oom_control = parse_oom_control(&read("memory.oom_control")?)?;
+            MemoryFigures {
+                usage_bytes: number("memory.usage_in_bytes")?,
+                limit_bytes: limit("memory.limit_in_bytes")?,
+                limit_hits: number("memory.failcnt")?,
+                oom_kills: oom_control.oom_kill,
+                high_events: 0,
+                under_oom: oom_control.under_oom,
+            }
+        }
+    })
+}
+
+/// Parses a v2 `memory.events` file: `key value` lines; unknown keys are ignored (newer
+/// kernels add some) and missing ones are 0.
+pub fn parse_memory_events(content: &str) -> Result<MemoryEvents, MemoryError> {
+    let mut events = MemoryEvents::default();
+    for (key, value) in key_values("memory.events", content)? {
+        let counter = match key {
+            "low" => &mut events.low,
+            "high" => &mut events.high,
+            "max" => &mut events.max,
+            "oom" => &mut events.oom,
+            "oom_kill" => &mut events.oom_kill,
+            "oom_group_kill" => &mut events.oom_group_kill,
+            _ => continue,
+        };
+        *counter = value;
+    }
+    Ok(events)
+}
+
+/// Parses a v1 `memory.oom_control` file; `oom_kill_disable` and `under_oom` must be there,
+/// `oom_kill` is 0 when absent (kernels before 4.13).
+pub fn parse_oom_control(content: &str) -> Result<OomControl, MemoryError> {
+    const FILE: &str = "memory.oom_control";
+    let (mut oom_kill_disable, mut under_oom, mut oom_kill) = (None, None, 0);
+    for (key, value) in key_values(FILE, content)? {
+        match key {
+            "oom_kill_disable" => oom_kill_disable = Some(parse_flag(FILE, key, value)?),
+            "under_oom" => under_oom = Some(parse_flag(FILE, key, value)?),
+            "oom_kill" => oom_kill = value,
+            _ => {}
+        }
+    }
+    let missing = |key: &str| {
+        let found = format!("no {key} line in {content:?}");
+        MemoryError::invalid(FILE, "oom_kill_disable and under_oom lines", found)
+    };
+    Ok(OomControl {
+        oom_kill_disable: oom_kill_disable.ok_or_else(|| missing("oom_kill_disable"))?,
+        under_oom: under_oom.ok_or_else(|| missing("under_oom"))?,
+        oom_kill,
+    })
+}
+
+/// Parses a memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`): `max` and v1's huge
+/// page-counter maximum give `None` (unlimited), a number gives that many bytes. Errors call
+/// the file `memory limit`; [`read_memory`] names the real one.
+pub fn parse_limit(content: &str) -> Result<Option<u64>, MemoryError> {
+    parse_limit_in("memory limit", content)
+}
+
+fn parse_limit_in(file: &'static str, content: &str) -> Result<Option<u64>, MemoryError> {
+    let value = content.trim();
+    if value == "max" {
+        return Ok(None);
+    }
+    let bytes = (value.parse::<u64>())
+        .map_err(|_| MemoryError::invalid(file, "a number or \"max\"", value))?;
+    Ok((bytes < V1_UNLIMITED_THRESHOLD_BYTES).then_some(bytes))
+}
+
+fn parse_count(file: &'static str, content: &str) -> Result<u64, MemoryError> {
+    let value = content.trim();
+    (value.parse::<u64>()).map_err(|_| MemoryError::invalid(file, "a number", value))
+}
+
+fn parse_flag(file: &'static str, key: &str, value: u64) -> Result<bool, MemoryError> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(MemoryError::Invalid {
+            file,
+            expected: "0 or 1",
+            found: format!("{key} {value}"),
+        }),
+    }
+}
+
+/// `key value` lines with numeric values; blank lines are skipped, anything else is an error.
+fn key_values<'content>(
+    file: &'static str,
+    content: &'content str,
+) -> Result<Vec<(&'content str, u64)>, MemoryError> {
+    let mut pairs = Vec::new();
+    for line in content.lines().filter(|line| !line.trim().is_empty()) {
+        let invalid = || MemoryError::Invalid {
+            file,
+            expected: "\"key number\" lines",
+            found: line.to_owned(),
+        };
+        let mut fields = line.split_whitespace();
+        let (Some(key), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(invalid());
+        };
+        pairs.push((key, value.parse::<u64>().map_err(|_| invalid())?));
+    }
+    Ok(pairs)
+}
+
+/// Where the cgroup filesystems are mounted on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupMounts {
+    /// The cgroup2 mount point: `/sys/fs/cgroup` on v2 hosts, `/sys/fs/cgroup/unified` on
+    /// hybrid ones.
+    pub unified: Option<PathBuf>,
+    /// The v1 mount whose super options include `memory`, e.g. `/sys/fs/cgroup/memory`.
+    pub memory_v1: Option<PathBuf>,
+    /// `<unified>/cgroup.controllers` lists `memory`; only [`read_cgroup_mounts`] reads it,
+    /// [`parse_mountinfo`] leaves it false.
+    pub unified_has_memory: bool,
+}
+
+/// Finds the cgroup mounts in /proc/self/mountinfo content; malformed lines are ignored.
+///
+/// Only mounts of a hierarchy's root count (mountinfo's fourth field is `/`): a mount of a
+/// subtree, as a container without its own cgroup namespace sees, cannot be joined with the
+/// paths in /proc/PID/cgroup. The first of several qualifying mounts wins.
+pub fn parse_mountinfo(content: &str) -> CgroupMounts {
+    let mut mounts = CgroupMounts::default();
+    for line in content.lines() {
+        let Some(mount) = parse_mountinfo_line(line) else {
+            continue;
+        };
+        if mount.root != "/" {
+            continue;
+        }
+        match mount.filesystem_type {
+            "cgroup2" if mounts.unified.is_none() => mounts.unified = Some(mount.mount_point),
+            "cgroup" if mounts.memory_v1.is_none() && has_memory_option(mount.super_options) => {
+                mounts.memory_v1 = Some(mount.mount_point);
+            }
+            _ => {}
+        }
+    }
+    mounts
+}
+
+/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`; what cannot be read is
+/// left out with a warning.
+pub fn read_cgroup_mounts() -> CgroupMounts {
+    let mut mounts = match fs::read_to_string("/proc/self/mountinfo") {
+        Ok(content) => parse_mountinfo(&content),
+        Err(error) => {
+            warn!(%error, "cannot read /proc/self/mountinfo; assuming no cgroup mounts");
+            return CgroupMounts::default();
+        }
+    };
+    if let Some(unified) = &mounts.unified {
+        let path = unified.join("cgroup.controllers");
+        match fs::read_to_string(&path) {
+            Ok(content) => mounts.unified_has_memory = lists_memory_controller(&content),
+            Err(error) => {
+                warn!(path = %path.display(), %error, "cannot read the unified hierarchy's controllers");
+            }
+        }
+    }
+    mounts
+}
+
+/// The directory holding a process's memory cgroup, and its version: the v1 memory controller
+/// if mounted and the process has a memory line, else the unified hierarchy if it has the
+/// memory controller.
+///
+/// `None` also when the path climbs out of the mount with `..`, as paths read from inside
+/// another cgroup namespace do: the directory would not be the process's cgroup.
+pub fn memory_cgroup_dir(
+    mounts: &CgroupMounts,
+    unified_path: Option<&str>,
+    memory_v1_path: Option<&str>,
+) -> Option<(PathBuf, CgroupVersion)> {
+    if let (Some(mount), Some(path)) = (&mounts.memory_v1, memory_v1_path) {
+        return Some((join_cgroup_path(mount, path)?, CgroupVersion::V1));
+    }
+    match (&mounts.unified, unified_path) {
+        (Some(mount), Some(path)) if mounts.unified_has_memory => {
+            Some((join_cgroup_path(mount, path)?, CgroupVersion::V2))
+        }
+        _ => None,
+    }
+}
+
+fn join_cgroup_path(mount: &Path, cgroup_path: &str) -> Option<PathBuf> {
+    let mut directory = mount.to_path_buf();
+    for component in Path::new(cgroup_path).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => directory.push(part),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(directory)
+}
+
+fn has_memory_option(super_options: &str) -> bool {
+    super_options.split(',').any(|option| option == "memory")
+}
+
+fn lists_memory_controller(controllers: &str) -> bool {
+    controllers
+        .split_whitespace()
+        .any(|controller| controller == "memory")
+}
+
+/// The fields of one mountinfo line that matter here.
+struct MountinfoLine<'line> {
+    /// Root of the mount within its filesystem (`/` unless a subtree is mounted).
+    root: &'line str,
+    /// Where it is mounted, octal escapes decoded.
+    mount_point: PathBuf,
+    /// `cgroup2`, `cgroup`, `tmpfs`, ...
+    filesystem_type: &'line str,
+    /// Per-superblock options: for v1 cgroups, the controllers (`rw,memory`).
+    super_options: &'line str,
+}
+
+/// `id parent major:minor root mount-point options [optional...] - type source super-options`.
+fn parse_mountinfo_line(line: &str) -> Option<MountinfoLine<'_>> {
+    let (before, after) = line.split_once(" - ")?;
+    let fields: Vec<&str> = before.split(' ').collect();
+    let [mount_id, parent_id, device, root, mount_point, _options, ..] = fields[..] else {
+        return None;
+    };
+    mount_id.parse::<u64>().ok()?;
+    parent_id.parse::<u64>().ok()?;
+    device.contains(':').then_some(())?;
+    let after_fields: Vec<&str> = after.split(' ').collect();
+    let [filesystem_type, _source, super_options, ..] = after_fields[..] else {
+        return None;
+    };
+    Some(MountinfoLine {
+        root,
+        mount_point: unescape_octal(mount_point),
+        filesystem_type,
+        super_options,
+    })
+}
+
+/// Decodes the kernel's `\ooo` escapes (space, tab, newline, backslash) in mountinfo paths.
+fn unescape_octal(escaped: &str) -> PathBuf {
+    let mut decoded = Vec::with_capacity(escaped.len());
+    let mut rest = escaped.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        match tail {
+            [
+                high @ b'0'..=b'3',
+                middle @ b'0'..=b'7',
+                low @ b'0'..=b'7',
+                remaining @ ..,
+            ] if byte == b'\\' => {
+                decoded.push((high - b'0') * 64 + (middle - b'0') * 8 + (low - b'0'));
+                rest = remaining;
+            }
+            _ => {
+                decoded.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(decoded))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::CgroupVersion::{V1, V2};
+    use super::*;
+
+    const V2_FILES: [&str; 3] = ["memory.current", "memory.max", "memory.events"];
+    const V1_FILES: [&str; 4] = [
+        "memory.usage_in_bytes",
+        "memory.limit_in_bytes",
+        "memory.failcnt",
+        "memory.oom_control",
+    ];
+
+    fn fixture(file: &str) -> &'static str {
+        match file {
+            "memory.current" => include_str!("fixtures/memory_v2/memory.current"),
+            "memory.max" => include_str!("fixtures/memory_v2/memory.max"),
+            "memory.events" => include_str!("fixtures/memory_v2/memory.events"),
+            "memory.usage_in_bytes" => include_str!("fixtures/memory_v1/memory.usage_in_bytes"),
+            "memory.limit_in_bytes" => include_str!("fixtures/memory_v1/memory.limit_in_bytes"),
+            "memory.failcnt" => include_str!("fixtures/memory_v1/memory.failcnt"),
+            "memory.oom_control" => include_str!("fixtures/memory_v1/memory.oom_control"),
+            _ => include_str!("fixtures/memory_v1/memory.oom_control.before_4_13"),
+        }
+    }
+
+    /// A cgroup-like temp directory, removed on drop.
+    struct CgroupDir(PathBuf);
+
+    impl Drop for CgroupDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A temp dir with the version's fixture files, but for `skip`, and with `replace.1` as the
+    /// content of file `replace.0`.
+    fn cgroup_dir(version: CgroupVersion, skip: &str, replace: (&str, &str)) -> CgroupDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = format!(
+            "tracer-memory-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = CgroupDir(std::env::temp_dir().join(unique));
+        fs::create_dir_all(&dir.0).expect("create the temp cgroup dir");
+        let files = if version == V2 {
+            &V2_FILES[..]
+        } else {
+            &V1_FILES[..]
+        };
+        for &name in files.iter().filter(|name| **name != skip) {
+            let content = if name == replace.0 {
+                replace.1
+            } else {
+                fixture(name)
+            };
+            fs::write(dir.0.join(name), content).unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+        dir
+    }
+
+    fn read_fixture(
+        version: CgroupVersion,
+        replace: (&str, &str),
+    ) -> Result<MemoryFigures, MemoryError> {
+        read_memory(&cgroup_dir(version, "", replace).0, version)
+    }
+
+    #[test]
+    fn v2_cgroup_gives_usage_limit_and_event_counters() {
+        let figures = read_fixture(V2, ("", "")).expect("v2 fixture reads");
+        let expected = MemoryFigures {
+            usage_bytes: 188_416_000,
+            limit_bytes: None,
+            limit_hits: 12,
+            oom_kills: 1,
+            high_events: 3,
+            under_oom: false,
+        };
+        assert_eq!(
+            figures, expected,
+            "\"max\" is unlimited; hits and kills come from memory.events"
+        );
+        let limited = read_fixture(V2, ("memory.max", "268435456\n")).expect("v2 fixture reads");
+        assert_eq!(limited.limit_bytes, Some(268_435_456));
+    }
+
+    #[test]
+    fn v1_cgroup_gives_usage_failcnt_and_oom_kills_with_huge_limit_as_unlimited() {
+        let figures = read_fixture(V1, ("", "")).expect("v1 fixture reads");
+        let expected = MemoryFigures {
+            usage_bytes: 22_056_960,
+            limit_bytes: None,
+            limit_hits: 17,
+            oom_kills: 2,
+            high_events: 0,
+            under_oom: false,
+        };
+        assert_eq!(figures, expected, "9223372036854771712 is v1's unlimited");
+        let old_kernel = (
+            "memory.oom_control",
+            fixture("memory.oom_control.before_4_13"),
+        );
+        let figures = read_fixture(V1, old_kernel).expect("v1 fixture reads");
+        assert_eq!(
+            (figures.oom_kills, figures.under_oom),
+            (0, true),
+            "no oom_kill line, 0 kills"
+        );
+    }
+
+    #[test]
+    fn missing_files_are_read_errors_naming_the_path() {
+        for (version, file) in [(V1, "memory.oom_control"), (V2, "memory.max")] {
+            let dir = cgroup_dir(version, file, ("", ""));
+            let error = read_memory(&dir.0, version).expect_err("a file is missing");
+            let MemoryError::Read { path, .. } = &error else {
+                panic!("expected a read error for {file}, got {error:?}");
+            };
+            assert_eq!(path, &dir.0.join(file), "{error}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_garbage_files_are_errors_naming_the_file() {
+        let error = read_fixture(V2, ("memory.max", "abc\n")).expect_err("garbage limit");
+        assert_eq!(
+            error.to_string(),
+            "memory.max: expected a number or \"max\", got \"abc\""
+        );
+        for (file, content) in [
+            ("memory.max", ""),
+            ("memory.current", "1884\u{0}"),
+            ("memory.events", "low 0\nhigh 3\nma"),
+            ("memory.usage_in_bytes", "-5\n"),
+            ("memory.limit_in_bytes", "9223372036854775808000\n"),
+            ("memory.failcnt", "\n"),
+            ("memory.oom_control", "oom_kill_disable 0\n"),
+        ] {
+            let version = if V1_FILES.contains(&file) { V1 } else { V2 };
+            let result = read_fixture(version, (file, content));
+            let names_file =
+                matches!(&result, Err(MemoryError::Invalid { file: named, .. }) if *named == file);
+            assert!(names_file, "{file} {content:?}: {result:?}");
+        }
+        let unterminated =
+            read_fixture(V2, ("memory.current", "18841")).expect("no newline is fine");
+        assert_eq!(unterminated.usage_bytes, 18841);
+    }
+
+    #[test]
+    fn memory_events_ignore_unknown_keys_and_default_missing_ones_to_zero() {
+        let all = parse_memory_events(fixture("memory.events")).expect("fixture parses");
+        let expected = MemoryEvents {
+            low: 0,
+            high: 3,
+            max: 12,
+            oom: 2,
+            oom_kill: 1,
+            oom_group_kill: 0,
+        };
+        assert_eq!(all, expected);
+        let partial = parse_memory_events("max 5\nfuture_counter 9\noom_kill 4\n").expect("parses");
+        assert_eq!((partial.max, partial.oom_kill, partial.low), (5, 4, 0));
+        assert_eq!(
+            parse_memory_events("").expect("empty parses"),
+            MemoryEvents::default()
+        );
+        for garbage in [
+            "max five\n",
+            "max 1 2\n",
+            "max -1\n",
+            "oom_kill\n",
+            "\u{0}\u{1}",
+        ] {
+            let result = parse_memory_events(garbage);
+            assert!(
+                matches!(result, Err(MemoryError::Invalid { .. })),
+                "{garbage:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oom_control_reads_flags_and_kills_with_or_without_the_oom_kill_line() {
+        let current = parse_oom_control(fixture("memory.oom_control")).expect("fixture parses");
+        assert_eq!(
+            (
+                current.oom_kill_disable,
+                current.under_oom,
+                current.oom_kill
+            ),
+            (false, false, 2)
+        );
+        let old = parse_oom_control(fixture("memory.oom_control.before_4_13")).expect("parses");
+        assert_eq!(
+            (old.oom_kill_disable, old.under_oom, old.oom_kill),
+            (true, true, 0)
+        );
+        for garbage in [
+            "",
+            "under_oom 0\n",
+            "oom_kill_disable 2\nunder_oom 0\n",
+            "under_oom x\n",
+        ] {
+            let result = parse_oom_control(garbage);
+            assert!(
+                matches!(result, Err(MemoryError::Invalid { .. })),
+                "{garbage:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_bytes_or_none_for_max_and_v1_huge_values() {
+        for (content, expected) in [
+            ("max\n", None),
+            ("67108864\n", Some(67_108_864)),
+            ("0\n", Some(0)),
+            ("9223372036854771712\n", None),
+            ("9223372036854710272\n", None),
+            ("4611686018427387903\n", Some(4_611_686_018_427_387_903)),
+        ] {
+            assert_eq!(
+                parse_limit(content).expect("a limit parses"),
+                expected,
+                "limit {content:?}"
+            );
+        }
+        for garbage in ["abc\n", "", "-1\n", "max max\n", "18446744073709551616\n"] {
+            assert!(parse_limit(garbage).is_err(), "{garbage:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn mountinfo_gives_unified_and_v1_memory_mounts_of_v2_hybrid_and_v1_hosts() {
+        let unified = "/sys/fs/cgroup/unified";
+        let memory = "/sys/fs/cgroup/memory";
+        for (content, expected) in [
+            (
+                include_str!("fixtures/mountinfo_v2.txt"),
+                (Some("/sys/fs/cgroup"), None),
+            ),
+            (
+                include_str!("fixtures/mountinfo_hybrid.txt"),
+                (Some(unified), Some(memory)),
+            ),
+            (
+                include_str!("fixtures/mountinfo_v1.txt"),
+                (None, Some(memory)),
+            ),
+            // A subtree mount is skipped, malformed lines too; the first root mount wins.
+            (
+                include_str!("fixtures/mountinfo_odd.txt"),
+                (Some("/mnt/my cgroup"), Some("/mnt/memory")),
+            ),
+            ("", (None, None)),
+        ] {
+            let mounts = parse_mountinfo(content);
+            let actual = (mounts.unified.as_deref(), mounts.memory_v1.as_deref());
+            let expected = (expected.0.map(Path::new), expected.1.map(Path::new));
+            assert_eq!(
+                actual,
+                expected,
+                "mountinfo starting {:?}",
+                content.lines().next()
+            );
+            assert!(
+                !mounts.unified_has_memory,
+                "parse_mountinfo does not read controllers"
+            );
+        }
+    }
+
+    #[test]
+    fn read_cgroup_mounts_matches_this_hosts_mountinfo() {
+        let content = fs::read_to_string("/proc/self/mountinfo").expect("Linux has mountinfo");
+        let (mounts, parsed) = (read_cgroup_mounts(), parse_mountinfo(&content));
+        assert_eq!(
+            (&mounts.unified, &mounts.memory_v1),
+            (&parsed.unified, &parsed.memory_v1)
+        );
+        let controllers = (parsed.unified)
+            .and_then(|unified| fs::read_to_string(unified.join("cgroup.controllers")).ok())
+            .unwrap_or_default();
+        assert_eq!(
+            mounts.unified_has_memory,
+            lists_memory_controller(&controllers),
+            "{controllers:?}"
+        );
+        assert!(lists_memory_controller(
+            "cpuset cpu io memory hugetlb pids rdma misc\n"
+        ));
+        assert!(
+            !lists_memory_controller("hugetlb\n"),
+            "a hybrid host's unified hierarchy"
+        );
+        assert!(
+            !lists_memory_controller("memory_recursiveprot\n"),
+            "whole words only"
+        );
+    }
+
+    #[test]
+    fn memory_cgroup_dir_prefers_v1_memory_then_unified_with_memory() {
+        let pod = "/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e";
+        let hybrid = parse_mountinfo(include_str!("fixtures/mountinfo_hybrid.txt"));
+        let v1_dir = PathBuf::from(format!("/sys/fs/cgroup/memory{pod}"));
+        assert_eq!(
+            memory_cgroup_dir(&hybrid, Some("/"), Some(pod)),
+            Some((v1_dir, V1))
+        );
+        assert_eq!(
+            memory_cgroup_dir(&hybrid, Some(pod), None),
+            None,
+            "hybrid v2 lacks memory"
+        );
+        let mut v2 = parse_mountinfo(include_str!("fixtures/mountinfo_v2.txt"));
+        v2.unified_has_memory = true;
+        let v2_dir = PathBuf::from(format!("/sys/fs/cgroup{pod}"));
+        assert_eq!(memory_cgroup_dir(&v2, Some(pod), None), Some((v2_dir, V2)));
+        let root = Some((PathBuf::from("/sys/fs/cgroup"), V2));
+        assert_eq!(
+            memory_cgroup_dir(&v2, Some("/"), None),
+            root,
+            "the root cgroup is the mount"
+        );
+        assert_eq!(
+            memory_cgroup_dir(&v2, Some("/../../x.slice"), None),
+            None,
+            "no climbing out"
+        );
+        assert_eq!(
+            memory_cgroup_dir(&v2, None, Some(pod)),
+            None,
+            "a v1 path needs a v1 mount"
+        );
+        v2.unified_has_memory = false;
+        assert_eq!(
+            memory_cgroup_dir(&v2, Some(pod), None),
+            None,
+            "v2 without memory controller"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! Pod identities (namespace, name, containers) from the names of the kubelet's log
+//! directories, so the node agent can label pods without asking the API server.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::cgroup::{normalize_container_id, normalize_pod_uid};
+
+/// Where the kubelet keeps one directory per pod: `<namespace>_<name>_<uid>/<container>/`.
+pub const DEFAULT_POD_LOG_ROOT: &str = "/var/log/pods";
+
+/// Where the kubelet keeps one symlink per container:
+/// `<pod>_<namespace>_<container>-<container id>.log`.
+pub const DEFAULT_CONTAINER_LOG_ROOT: &str = "/var/log/containers";
+
+/// A pod as the kubelet's log directories name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's UID, lowercase: a dashed UUID, or 32 hex digits for a static pod.
+    pub uid: String,
+    /// Names of the containers that have a log directory (including exited ones), sorted.
+    pub containers: Vec<String>,
+}
+
+/// Reads `<root>/<namespace>_<name>_<uid>/<container>/` directories (root is usually
+/// [`DEFAULT_POD_LOG_ROOT`]), keyed by pod UID.
+///
+/// Odd entries (a name that does not split into exactly namespace_name_uid, a UID that is not
+/// a pod UID, a file instead of a directory, an unreadable directory) are skipped with a warning
+/// naming the entry, never an error; a missing root gives an empty map.
+pub fn read_pod_log_dirs(root: &Path) -> HashMap<String, PodIdentity> {
+    let mut pods = HashMap::new();
+    for (entry_path, name) in list_root(root, EntryKind::Directory) {
+        let identity = match split_pod_dir_name(&name) {
+            Ok(identity) => identity,
+            Err(reason) => {
+                warn!(entry = %entry_path.display(), reason, "skipping pod log directory");
+                continue;
+            }
+        };
+        let containers = match read_container_dirs(&entry_path) {
+            Ok(containers) => containers,
+            Err(error) => {
+                warn!(entry = %entry_path.display(), %error, "skipping unreadable pod log directory");
+                continue;
+            }
+        };
+        let identity = PodIdentity {
+            containers,
+            ..identity
+        };
+        if let Some(previous) = pods.insert(identity.uid.clone(), identity) {
+            warn!(entry = %entry_path.display(), uid = %previous.uid, "two pod directories share a uid; keeping the last");
+        }
+    }
+    pods
+}
+
+/// A container as its /var/log/containers symlink names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerLogName {
+    /// The pod's name.
+    pub pod_name: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The container's name in the pod spec.
+    pub container: String,
+    /// The runtime's container id, 64 lowercase hex digits.
+    pub container_id: String,
+}
+
+/// Reads `<root>/<pod>_<namespace>_<container>-<64 hex id>.log` names (root is usually
+/// [`DEFAULT_CONTAINER_LOG_ROOT`]), keyed by container id.
+///
+/// The entries are symlinks into the pod log directories: only their names are read, never
+/// their targets. Odd names are skipped with a warning, among them the names the kubelet cut
+/// at 255 bytes (pods with very long names), which lose the id.
+pub fn read_container_log_names(root: &Path) -> HashMap<String, ContainerLogName> {
+    let mut containers = HashMap::new();
+    for (entry_path, name) in list_root(root, EntryKind::NotDirectory) {
+        match split_container_log_name(&name) {
+            Ok(container) => {
+                containers.insert(container.container_id.clone(), container);
+            }
+            Err(reason) => {
+                warn!(entry = %entry_path.display(), reason, "skipping container log name");
+            }
+        }
+    }
+    containers
+}
+
+/// Which directory entries [`list_entries`] keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    /// Real directories (symlinks to directories are not followed).
+    Directory,
+    /// Anything but a directory: files and symlinks.
+    NotDirectory,
+}
+
+/// The entries of a log root; a missing root gives none, silently (the node may run no pods
+/// yet, or no kubelet at all), an unreadable one none with a warning.
+fn list_root(root: &Path, wanted: EntryKind) -> Vec<(PathBuf, String)> {
+    match list_entries(root, wanted) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            warn!(root = %root.display(), %error, "cannot list kubelet log directory");
+            Vec::new()
+        }
+    }
+}
+
+/// The entries of `directory` of the wanted kind with UTF-8 names, with a warning for each other.
+fn list_entries(directory: &Path, wanted: EntryKind) -> io::Result<Vec<(PathBuf, String)>> {
+    let mut kept = Vec::new();
+    for entry in fs::read_dir(directory)? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                warn!(directory = %directory.display(), %error, "cannot read a directory entry");
+                continue;
+            }
+        };
+        let entry_path = entry.path();
+        let is_directory = match entry.file_type() {
+            Ok(file_type) => file_type.is_dir(),
+            Err(error) => {
+                warn!(entry = %entry_path.display(), %error, "skipping entry of unknown type");
+                continue;
+            }
+        };
+        if is_directory != (wanted == EntryKind::Directory) {
+            let reason = if is_directory {
+                "a directory"
+            } else {
+                "not a directory"
+            };
+            warn!(entry = %entry_path.display(), reason, "skipping kubelet log entry of the wrong type");
+            continue;
+        }
+        match entry.file_name().into_string() {
+            Ok(name) => kept.push((entry_path, name)),
+            Err(_) => warn!(entry = %entry_path.display(), "skipping entry with a non-UTF-8 name"),
+        }
+    }
+    Ok(kept)
+}
+
+/// The container directories of one pod log directory, sorted.
+fn read_container_dirs(pod_dir: &Path) -> io::Result<Vec<String>> {
+    let mut containers = Vec::new();
+    for (entry_path, name) in list_entries(pod_dir, EntryKind::Directory)? {
+        if is_dns_name(&name, false) {
+            containers.push(name);
+        } else {
+            warn!(entry = %entry_path.display(), "skipping container log directory: not a container name");
+        }
+    }
+    containers.sort();
+    Ok(containers)
+}
+
+/// `<namespace>_<name>_<uid>` into a pod identity without containers, or why not.
+fn split_pod_dir_name(name: &str) -> Result<PodIdentity, &'static str> {
+    let [namespace, pod_name, uid] = split_three(name)?;
+    if !is_dns_name(namespace, false) {
+        return Err("the namespace is not a DNS-1123 label");
+    }
+    if !is_dns_name(pod_name, true) {
+        return Err("the pod name is not a DNS-1123 subdomain");
+    }
+    let uid =
+        normalize_pod_uid(uid).ok_or("the uid is neither a UUID nor a static pod's 32-hex hash")?;
+    Ok(PodIdentity {
+        namespace: namespace.to_owned(),
+        name: pod_name.to_owned(),
+        uid,
+        containers: Vec::new(),
+    })
+}
+
+/// `<pod>_<namespace>_<container>-<64 hex id>.log` into its parts, or why not.
+fn split_container_log_name(name: &str) -> Result<ContainerLogName, &'static str> {
+    let stem = name
+        .strip_suffix(".log")
+        .ok_or("the name does not end in .log")?;
+    // Names may hold '-', ids never do: the id follows the last one.
+    let (rest, id) = stem
+        .rsplit_once('-')
+        .ok_or("no '-' before a container id")?;
+    let container_id = normalize_container_id(id).ok_or("the container id is not 64 hex digits")?;
+    let [pod_name, namespace, container] = split_three(rest)?;
+    if !is_dns_name(pod_name, true) {
+        return Err("the pod name is not a DNS-1123 subdomain");
+    }
+    if !is_dns_name(namespace, false) || !is_dns_name(container, false) {
+        return Err("the namespace or container name is not a DNS-1123 label");
+    }
+    Ok(ContainerLogName {
+        pod_name: pod_name.to_owned(),
+        namespace: namespace.to_owned(),
+        container: container.to_owned(),
+        container_id,
+    })
+}
+
+/// Exactly three `_`-separated parts: Kubernetes names never hold `_`, so this is unambiguous.
+fn split_three(name: &str) -> Result<[&str; 3], &'static str> {
+    let mut parts = name.split('_');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(first), Some(second), Some(third), None) => Ok([first, second, third]),
+        _ => Err("the name does not split into exactly three '_'-separated parts"),
+    }
+}
+
+/// Lowercase alphanumerics and `-` (a DNS-1123 label), and `.` too for a subdomain (pod names).
+fn is_dns_name(name: &str, allow_dots: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|byte| {
+            byte.is_ascii_lowercase()
+                || byte.is_ascii_digit()
+                || byte == b'-'
+                || (allow_dots && byte == b'.')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const WEB_UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    const ETCD_UID: &str = "1d5b3a9c5f2e8e0d4c6b7a8f9e0d1c2b";
+    const PROMETHEUS_UID: &str = "8c1b6f2e-7d3a-4e59-9b0c-2f4a6d8e0b13";
+    const NGINX_ID: &str = "4c8e5b2a9f0d1e3c6b7a8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
+    const COREDNS_ID: &str = "d3b07384d113edec49eaa6238ad5ff00c86e7f0e1c2b3a4958677a6b5c4d3e2f";
+    const PROMETHEUS_ID: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+    /// A directory tree under the temp dir, removed on drop.
+    struct TempTree {
+        root: PathBuf,
+    }
+
+    impl TempTree {
+        fn new(label: &str) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+            let root = std::env::temp_dir().join(format!(
+                "tracer-pods-{label}-{}-{unique}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(&root).expect("create the temp tree root");
+            Self { root }
+        }
+
+        fn directory(&self, relative: &str) {
+            let path = self.root.join(relative);
+            fs::create_dir_all(&path)
+                .unwrap_or_else(|error| panic!("create {}: {error}", path.display()));
+        }
+
+        fn file(&self, relative: &str) {
+            let path = self.root.join(relative);
+            fs::write(&path, "log line\n")
+                .unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+        }
+
+        fn symlink(&self, relative: &str, target: &str) {
+            let path = self.root.join(relative);
+            std::os::unix::fs::symlink(target, &path)
+                .unwrap_or_else(|error| panic!("symlink {}: {error}", path.display()));
+        }
+    }
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+
+    #[test]
+    fn pod_log_dirs_give_namespace_name_uid_and_sorted_containers() {
+        let tree = TempTree::new("pods");
+        let web = format!("default_web-0_{WEB_UID}");
+        for container in ["nginx", "istio-proxy", "init-config"] {
+            tree.directory(&format!("{web}/{container}"));
+        }
+        tree.file(&format!("{web}/nginx/0.log"));
+        tree.file(&format!("{web}/nginx/1.log"));
+        tree.file(&format!("{web}/stray-file"));
+        tree.directory(&format!(
+            "kube-system_etcd-kind-control-plane_{ETCD_UID}/etcd"
+        ));
+        tree.directory(&format!(
+            "monitoring_prometheus-k8s.example.com-0_{PROMETHEUS_UID}/prometheus"
+        ));
+        tree.directory(&format!(
+            "empty-ns_pending-pod_{}",
+            WEB_UID.replace('0', "9")
+        ));
+
+        let pods = read_pod_log_dirs(&tree.root);
+        assert_eq!(
+            pods.len(),
+            4,
+            "every well-formed pod directory is read: {pods:?}"
+        );
+        let web = pods.get(WEB_UID).expect("web-0 is keyed by its uid");
+        let expected = PodIdentity {
+            namespace: "default".to_owned(),
+            name: "web-0".to_owned(),
+            uid: WEB_UID.to_owned(),
+            containers: vec![
+                "init-config".to_owned(),
+                "istio-proxy".to_owned(),
+                "nginx".to_owned(),
+            ],
+        };
+        assert_eq!(
+            *web, expected,
+            "files inside the pod directory are not containers"
+        );
+        let etcd = pods
+            .get(ETCD_UID)
+            .expect("a static pod's 32-hex uid is a pod uid");
+        assert_eq!(
+            (etcd.namespace.as_str(), etcd.name.as_str()),
+            ("kube-system", "etcd-kind-control-plane")
+        );
+        let prometheus = pods.get(PROMETHEUS_UID).expect("dotted pod names are read");
+        assert_eq!(prometheus.name, "prometheus-k8s.example.com-0");
+        assert_eq!(prometheus.containers, ["prometheus"]);
+    }
+
+    #[test]
+    fn odd_pod_log_entries_are_skipped_without_losing_the_rest() {
+        let tree = TempTree::new("odd-pods");
+        tree.directory(&format!("default_web-0_{WEB_UID}/nginx"));
+        tree.directory("default_web-0/nginx");
+        tree.directory("ns_pod_not-a-uuid/app");
+        tree.directory(&format!("ns_pod_{}/app", &WEB_UID[..35]));
+        tree.directory(&format!("a_b_c_{PROMETHEUS_UID}/app"));
+        tree.directory(&format!("Default_Web_{PROMETHEUS_UID}/app"));
+        tree.directory(&format!("_web_{PROMETHEUS_UID}/app"));
+        tree.file(&format!("default_file_{PROMETHEUS_UID}"));
+        tree.file("README");
+        tree.symlink(
+            &format!("default_link_{PROMETHEUS_UID}"),
+            &format!("default_web-0_{WEB_UID}"),
+        );
+        tree.directory(&format!(
+            "default_odd-containers_{PROMETHEUS_UID}/Not_A_Container"
+        ));
+
+        let pods = read_pod_log_dirs(&tree.root);
+        let mut uids: Vec<&str> = pods.keys().map(String::as_str).collect();
+        uids.sort_unstable();
+        assert_eq!(
+            uids,
+            [WEB_UID, PROMETHEUS_UID],
+            "only well-formed directories are pods: {pods:?}"
+        );
+        let odd = pods
+            .get(PROMETHEUS_UID)
+            .expect("the pod with an odd container dir is kept");
+        assert_eq!(odd.name, "odd-containers");
+        assert!(
+            odd.containers.is_empty(),
+            "odd container names are skipped: {odd:?}"
+        );
+    }
+
+    #[test]
+    fn missing_pod_log_root_gives_no_pods() {
+        let tree = TempTree::new("missing-pods");
+        assert!(
+            read_pod_log_dirs(&tree.root.join("absent")).is_empty(),
+            "a missing root is no pods"
+        );
+        tree.file("not-a-directory");
+        assert!(
+            read_pod_log_dirs(&tree.root.join("not-a-directory")).is_empty(),
+            "a file root is no pods"
+        );
+    }
+
+    #[test]
+    fn container_log_symlinks_give_pod_namespace_container_and_id_without_following() {
+        let tree = TempTree::new("containers");
+        let cases = [
+            ("web-0", "default", "nginx", NGINX_ID),
+            (
+                "coredns-5d78c9869d-8x7qk",
+                "kube-system",
+                "coredns",
+                COREDNS_ID,
+            ),
+            (
+                "prometheus-k8s.example.com-0",
+                "monitoring",
+                "config-reloader",
+                PROMETHEUS_ID,
+            ),
+        ];
+        for (pod, namespace, container, id) in cases {
+            // Dangling on purpose: the target lives on the node, not here.
+            let target = format!("/var/log/pods/{namespace}_{pod}_{WEB_UID}/{container}/0.log");
+            tree.symlink(&format!("{pod}_{namespace}_{container}-{id}.log"), &target);
+        }
+        let containers = read_container_log_names(&tree.root);
+        assert_eq!(
+            containers.len(),
+            cases.len(),
+            "one entry per symlink: {containers:?}"
+        );
+        for (pod, namespace, container, id) in cases {
+            let expected = ContainerLogName {
+                pod_name: pod.to_owned(),
+                namespace: namespace.to_owned(),
+                container: container.to_owned(),
+                container_id: id.to_owned(),
+            };
+            assert_eq!(
+                containers.get(id),
+                Some(&expected),
+                "container {container} of {namespace}/{pod}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_container_log_names_are_skipped_without_losing_the_rest() {
+        let tree = TempTree::new("odd-containers");
+        tree.file(&format!("web-0_default_nginx-{NGINX_ID}.log"));
+        tree.file("web-0_default_nginx.log");
+        tree.file(&format!("web-0_default_nginx-{NGINX_ID}.txt"));
+        tree.file(&format!("web-0_default_nginx-{}.log", &COREDNS_ID[..63]));
+        tree.file(&format!("default_nginx-{COREDNS_ID}.log"));
+        tree.file(&format!("a_b_c_nginx-{COREDNS_ID}.log"));
+        tree.file(&format!("Web_default_nginx-{COREDNS_ID}.log"));
+        tree.file("README.md");
+        tree.directory(&format!("web-1_default_nginx-{PROMETHEUS_ID}.log"));
+        // The kubelet cuts names at 255 bytes, .log included: a long pod name loses the id.
+        let long_pod = "a".repeat(200);
+        let truncated = format!("{long_pod}_default_nginx-{COREDNS_ID}");
+        tree.file(&format!("{}.log", &truncated[..251]));
+
+        let containers = read_container_log_names(&tree.root);
+        let ids: Vec<&str> = containers.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            [NGINX_ID],
+            "only the well-formed name is read: {containers:?}"
+        );
+    }
+
+    #[test]
+    fn missing_container_log_root_gives_no_containers() {
+        let tree = TempTree::new("missing-containers");
+        assert!(
+            read_container_log_names(&tree.root.join("absent")).is_empty(),
+            "a missing root is none"
+        );
+    }
+}

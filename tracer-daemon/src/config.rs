@@ -68,9 +68,14 @@ pub enum ConfigError {
 
 /// Reads and parses a config file.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-    parse(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.display().to_string(),
+        message,
+    })
 }
 
 /// Parses config text.
@@ -83,9 +88,15 @@ mod humantime_serde_option {
 
     use serde::{Deserialize as _, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
-        humantime::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -118,7 +129,10 @@ mod tests {
     #[test]
     fn a_typo_is_an_error_naming_the_key_and_line() {
         let error = parse("[selection]\nnamespace = [\"shop\"]\n").expect_err("typo");
-        assert!(error.contains("namespace") && error.contains("line 2"), "{error}");
+        assert!(
+            error.contains("namespace") && error.contains("line 2"),
+            "{error}"
+        );
         let error = parse("[growth]\nwindow = \"soon\"\n").expect_err("bad duration");
         assert!(error.contains("window"), "{error}");
     }

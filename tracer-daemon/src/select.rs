@@ -74,7 +74,11 @@ fn compile(field: &'static str, patterns: &[String]) -> Result<Vec<Pattern>, Sel
     patterns
         .iter()
         .map(|p| {
-            Pattern::new(p).map_err(|source| SelectError::Pattern { field, pattern: p.clone(), source })
+            Pattern::new(p).map_err(|source| SelectError::Pattern {
+                field,
+                pattern: p.clone(),
+                source,
+            })
         })
         .collect()
 }
@@ -102,7 +106,10 @@ impl Selection {
         name: Option<&str>,
         container: Option<&str>,
     ) -> bool {
-        let whole_pod = Explicit { pod_uid: pod_uid.to_owned(), container: None };
+        let whole_pod = Explicit {
+            pod_uid: pod_uid.to_owned(),
+            container: None,
+        };
         let this_container = container.map(|c| Explicit {
             pod_uid: pod_uid.to_owned(),
             container: Some(c.to_owned()),
@@ -122,7 +129,8 @@ impl Selection {
         let (Some(namespace), Some(name)) = (namespace, name) else {
             return false;
         };
-        let matches_any = |patterns: &[Pattern], text: &str| patterns.iter().any(|p| p.matches(text));
+        let matches_any =
+            |patterns: &[Pattern], text: &str| patterns.iter().any(|p| p.matches(text));
         (self.namespaces.is_empty() || matches_any(&self.namespaces, namespace))
             && (self.pods.is_empty() || matches_any(&self.pods, name))
             && !matches_any(&self.exclude_namespaces, namespace)
@@ -185,28 +193,49 @@ mod tests {
 
     #[test]
     fn explicit_start_and_stop_override_patterns_per_pod_and_container() {
-        let mut s = selection(SelectionConfig { namespaces: vec!["*".into()], ..SelectionConfig::default() });
-        s.stop(Explicit { pod_uid: "u1".into(), container: Some("sidecar".into()) });
+        let mut s = selection(SelectionConfig {
+            namespaces: vec!["*".into()],
+            ..SelectionConfig::default()
+        });
+        s.stop(Explicit {
+            pod_uid: "u1".into(),
+            container: Some("sidecar".into()),
+        });
         assert!(s.selects("u1", Some("ns"), Some("p"), Some("app")));
         assert!(!s.selects("u1", Some("ns"), Some("p"), Some("sidecar")));
-        s.stop(Explicit { pod_uid: "u1".into(), container: None });
+        s.stop(Explicit {
+            pod_uid: "u1".into(),
+            container: None,
+        });
         assert!(!s.selects("u1", Some("ns"), Some("p"), Some("app")));
-        s.start(Explicit { pod_uid: "u1".into(), container: None });
+        s.start(Explicit {
+            pod_uid: "u1".into(),
+            container: None,
+        });
         assert!(s.selects("u1", Some("ns"), Some("p"), Some("sidecar")));
     }
 
     #[test]
     fn an_unnamed_pod_is_selected_only_explicitly() {
-        let mut s = selection(SelectionConfig { namespaces: vec!["*".into()], ..SelectionConfig::default() });
+        let mut s = selection(SelectionConfig {
+            namespaces: vec!["*".into()],
+            ..SelectionConfig::default()
+        });
         assert!(!s.selects("u9", None, None, None));
-        s.start(Explicit { pod_uid: "u9".into(), container: None });
+        s.start(Explicit {
+            pod_uid: "u9".into(),
+            container: None,
+        });
         assert!(s.selects("u9", None, None, None));
     }
 
     #[test]
     fn an_invalid_glob_names_the_field_and_pattern() {
-        let error = Selection::new(&SelectionConfig { pods: vec!["api-[".into()], ..SelectionConfig::default() })
-            .expect_err("invalid");
+        let error = Selection::new(&SelectionConfig {
+            pods: vec!["api-[".into()],
+            ..SelectionConfig::default()
+        })
+        .expect_err("invalid");
         assert!(error.to_string().contains("\"api-[\" in pods"), "{error}");
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     attach::{self, AttachError, Attachment, ProgramSet},
     bpf::{LoadError, MapSizes, Probes},
     collect::{self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, stats::BpfStats},
-    discover::process::{self, ProcessInfo},
+    discover::process::{self, Liveness, ProcessInfo},
     report::{self, MemoryKind, ProcessReport, ProcessState, StackReport},
     symbolize::{Frame, Symbolizer},
 };
@@ -77,7 +77,11 @@ impl Tracer {
 
     /// Attaches a process with the given programs (the empty ones only for benchmarks).
     pub fn trace_with(&mut self, pid: u32, programs: ProgramSet) -> Result<(), AttachError> {
-        if self.processes.get(&pid).is_some_and(|p| p.state == ProcessState::Running) {
+        if self
+            .processes
+            .get(&pid)
+            .is_some_and(|p| p.state == ProcessState::Running)
+        {
             return Ok(());
         }
         let info = process::inspect(pid)?;
@@ -121,13 +125,23 @@ impl Tracer {
             if traced.state == ProcessState::Ended {
                 continue;
             }
-            if process::is_alive(&traced.info) {
-                self.symbolizer.refresh(pid);
-            } else {
-                info!(pid, comm = %traced.info.comm, "process ended");
-                traced.state = ProcessState::Ended;
-                if let Some(attachment) = traced.attachment.take() {
-                    attach::detach(&mut self.probes, attachment);
+            match process::liveness(&traced.info) {
+                Liveness::Alive => self.symbolizer.refresh(pid),
+                Liveness::Gone => {
+                    info!(pid, comm = %traced.info.comm, "process ended");
+                    traced.state = ProcessState::Ended;
+                    if let Some(attachment) = traced.attachment.take() {
+                        attach::detach(&mut self.probes, attachment);
+                    }
+                }
+                Liveness::Execed => {
+                    // The old program's memory went with its address space: start afresh on
+                    // whatever allocator the new program uses.
+                    info!(pid, old = %traced.info.comm, "process exec'd another program; re-attaching");
+                    self.untrace(pid);
+                    if let Err(error) = self.trace(pid) {
+                        warn!(pid, %error, "cannot trace the program it exec'd");
+                    }
                 }
             }
         }
@@ -151,7 +165,9 @@ impl Tracer {
 
     /// True when nothing is traced or every traced process has ended.
     pub fn all_ended(&self) -> bool {
-        self.processes.values().all(|p| p.state == ProcessState::Ended)
+        self.processes
+            .values()
+            .all(|p| p.state == ProcessState::Ended)
     }
 
     /// Pids traced (running, or ended and not yet reaped).
@@ -178,7 +194,9 @@ impl Tracer {
     /// reports without a minimum age use the result until the next scan.
     pub fn refresh_ages(&mut self) -> Result<(), CollectError> {
         let tgids: HashSet<u32> = self.processes.keys().copied().collect();
-        self.ages = self.maps.scan_ages(&tgids, collect::monotonic_now_ns(), 0)?;
+        self.ages = self
+            .maps
+            .scan_ages(&tgids, collect::monotonic_now_ns(), 0)?;
         Ok(())
     }
 
@@ -191,7 +209,11 @@ impl Tracer {
         pids: &[u32],
         options: &ReportOptions,
     ) -> Result<Vec<ProcessReport>, CollectError> {
-        let pids: Vec<u32> = pids.iter().copied().filter(|p| self.processes.contains_key(p)).collect();
+        let pids: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| self.processes.contains_key(p))
+            .collect();
         let now_ns = collect::monotonic_now_ns();
         let totals = self.maps.stack_totals()?;
         let ages = if options.min_age_ns > 0 {
@@ -213,20 +235,37 @@ impl Tracer {
                 let (bytes, count) = if options.min_age_ns > 0 {
                     (age.aged_bytes, age.aged_count)
                 } else {
-                    (stack_totals.outstanding_bytes, stack_totals.outstanding_count)
+                    (
+                        stack_totals.outstanding_bytes,
+                        stack_totals.outstanding_count,
+                    )
                 };
                 if bytes == 0 && count == 0 {
                     continue;
                 }
                 let oldest = oldest_age(age.oldest_ns, now_ns);
-                stacks.push(self.stack_report(pid, key.stack_id, MemoryKind::Heap, bytes, count, oldest));
+                stacks.push(self.stack_report(
+                    pid,
+                    key.stack_id,
+                    MemoryKind::Heap,
+                    bytes,
+                    count,
+                    oldest,
+                ));
             }
             for (stack_id, mapped) in self.mappings.per_stack(pid) {
                 let oldest = oldest_age(mapped.oldest_ns, now_ns);
                 if options.min_age_ns > 0 && oldest < options.min_age_ns {
                     continue;
                 }
-                stacks.push(self.stack_report(pid, stack_id, MemoryKind::Mmap, mapped.bytes, mapped.count, oldest));
+                stacks.push(self.stack_report(
+                    pid,
+                    stack_id,
+                    MemoryKind::Mmap,
+                    mapped.bytes,
+                    mapped.count,
+                    oldest,
+                ));
             }
             let stacks = report::merge_same_call_sites(stacks);
             let Some(traced) = self.processes.get(&pid) else {
@@ -294,7 +333,11 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
-            if let Some(attachment) = self.processes.get_mut(&pid).and_then(|p| p.attachment.take()) {
+            if let Some(attachment) = self
+                .processes
+                .get_mut(&pid)
+                .and_then(|p| p.attachment.take())
+            {
                 attach::detach(&mut self.probes, attachment);
             }
         }
@@ -302,5 +345,9 @@ impl Drop for Tracer {
 }
 
 fn oldest_age(oldest_ns: u64, now_ns: u64) -> u64 {
-    if oldest_ns == u64::MAX { 0 } else { now_ns.saturating_sub(oldest_ns) }
+    if oldest_ns == u64::MAX {
+        0
+    } else {
+        now_ns.saturating_sub(oldest_ns)
+    }
 }

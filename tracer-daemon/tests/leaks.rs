@@ -203,3 +203,25 @@ fn min_age_counts_only_allocations_at_least_that_old() {
     );
     workload.finish();
 }
+
+#[test]
+fn a_process_that_execs_another_program_is_followed_into_it() {
+    require_root();
+    let leaker = workload("one_leak_site");
+    let mut workload = Workload::start(&workload("exec_into"), &[leaker.to_str().expect("utf8")]);
+    let pid = workload.pid;
+    let mut trace = Trace::start(&[pid], &[]);
+    workload.send("go");
+    let _ = workload.wait_for("ready");
+    trace.wait_stderr("re-attaching");
+    trace.wait_stderr_count("tracing", 2);
+    let done = workload.run_to_done();
+    let report = trace.report_after(done);
+    assert_eq!(process(&report, pid)["comm"], "one_leak_site", "{report:#}");
+    assert_eq!(
+        function_totals(&report, pid, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
+    workload.finish();
+}

@@ -32,7 +32,14 @@ impl Agent {
             .arg(root.join("pods"))
             .arg("--container-log-root")
             .arg(root.join("containers"))
-            .args(["--discovery-interval", "200ms", "--sample-interval", "200ms", "--growth-window", "4s"])
+            .args([
+                "--discovery-interval",
+                "200ms",
+                "--sample-interval",
+                "200ms",
+                "--growth-window",
+                "4s",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,17 +57,29 @@ impl Agent {
                 text.push('\n');
             }
         });
-        let agent = Self { child, socket, root: root.to_owned(), stderr };
+        let agent = Self {
+            child,
+            socket,
+            root: root.to_owned(),
+            stderr,
+        };
         let deadline = Instant::now() + TIMEOUT;
         while !agent.socket.exists() {
-            assert!(Instant::now() < deadline, "agent never listened: {}", agent.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "agent never listened: {}",
+                agent.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn server(&self) -> String {
@@ -86,7 +105,8 @@ impl Agent {
         all.extend(["-o", "json"]);
         let (code, stdout, stderr) = self.ctl(&all);
         assert_eq!(code, Some(0), "tracerctl {args:?} failed: {stderr}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("tracerctl output is not JSON ({e}): {stdout}"))
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("tracerctl output is not JSON ({e}): {stdout}"))
     }
 
     /// Waits until every pid is listed as traced.
@@ -106,7 +126,11 @@ impl Agent {
             if pids.iter().all(|pid| traced.contains(&u64::from(*pid))) {
                 return;
             }
-            assert!(Instant::now() < deadline, "pids {pids:?} never traced: {targets:#}\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "pids {pids:?} never traced: {targets:#}\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -130,7 +154,8 @@ impl Drop for Agent {
 }
 
 fn temp_root(name: &str) -> PathBuf {
-    let root = std::env::temp_dir().join(format!("tracer-{name}-{}-{}", std::process::id(), now_ms()));
+    let root =
+        std::env::temp_dir().join(format!("tracer-{name}-{}-{}", std::process::id(), now_ms()));
     std::fs::create_dir_all(&root).expect("mkdir");
     root
 }
@@ -143,7 +168,12 @@ fn report_totals(report: &Value, function: &str) -> (u64, u64) {
         .flatten()
         .flat_map(|c| c["stacks"].as_array().into_iter().flatten())
         .filter(|s| s["frames"][0]["function"] == function)
-        .fold((0, 0), |(b, c), s| (b + s["bytes"].as_u64().unwrap_or(0), c + s["count"].as_u64().unwrap_or(0)))
+        .fold((0, 0), |(b, c), s| {
+            (
+                b + s["bytes"].as_u64().unwrap_or(0),
+                c + s["count"].as_u64().unwrap_or(0),
+            )
+        })
 }
 
 #[test]
@@ -152,8 +182,24 @@ fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
     let root = temp_root("pods");
     let namespace = format!("leaks-{}", std::process::id());
     let (logs, container_logs) = (root.join("pods"), root.join("containers"));
-    let systemd = FakePod::create(&namespace, "api-0", Driver::Systemd, "burstable", &["app"], &logs, &container_logs);
-    let cgroupfs = FakePod::create(&namespace, "worker-0", Driver::Cgroupfs, "besteffort", &["main"], &logs, &container_logs);
+    let systemd = FakePod::create(
+        &namespace,
+        "api-0",
+        Driver::Systemd,
+        "burstable",
+        &["app"],
+        &logs,
+        &container_logs,
+    );
+    let cgroupfs = FakePod::create(
+        &namespace,
+        "worker-0",
+        Driver::Cgroupfs,
+        "besteffort",
+        &["main"],
+        &logs,
+        &container_logs,
+    );
 
     let mut api = Workload::start(&workload("one_leak_site"), &[]);
     systemd.place(api.pid, "app");
@@ -168,15 +214,35 @@ fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
     let api_report = agent.ctl_json(&["top", &systemd.display(), "--top", "50"]);
     assert_eq!(api_report["pod_name"], "api-0", "{api_report:#}");
     assert_eq!(api_report["containers"][0]["name"], "app", "{api_report:#}");
-    assert_eq!(report_totals(&api_report, "leak_here"), (409_600, 100), "{api_report:#}");
-    assert_eq!(report_totals(&api_report, "leak_early"), (0, 0), "another pod's leak: {api_report:#}");
+    assert_eq!(
+        report_totals(&api_report, "leak_here"),
+        (409_600, 100),
+        "{api_report:#}"
+    );
+    assert_eq!(
+        report_totals(&api_report, "leak_early"),
+        (0, 0),
+        "another pod's leak: {api_report:#}"
+    );
 
     let worker_report = agent.ctl_json(&["top", &cgroupfs.display(), "-c", "main", "--top", "50"]);
-    assert_eq!(report_totals(&worker_report, "leak_early"), (10_000, 10), "{worker_report:#}");
-    assert_eq!(report_totals(&worker_report, "leak_here"), (0, 0), "another pod's leak: {worker_report:#}");
+    assert_eq!(
+        report_totals(&worker_report, "leak_early"),
+        (10_000, 10),
+        "{worker_report:#}"
+    );
+    assert_eq!(
+        report_totals(&worker_report, "leak_here"),
+        (0, 0),
+        "another pod's leak: {worker_report:#}"
+    );
 
     // The same question from a client that is not ours.
-    let python = std::env::var("TRACER_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // `cargo xtask setup` installs grpcio in target/pyenv; xtask test passes it explicitly.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    let python = std::env::var_os("TRACER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| if venv.exists() { venv } else { PathBuf::from("python3") });
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/leak_report.py");
     let output = Command::new(&python)
@@ -199,11 +265,376 @@ fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
         .filter(|s| s["function"] == "leak_here")
         .collect();
     let python_totals = leak_here.iter().fold((0, 0), |(b, c), s| {
-        (b + s["bytes"].as_u64().unwrap_or(0), c + s["count"].as_u64().unwrap_or(0))
+        (
+            b + s["bytes"].as_u64().unwrap_or(0),
+            c + s["count"].as_u64().unwrap_or(0),
+        )
     });
     assert_eq!(python_totals, (409_600, 100), "{python_view:#}");
-    assert_eq!(python_view["unknown_pod_status"], "NOT_FOUND", "{python_view:#}");
+    assert_eq!(
+        python_view["unknown_pod_status"], "NOT_FOUND",
+        "{python_view:#}"
+    );
 
     api.finish();
     worker.finish();
+}
+
+mod grpc {
+    //! Raw tonic calls, to check status codes exactly.
+    use std::path::Path;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Channel, Endpoint, Uri};
+    use tracer_proto::v1::{self as pb, leak_tracer_client::LeakTracerClient};
+
+    pub(crate) async fn channel(socket: &Path) -> Channel {
+        let socket = socket.to_owned();
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect to the agent")
+    }
+
+    pub(crate) fn pod(namespace: &str, name: &str) -> Option<pb::Selector> {
+        Some(pb::Selector {
+            target: Some(pb::selector::Target::Pod(pb::PodName {
+                namespace: namespace.into(),
+                name: name.into(),
+            })),
+            container: String::new(),
+        })
+    }
+
+    pub(crate) fn report(selector: Option<pb::Selector>, top: u32) -> pb::GetLeakReportRequest {
+        pb::GetLeakReportRequest {
+            selector,
+            top,
+            min_age: None,
+            sort_by: 0,
+        }
+    }
+
+    pub(crate) async fn code(
+        client: &mut LeakTracerClient<Channel>,
+        request: pb::GetLeakReportRequest,
+    ) -> tonic::Code {
+        match client.get_leak_report(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+}
+
+#[test]
+fn bad_requests_get_precise_status_codes_and_the_agent_stays_up() {
+    use tracer_proto::v1::{self as pb, leak_tracer_client::LeakTracerClient};
+
+    require_root();
+    let root = temp_root("codes");
+    let namespace = format!("codes-{}", std::process::id());
+    let (logs, container_logs) = (root.join("pods"), root.join("containers"));
+    let traced = FakePod::create(
+        &namespace,
+        "traced",
+        Driver::Systemd,
+        "guaranteed",
+        &["app"],
+        &logs,
+        &container_logs,
+    );
+    let untraced = FakePod::create(
+        &namespace,
+        "untraced",
+        Driver::Cgroupfs,
+        "guaranteed",
+        &["app"],
+        &logs,
+        &container_logs,
+    );
+    let mut leaker = Workload::start(&workload("one_leak_site"), &[]);
+    traced.place(leaker.pid, "app");
+    let bystander = Workload::start(&workload("aged_leaks"), &[]);
+    untraced.place(bystander.pid, "app");
+    let agent = Agent::start(
+        &root,
+        &["--namespace", &namespace, "--exclude-pod", "untraced"],
+    );
+    agent.wait_traced(&[leaker.pid]);
+    let _ = leaker.run_to_done();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = grpc::channel(&agent.socket).await;
+        let mut client = LeakTracerClient::new(channel.clone());
+        use tonic::Code;
+        assert_eq!(
+            grpc::code(&mut client, grpc::report(grpc::pod(&namespace, "nope"), 10)).await,
+            Code::NotFound
+        );
+        assert_eq!(
+            grpc::code(&mut client, grpc::report(None, 10)).await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            grpc::code(&mut client, grpc::report(grpc::pod("Bad_NS", "x"), 10)).await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            grpc::code(
+                &mut client,
+                grpc::report(grpc::pod(&namespace, "traced"), 5000)
+            )
+            .await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            grpc::code(
+                &mut client,
+                grpc::report(grpc::pod(&namespace, "untraced"), 10)
+            )
+            .await,
+            Code::FailedPrecondition
+        );
+        let with_container = |container: &str| {
+            let mut selector = grpc::pod(&namespace, "traced");
+            if let Some(s) = selector.as_mut() {
+                s.container = container.into();
+            }
+            grpc::report(selector, 10)
+        };
+        assert_eq!(
+            grpc::code(&mut client, with_container("sidecar")).await,
+            Code::NotFound
+        );
+        assert_eq!(
+            grpc::code(&mut client, with_container("app")).await,
+            Code::Ok
+        );
+        let pid_selector = Some(pb::Selector {
+            target: Some(pb::selector::Target::Pid(0)),
+            container: String::new(),
+        });
+        assert_eq!(
+            grpc::code(&mut client, grpc::report(pid_selector, 10)).await,
+            Code::InvalidArgument
+        );
+        // An oversized request (a 1 MiB pod name) is refused before it is even parsed.
+        let huge = "a".repeat(1 << 20);
+        let code = grpc::code(&mut client, grpc::report(grpc::pod(&namespace, &huge), 10)).await;
+        assert_eq!(code, Code::OutOfRange, "oversized request");
+
+        // Many concurrent clients and streams: every unary call answers; watch streams beyond the
+        // cap are refused with RESOURCE_EXHAUSTED, never a crash.
+        let mut calls = Vec::new();
+        for i in 0..64 {
+            let mut client = LeakTracerClient::new(channel.clone());
+            let request = grpc::report(grpc::pod(&namespace, "traced"), 10);
+            calls.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    client.get_leak_report(request).await.map(|_| ())
+                } else {
+                    client
+                        .list_targets(pb::ListTargetsRequest {})
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+        for call in calls {
+            call.await.expect("task").expect("concurrent call");
+        }
+        let mut streams = Vec::new();
+        let mut refused = 0;
+        for _ in 0..(tracer_daemon_max_watch_streams() + 8) {
+            let mut client = LeakTracerClient::new(grpc::channel(&agent.socket).await);
+            let request = pb::WatchLeakReportsRequest {
+                report: Some(grpc::report(grpc::pod(&namespace, "traced"), 5)),
+                interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            };
+            match client.watch_leak_reports(request).await {
+                Ok(stream) => streams.push(stream.into_inner()),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 8, "streams beyond the cap must be refused");
+        let first = streams[0]
+            .message()
+            .await
+            .expect("stream")
+            .expect("a report");
+        assert_eq!(first.pod.as_ref().map(|p| p.name.as_str()), Some("traced"));
+        drop(streams);
+
+        // Still healthy and still right.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "tracer.v1.LeakTracer".into(),
+            })
+            .await
+            .expect("health check");
+        assert_eq!(
+            serving.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        let report = client
+            .get_leak_report(grpc::report(grpc::pod(&namespace, "traced"), 10))
+            .await
+            .expect("report");
+        let leak: u64 = report
+            .get_ref()
+            .containers
+            .iter()
+            .flat_map(|c| &c.stacks)
+            .filter(|s| s.frames.first().is_some_and(|f| f.function == "leak_here"))
+            .map(|s| s.bytes)
+            .sum();
+        assert_eq!(leak, 409_600);
+    });
+    leaker.finish();
+    bystander.finish();
+}
+
+fn tracer_daemon_max_watch_streams() -> usize {
+    tracer_daemon::api::MAX_WATCH_STREAMS
+}
+
+#[test]
+fn start_and_stop_tracing_at_runtime_through_tracerctl() {
+    require_root();
+    let root = temp_root("startstop");
+    let namespace = format!("runtime-{}", std::process::id());
+    let (logs, container_logs) = (root.join("pods"), root.join("containers"));
+    let pod = FakePod::create(
+        &namespace,
+        "api-1",
+        Driver::Systemd,
+        "besteffort",
+        &["app"],
+        &logs,
+        &container_logs,
+    );
+    let mut leaker = Workload::start(&workload("one_leak_site"), &[]);
+    pod.place(leaker.pid, "app");
+    // No selection: nothing is traced until asked.
+    let agent = Agent::start(&root, &[]);
+    std::thread::sleep(Duration::from_millis(600));
+    let (code, _, stderr) = agent.ctl(&["top", &pod.display()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("FailedPrecondition") && stderr.contains("not traced"),
+        "{stderr}"
+    );
+
+    let started = agent.ctl_json(&["trace", "start", &pod.display()]);
+    assert_eq!(started[0]["pid"], u64::from(leaker.pid), "{started:#}");
+    assert_eq!(started[0]["traced"], true, "{started:#}");
+    let _ = leaker.run_to_done();
+    let report = agent.ctl_json(&["top", &pod.display()]);
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
+
+    let stopped = agent.ctl_json(&["trace", "stop", &pod.display()]);
+    assert_eq!(stopped, serde_json::json!([leaker.pid]));
+    // It stays stopped across discovery rounds.
+    std::thread::sleep(Duration::from_millis(600));
+    let (code, _, stderr) = agent.ctl(&["top", &pod.display()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, _, stderr) = agent.ctl(&["top", &format!("{namespace}/missing")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("NotFound"), "{stderr}");
+    leaker.finish();
+}
+
+#[test]
+fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit() {
+    require_root();
+    let root = temp_root("growth");
+    let namespace = format!("growth-{}", std::process::id());
+    let (logs, container_logs) = (root.join("pods"), root.join("containers"));
+    let pod = FakePod::create(
+        &namespace,
+        "cache-0",
+        Driver::Cgroupfs,
+        "burstable",
+        &["app"],
+        &logs,
+        &container_logs,
+    );
+    let limit_file = if pod.memory_is_v1() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    std::fs::write(
+        pod.memory_dir("app").join(limit_file),
+        (256u64 << 20).to_string(),
+    )
+    .expect("set memory limit");
+    let mut workload = Workload::start(&workload("cache_and_leak"), &[]);
+    pod.place(workload.pid, "app");
+    let agent = Agent::start(&root, &["--namespace", &namespace]);
+    agent.wait_traced(&[workload.pid]);
+    let _ = workload.run_to_done();
+    // The window is 4 s with a sample every 200 ms: after 3 s the cache has been flat for the
+    // whole recent half while the leak kept growing.
+    std::thread::sleep(Duration::from_secs(3));
+    let report = agent.ctl_json(&["top", &pod.display(), "--sort", "growth"]);
+    let class_of = |function: &str| -> String {
+        report["containers"][0]["stacks"]
+            .as_array()
+            .expect("stacks")
+            .iter()
+            .find(|s| s["frames"][0]["function"] == function)
+            .map(|s| s["growth"]["class"].as_str().unwrap_or("?").to_owned())
+            .unwrap_or_else(|| panic!("{function} missing: {report:#}"))
+    };
+    assert_eq!(class_of("leak_slowly"), "growing", "{report:#}");
+    assert_eq!(class_of("fill_cache"), "levelling_off", "{report:#}");
+    let container = &report["containers"][0];
+    assert_eq!(
+        container["stacks"][0]["frames"][0]["function"], "leak_slowly",
+        "sorted by growth: {report:#}"
+    );
+    let rate = container["leak_bytes_per_second"].as_f64().expect("rate");
+    assert!(
+        (20_000.0..80_000.0).contains(&rate),
+        "leak rate {rate} B/s is not ~50 KB/s: {report:#}"
+    );
+    assert_eq!(
+        container["memory"]["limit_bytes"],
+        256u64 << 20,
+        "{report:#}"
+    );
+    let ttl = container["time_to_limit_ns"]
+        .as_u64()
+        .expect("time to limit");
+    let usage = container["memory"]["usage_bytes"].as_u64().expect("usage");
+    let expected = ((256u64 << 20) - usage) as f64 / rate * 1e9;
+    assert!(
+        (ttl as f64 - expected).abs() < expected * 0.01,
+        "time to limit {ttl} vs {expected}"
+    );
+    workload.finish();
 }

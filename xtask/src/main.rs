@@ -121,7 +121,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
              (e.g. `sudo -E cargo xtask test`)"
         );
     }
-    run(cargo().args(["test", "--no-fail-fast"]).args(args))
+    run(cargo()
+        .args(["test", "--no-fail-fast"])
+        .args(args)
+        .env("TRACER_TEST_PYTHON", setup::python()))
 }
 
 pub(crate) fn is_root() -> bool {

@@ -50,10 +50,22 @@ fn python_env() -> anyhow::Result<()> {
         return Ok(());
     }
     if !python().exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(python_env_dir()))?;
+        run(Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(python_env_dir()))?;
     }
-    run(Command::new(python()).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PYTHON_PACKAGES))?;
-    std::fs::write(&stamp, wanted).with_context(|| format!("failed to write {}", stamp.display()))?;
+    run(Command::new(python())
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PYTHON_PACKAGES))?;
+    std::fs::write(&stamp, wanted)
+        .with_context(|| format!("failed to write {}", stamp.display()))?;
     Ok(())
 }
 

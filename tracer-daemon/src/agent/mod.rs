@@ -102,8 +102,14 @@ pub struct ReportRequest {
 
 enum Command {
     ListTargets(oneshot::Sender<NodeTargets>),
-    Report(ReportRequest, oneshot::Sender<Result<PodReport, AgentError>>),
-    Start(Selector, oneshot::Sender<Result<Vec<TargetProcess>, AgentError>>),
+    Report(
+        ReportRequest,
+        oneshot::Sender<Result<PodReport, AgentError>>,
+    ),
+    Start(
+        Selector,
+        oneshot::Sender<Result<Vec<TargetProcess>, AgentError>>,
+    ),
     Stop(Selector, oneshot::Sender<Result<Vec<u32>, AgentError>>),
 }
 
@@ -117,13 +123,18 @@ pub struct AgentHandle {
 const COMMAND_QUEUE: usize = 256;
 
 impl AgentHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, AgentError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AgentError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
             .map_err(|_| AgentError::Unavailable("the agent has stopped".into()))?;
-        answer.await.map_err(|_| AgentError::Unavailable("the agent dropped the request".into()))
+        answer
+            .await
+            .map_err(|_| AgentError::Unavailable("the agent dropped the request".into()))
     }
 
     /// Pods, containers and processes on the node.
@@ -148,13 +159,18 @@ impl AgentHandle {
 }
 
 /// Starts the agent on its own thread; returns once the BPF programs are loaded (or failed).
-pub fn spawn(config: AgentConfig) -> Result<(AgentHandle, std::thread::JoinHandle<()>), AgentError> {
+pub fn spawn(
+    config: AgentConfig,
+) -> Result<(AgentHandle, std::thread::JoinHandle<()>), AgentError> {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let (started, start_result) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("tracer-agent".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     let _ = started.send(Err(AgentError::Unavailable(error.to_string())));
@@ -175,7 +191,9 @@ pub fn spawn(config: AgentConfig) -> Result<(AgentHandle, std::thread::JoinHandl
     match start_result.recv() {
         Ok(Ok(())) => Ok((AgentHandle { commands }, thread)),
         Ok(Err(error)) => Err(error),
-        Err(_) => Err(AgentError::Unavailable("the agent thread died while starting".into())),
+        Err(_) => Err(AgentError::Unavailable(
+            "the agent thread died while starting".into(),
+        )),
     }
 }
 
@@ -194,8 +212,8 @@ struct Agent {
 
 impl Agent {
     fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let selection =
-            Selection::new(&config.selection).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let selection = Selection::new(&config.selection)
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let tracer = Tracer::new(&config.sizes)?;
         let mounts = memory::read_cgroup_mounts();
         info!(?mounts, "cgroup filesystems");
@@ -262,8 +280,10 @@ impl Agent {
     fn discover(&mut self) {
         self.view = node::scan(&self.config.paths, &self.mounts);
         let view = &self.view;
-        self.selection.retain_pods(|uid| view.pods.contains_key(uid));
-        self.failures.retain(|pid, _| view.processes.contains_key(pid) || self.explicit_pids.contains(pid));
+        self.selection
+            .retain_pods(|uid| view.pods.contains_key(uid));
+        self.failures
+            .retain(|pid, _| view.processes.contains_key(pid) || self.explicit_pids.contains(pid));
         let mut traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
         let mut wanted: Vec<u32> = Vec::new();
         let mut unwanted: Vec<u32> = Vec::new();
@@ -323,7 +343,10 @@ impl Agent {
             warn!(%error, "age scan failed");
         }
         let pids = self.tracer.pids();
-        match self.tracer.process_reports(&pids, &ReportOptions::default()) {
+        match self
+            .tracer
+            .process_reports(&pids, &ReportOptions::default())
+        {
             Ok(reports) => {
                 let now = monotonic_now_ns();
                 let samples = reports.iter().flat_map(|process| {
@@ -344,21 +367,30 @@ impl Agent {
                 let container = self.view.processes.get(pid).map(|p| p.container_id.clone());
                 let known = container.is_some() || self.tracer.state(*pid).is_some();
                 if !known && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(AgentError::NotFound(format!("no process with pid {pid} on this node")));
+                    return Err(AgentError::NotFound(format!(
+                        "no process with pid {pid} on this node"
+                    )));
                 }
-                let pod = self.view.processes.get(pid).and_then(|p| self.view.pods.get(&p.pod_uid));
+                let pod = self
+                    .view
+                    .processes
+                    .get(pid)
+                    .and_then(|p| self.view.pods.get(&p.pod_uid));
                 let mut containers = BTreeMap::new();
                 let _ = containers.insert(container, vec![*pid]);
-                return Ok(Resolved { pod: pod.cloned(), containers });
+                return Ok(Resolved {
+                    pod: pod.cloned(),
+                    containers,
+                });
             }
-            Target::Pod { namespace, name } => self.view.pod_by_name(namespace, name).ok_or_else(|| {
-                AgentError::NotFound(format!("no pod {namespace}/{name} on this node"))
+            Target::Pod { namespace, name } => {
+                self.view.pod_by_name(namespace, name).ok_or_else(|| {
+                    AgentError::NotFound(format!("no pod {namespace}/{name} on this node"))
+                })?
+            }
+            Target::PodUid(uid) => self.view.pods.get(uid).ok_or_else(|| {
+                AgentError::NotFound(format!("no pod with uid {uid} on this node"))
             })?,
-            Target::PodUid(uid) => self
-                .view
-                .pods
-                .get(uid)
-                .ok_or_else(|| AgentError::NotFound(format!("no pod with uid {uid} on this node")))?,
         };
         let mut containers = BTreeMap::new();
         for container in pod.containers.values() {
@@ -367,7 +399,10 @@ impl Agent {
             {
                 continue;
             }
-            let _ = containers.insert(Some(container.id.clone()), container.pids.iter().copied().collect());
+            let _ = containers.insert(
+                Some(container.id.clone()),
+                container.pids.iter().copied().collect(),
+            );
         }
         if containers.is_empty()
             && let Some(wanted) = &selector.container
@@ -377,7 +412,10 @@ impl Agent {
                 pod.display_name()
             )));
         }
-        Ok(Resolved { pod: Some(pod.clone()), containers })
+        Ok(Resolved {
+            pod: Some(pod.clone()),
+            containers,
+        })
     }
 
     fn report(&mut self, request: &ReportRequest) -> Result<PodReport, AgentError> {
@@ -387,17 +425,25 @@ impl Agent {
         self.tracer.poll();
         let resolved = self.resolve(&request.selector)?;
         let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
-        let pids: Vec<u32> =
-            resolved.containers.values().flatten().copied().filter(|p| traced.contains(p)).collect();
+        let pids: Vec<u32> = resolved
+            .containers
+            .values()
+            .flatten()
+            .copied()
+            .filter(|p| traced.contains(p))
+            .collect();
         if pids.is_empty() {
             return Err(AgentError::NotTraced(format!(
                 "{} is not traced; start it with StartTracing (tracerctl trace start)",
                 request.selector
             )));
         }
-        let options = ReportOptions { min_age_ns: request.min_age_ns };
+        let options = ReportOptions {
+            min_age_ns: request.min_age_ns,
+        };
         let processes = self.tracer.process_reports(&pids, &options)?;
-        let by_pid: HashMap<u32, ProcessReport> = processes.into_iter().map(|p| (p.pid, p)).collect();
+        let by_pid: HashMap<u32, ProcessReport> =
+            processes.into_iter().map(|p| (p.pid, p)).collect();
 
         let mut containers = Vec::new();
         for (container_id, container_pids) in &resolved.containers {
@@ -409,7 +455,9 @@ impl Agent {
             let mut stacks: Vec<StackReport> = Vec::new();
             let mut included = Vec::new();
             for pid in container_pids {
-                let Some(process) = by_pid.get(pid) else { continue };
+                let Some(process) = by_pid.get(pid) else {
+                    continue;
+                };
                 included.push(*pid);
                 for stack in &process.stacks {
                     let mut stack = stack.clone();
@@ -460,7 +508,10 @@ impl Agent {
                 }
             }
             (_, Some(pod)) => {
-                self.selection.start(Explicit { pod_uid: pod.uid.clone(), container: selector.container.clone() });
+                self.selection.start(Explicit {
+                    pod_uid: pod.uid.clone(),
+                    container: selector.container.clone(),
+                });
                 for pid in resolved.containers.values().flatten() {
                     let _ = self.failures.remove(pid);
                 }
@@ -468,13 +519,21 @@ impl Agent {
             }
             (_, None) => {}
         }
-        Ok(resolved.containers.values().flatten().map(|&pid| self.target_process(pid)).collect())
+        Ok(resolved
+            .containers
+            .values()
+            .flatten()
+            .map(|&pid| self.target_process(pid))
+            .collect())
     }
 
     fn stop(&mut self, selector: &Selector) -> Result<Vec<u32>, AgentError> {
         let resolved = self.resolve(selector)?;
         if let (Some(pod), false) = (&resolved.pod, matches!(selector.target, Target::Pid(_))) {
-            self.selection.stop(Explicit { pod_uid: pod.uid.clone(), container: selector.container.clone() });
+            self.selection.stop(Explicit {
+                pod_uid: pod.uid.clone(),
+                container: selector.container.clone(),
+            });
         }
         let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
         let mut stopped = Vec::new();
@@ -502,7 +561,11 @@ impl Agent {
             comm,
             traced,
             allocator: self.tracer.allocator(pid).map(str::to_owned),
-            not_traced_reason: if traced { None } else { self.failures.get(&pid).cloned() },
+            not_traced_reason: if traced {
+                None
+            } else {
+                self.failures.get(&pid).cloned()
+            },
         }
     }
 
@@ -529,7 +592,12 @@ impl Agent {
                     uid: pod.uid.clone(),
                     qos_class: pod.qos.as_str().to_owned(),
                     selected: pod.containers.values().any(|c| {
-                        self.selection.selects(&pod.uid, pod.namespace.as_deref(), pod.name.as_deref(), c.name.as_deref())
+                        self.selection.selects(
+                            &pod.uid,
+                            pod.namespace.as_deref(),
+                            pod.name.as_deref(),
+                            c.name.as_deref(),
+                        )
                     }),
                     containers,
                 }
@@ -543,7 +611,13 @@ impl Agent {
             .filter(|pid| !self.view.processes.contains_key(pid))
             .collect();
         other.sort_unstable();
-        NodeTargets { pods, other_processes: other.into_iter().map(|pid| self.target_process(pid)).collect() }
+        NodeTargets {
+            pods,
+            other_processes: other
+                .into_iter()
+                .map(|pid| self.target_process(pid))
+                .collect(),
+        }
     }
 }
 

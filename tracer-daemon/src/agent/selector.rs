@@ -42,9 +42,13 @@ fn check_name(field: &str, value: &str, allow_dots: bool) -> Result<(), Selector
         return Err(SelectorError(format!("{field} is empty")));
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(SelectorError(format!("{field} is longer than {MAX_NAME_LEN} characters")));
+        return Err(SelectorError(format!(
+            "{field} is longer than {MAX_NAME_LEN} characters"
+        )));
     }
-    let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.');
+    let valid_char = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.')
+    };
     if !value.chars().all(valid_char) || value.starts_with('-') || value.ends_with('-') {
         return Err(SelectorError(format!(
             "{field} {value:?} is not a Kubernetes name (lowercase letters, digits, '-'{})",
@@ -65,7 +69,11 @@ impl Selector {
             Target::PodUid(uid) => {
                 let valid = uid.len() == 36
                     && uid.char_indices().all(|(i, c)| {
-                        if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() }
+                        if matches!(i, 8 | 13 | 18 | 23) {
+                            c == '-'
+                        } else {
+                            c.is_ascii_hexdigit()
+                        }
                     });
                 if !valid {
                     return Err(SelectorError(format!("pod uid {uid:?} is not a UUID")));
@@ -74,7 +82,9 @@ impl Selector {
             Target::Pid(0) => return Err(SelectorError("pid 0 is not a process".into())),
             Target::Pid(_) => {
                 if container.is_some() {
-                    return Err(SelectorError("a container cannot narrow a pid selector".into()));
+                    return Err(SelectorError(
+                        "a container cannot narrow a pid selector".into(),
+                    ));
                 }
             }
         }
@@ -93,7 +103,13 @@ impl Selector {
         let Some((namespace, name)) = text.split_once('/') else {
             return Err(SelectorError(format!("{text:?} is not NAMESPACE/POD")));
         };
-        Self::new(Target::Pod { namespace: namespace.to_owned(), name: name.to_owned() }, container)
+        Self::new(
+            Target::Pod {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            container,
+        )
     }
 }
 
@@ -118,18 +134,55 @@ mod tests {
     #[test]
     fn a_namespace_slash_pod_parses_and_odd_names_are_rejected_with_the_field() {
         let s = Selector::parse_pod("shop/api-7.v2", Some("app".into())).expect("valid");
-        assert_eq!(s.target, Target::Pod { namespace: "shop".into(), name: "api-7.v2".into() });
-        assert!(Selector::parse_pod("shop", None).expect_err("must be rejected").0.contains("NAMESPACE/POD"));
-        assert!(Selector::parse_pod("Shop/api", None).expect_err("must be rejected").0.contains("namespace"));
-        assert!(Selector::parse_pod("shop/", None).expect_err("must be rejected").0.contains("pod name is empty"));
-        assert!(Selector::parse_pod("shop/api", Some("a_b".into())).expect_err("must be rejected").0.contains("container"));
+        assert_eq!(
+            s.target,
+            Target::Pod {
+                namespace: "shop".into(),
+                name: "api-7.v2".into()
+            }
+        );
+        assert!(
+            Selector::parse_pod("shop", None)
+                .expect_err("must be rejected")
+                .0
+                .contains("NAMESPACE/POD")
+        );
+        assert!(
+            Selector::parse_pod("Shop/api", None)
+                .expect_err("must be rejected")
+                .0
+                .contains("namespace")
+        );
+        assert!(
+            Selector::parse_pod("shop/", None)
+                .expect_err("must be rejected")
+                .0
+                .contains("pod name is empty")
+        );
+        assert!(
+            Selector::parse_pod("shop/api", Some("a_b".into()))
+                .expect_err("must be rejected")
+                .0
+                .contains("container")
+        );
         let long = "a".repeat(300);
-        assert!(Selector::parse_pod(&format!("shop/{long}"), None).expect_err("must be rejected").0.contains("longer"));
+        assert!(
+            Selector::parse_pod(&format!("shop/{long}"), None)
+                .expect_err("must be rejected")
+                .0
+                .contains("longer")
+        );
     }
 
     #[test]
     fn uids_must_be_uuids_and_pids_non_zero_without_a_container() {
-        assert!(Selector::new(Target::PodUid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()), None).is_ok());
+        assert!(
+            Selector::new(
+                Target::PodUid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()),
+                None
+            )
+            .is_ok()
+        );
         assert!(Selector::new(Target::PodUid("nope".into()), None).is_err());
         assert!(Selector::new(Target::Pid(0), None).is_err());
         assert!(Selector::new(Target::Pid(7), Some("app".into())).is_err());

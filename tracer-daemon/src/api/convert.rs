@@ -30,7 +30,8 @@ pub const DEFAULT_TOP: u32 = 20;
 /// Longest minimum age accepted.
 pub const MAX_MIN_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Shortest and longest watch interval.
-pub const WATCH_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+pub const WATCH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
 /// Watch interval when the request gives none.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -52,10 +53,17 @@ pub fn selector(selector: Option<pb::Selector>) -> Result<Selector, Status> {
     let selector = selector.ok_or_else(|| Status::invalid_argument("selector is required"))?;
     let container = Some(selector.container).filter(|c| !c.is_empty());
     let target = match selector.target {
-        Some(pb::selector::Target::Pod(pod)) => Target::Pod { namespace: pod.namespace, name: pod.name },
+        Some(pb::selector::Target::Pod(pod)) => Target::Pod {
+            namespace: pod.namespace,
+            name: pod.name,
+        },
         Some(pb::selector::Target::PodUid(uid)) => Target::PodUid(uid),
         Some(pb::selector::Target::Pid(pid)) => Target::Pid(pid),
-        None => return Err(Status::invalid_argument("selector must name a pod, a pod uid or a pid")),
+        None => {
+            return Err(Status::invalid_argument(
+                "selector must name a pod, a pod uid or a pid",
+            ));
+        }
     };
     Selector::new(target, container).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -71,7 +79,10 @@ fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<
 pub fn report_request(request: pb::GetLeakReportRequest) -> Result<ReportRequest, Status> {
     let selector = selector(request.selector)?;
     if request.top > MAX_TOP {
-        return Err(Status::invalid_argument(format!("top must be at most {MAX_TOP}, got {}", request.top)));
+        return Err(Status::invalid_argument(format!(
+            "top must be at most {MAX_TOP}, got {}",
+            request.top
+        )));
     }
     let min_age = duration("min_age", request.min_age)?.unwrap_or_default();
     if min_age > MAX_MIN_AGE {
@@ -80,38 +91,67 @@ pub fn report_request(request: pb::GetLeakReportRequest) -> Result<ReportRequest
     let sort_by = match pb::SortBy::try_from(request.sort_by) {
         Ok(pb::SortBy::Unspecified | pb::SortBy::Bytes) => SortBy::Bytes,
         Ok(pb::SortBy::Growth) => SortBy::Growth,
-        Err(_) => return Err(Status::invalid_argument(format!("unknown sort_by {}", request.sort_by))),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown sort_by {}",
+                request.sort_by
+            )));
+        }
     };
     Ok(ReportRequest {
         selector,
-        top: if request.top == 0 { DEFAULT_TOP } else { request.top } as usize,
+        top: if request.top == 0 {
+            DEFAULT_TOP
+        } else {
+            request.top
+        } as usize,
         min_age_ns: u64::try_from(min_age.as_nanos()).unwrap_or(u64::MAX),
         sort_by,
     })
 }
 
 /// A WatchLeakReports request, validated: the report request and the interval.
-pub fn watch_request(request: pb::WatchLeakReportsRequest) -> Result<(ReportRequest, Duration), Status> {
-    let report = report_request(request.report.ok_or_else(|| Status::invalid_argument("report is required"))?)?;
+pub fn watch_request(
+    request: pb::WatchLeakReportsRequest,
+) -> Result<(ReportRequest, Duration), Status> {
+    let report = report_request(
+        request
+            .report
+            .ok_or_else(|| Status::invalid_argument("report is required"))?,
+    )?;
     let interval = duration("interval", request.interval)?.unwrap_or(DEFAULT_WATCH_INTERVAL);
     let (min, max) = WATCH_INTERVAL_RANGE;
     if interval < min || interval > max {
-        return Err(Status::invalid_argument("interval must be between 100ms and 1h"));
+        return Err(Status::invalid_argument(
+            "interval must be between 100ms and 1h",
+        ));
     }
     Ok((report, interval))
 }
 
 fn proto_duration_ns(ns: u64) -> prost_types::Duration {
-    prost_types::Duration { seconds: (ns / 1_000_000_000) as i64, nanos: (ns % 1_000_000_000) as i32 }
+    prost_types::Duration {
+        seconds: (ns / 1_000_000_000) as i64,
+        nanos: (ns % 1_000_000_000) as i32,
+    }
 }
 
 fn ns_of(duration: Option<&prost_types::Duration>) -> u64 {
-    duration.map_or(0, |d| (d.seconds.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(d.nanos.max(0) as u64))
+    duration.map_or(0, |d| {
+        (d.seconds.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(d.nanos.max(0) as u64)
+    })
 }
 
 impl From<&MemoryFigures> for pb::MemoryFigures {
     fn from(m: &MemoryFigures) -> Self {
-        Self { usage_bytes: m.usage_bytes, limit_bytes: m.limit_bytes, limit_hits: m.limit_hits, oom_kills: m.oom_kills }
+        Self {
+            usage_bytes: m.usage_bytes,
+            limit_bytes: m.limit_bytes,
+            limit_hits: m.limit_hits,
+            oom_kills: m.oom_kills,
+        }
     }
 }
 
@@ -302,11 +342,16 @@ impl From<&StackReport> for pb::StackReport {
 
 impl From<&pb::StackReport> for StackReport {
     fn from(s: &pb::StackReport) -> Self {
-        let class = domain_growth_class(pb::GrowthClass::try_from(s.growth_class).unwrap_or_default());
+        let class =
+            domain_growth_class(pb::GrowthClass::try_from(s.growth_class).unwrap_or_default());
         Self {
             stack_id: s.stack_id.clone(),
             pid: s.pid,
-            kind: if s.kind == pb::MemoryKind::Mmap as i32 { MemoryKind::Mmap } else { MemoryKind::Heap },
+            kind: if s.kind == pb::MemoryKind::Mmap as i32 {
+                MemoryKind::Mmap
+            } else {
+                MemoryKind::Heap
+            },
             bytes: s.bytes,
             count: s.count,
             oldest_age_ns: ns_of(s.oldest_age.as_ref()),
@@ -377,11 +422,26 @@ impl From<&pb::LeakReport> for PodReport {
         let losses = r.losses.unwrap_or_default();
         let stats = BpfStats(
             [
-                (Stat::NAMES[Stat::ALLOCS_MAP_FULL.0 as usize], losses.allocations_map_full),
-                (Stat::NAMES[Stat::STACK_TOTALS_MAP_FULL.0 as usize], losses.stack_totals_map_full),
-                (Stat::NAMES[Stat::STACKS_LOST.0 as usize], losses.stacks_lost),
-                (Stat::NAMES[Stat::EVENTS_DROPPED.0 as usize], losses.dropped_events),
-                (Stat::NAMES[Stat::THREAD_STATE_FULL.0 as usize], losses.thread_state_full),
+                (
+                    Stat::NAMES[Stat::ALLOCS_MAP_FULL.0 as usize],
+                    losses.allocations_map_full,
+                ),
+                (
+                    Stat::NAMES[Stat::STACK_TOTALS_MAP_FULL.0 as usize],
+                    losses.stack_totals_map_full,
+                ),
+                (
+                    Stat::NAMES[Stat::STACKS_LOST.0 as usize],
+                    losses.stacks_lost,
+                ),
+                (
+                    Stat::NAMES[Stat::EVENTS_DROPPED.0 as usize],
+                    losses.dropped_events,
+                ),
+                (
+                    Stat::NAMES[Stat::THREAD_STATE_FULL.0 as usize],
+                    losses.thread_state_full,
+                ),
             ]
             .into_iter()
             .collect(),
@@ -409,7 +469,11 @@ impl From<&pb::LeakReport> for PodReport {
                     pids: c.pids.clone(),
                 })
                 .collect(),
-            sort_by: if r.sort_by == pb::SortBy::Growth as i32 { SortBy::Growth } else { SortBy::Bytes },
+            sort_by: if r.sort_by == pb::SortBy::Growth as i32 {
+                SortBy::Growth
+            } else {
+                SortBy::Bytes
+            },
             min_age_ns: ns_of(r.min_age.as_ref()),
             stats,
         }
@@ -422,17 +486,34 @@ mod tests {
 
     fn pod_selector(namespace: &str, name: &str) -> Option<pb::Selector> {
         Some(pb::Selector {
-            target: Some(pb::selector::Target::Pod(pb::PodName { namespace: namespace.into(), name: name.into() })),
+            target: Some(pb::selector::Target::Pod(pb::PodName {
+                namespace: namespace.into(),
+                name: name.into(),
+            })),
             container: String::new(),
         })
     }
 
     #[test]
     fn a_missing_or_empty_selector_is_an_invalid_argument() {
-        assert_eq!(selector(None).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
-        let empty = Some(pb::Selector { target: None, container: String::new() });
-        assert_eq!(selector(empty).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
-        assert_eq!(selector(pod_selector("", "x")).expect_err("must be rejected").code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            selector(None).expect_err("must be rejected").code(),
+            tonic::Code::InvalidArgument
+        );
+        let empty = Some(pb::Selector {
+            target: None,
+            container: String::new(),
+        });
+        assert_eq!(
+            selector(empty).expect_err("must be rejected").code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            selector(pod_selector("", "x"))
+                .expect_err("must be rejected")
+                .code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -440,7 +521,10 @@ mod tests {
         let request = |top, min_age_seconds| pb::GetLeakReportRequest {
             selector: pod_selector("shop", "api"),
             top,
-            min_age: Some(prost_types::Duration { seconds: min_age_seconds, nanos: 0 }),
+            min_age: Some(prost_types::Duration {
+                seconds: min_age_seconds,
+                nanos: 0,
+            }),
             sort_by: 0,
         };
         let error = report_request(request(5000, 0)).expect_err("must be rejected");
@@ -449,12 +533,23 @@ mod tests {
         assert!(error.message().contains("min_age"), "{error}");
         let error = report_request(request(10, 100 * 24 * 3600)).expect_err("must be rejected");
         assert!(error.message().contains("min_age"), "{error}");
-        assert_eq!(report_request(request(0, 5)).expect("valid").top, DEFAULT_TOP as usize);
+        assert_eq!(
+            report_request(request(0, 5)).expect("valid").top,
+            DEFAULT_TOP as usize
+        );
         let watch = pb::WatchLeakReportsRequest {
             report: Some(request(10, 0)),
-            interval: Some(prost_types::Duration { seconds: 0, nanos: 1_000_000 }),
+            interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 1_000_000,
+            }),
         };
-        assert!(watch_request(watch).expect_err("must be rejected").message().contains("interval"));
+        assert!(
+            watch_request(watch)
+                .expect_err("must be rejected")
+                .message()
+                .contains("interval")
+        );
     }
 
     #[test]

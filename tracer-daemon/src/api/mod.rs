@@ -30,14 +30,21 @@ pub struct LeakTracerService {
 impl LeakTracerService {
     /// A service forwarding to this agent.
     pub fn new(agent: AgentHandle) -> Self {
-        Self { agent, watch_slots: Arc::new(Semaphore::new(MAX_WATCH_STREAMS)) }
+        Self {
+            agent,
+            watch_slots: Arc::new(Semaphore::new(MAX_WATCH_STREAMS)),
+        }
     }
 }
 
-async fn within_deadline<T>(future: impl Future<Output = Result<T, crate::agent::AgentError>>) -> Result<T, Status> {
+async fn within_deadline<T>(
+    future: impl Future<Output = Result<T, crate::agent::AgentError>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(AGENT_DEADLINE, future).await {
         Ok(result) => result.map_err(Status::from),
-        Err(_) => Err(Status::deadline_exceeded("the tracer did not answer in time; retry")),
+        Err(_) => Err(Status::deadline_exceeded(
+            "the tracer did not answer in time; retry",
+        )),
     }
 }
 
@@ -69,11 +76,13 @@ impl LeakTracer for LeakTracerService {
         request: Request<pb::WatchLeakReportsRequest>,
     ) -> Result<Response<Self::WatchLeakReportsStream>, Status> {
         let (report_request, interval) = convert::watch_request(request.into_inner())?;
-        let slot = Arc::clone(&self.watch_slots).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{MAX_WATCH_STREAMS} watch streams are already open on this node; retry later"
-            ))
-        })?;
+        let slot = Arc::clone(&self.watch_slots)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{MAX_WATCH_STREAMS} watch streams are already open on this node; retry later"
+                ))
+            })?;
         // The first report is produced now, so a bad target fails the call itself.
         let first = within_deadline(self.agent.report(report_request.clone())).await?;
         let (sender, receiver) = mpsc::channel(2);
@@ -107,7 +116,9 @@ impl LeakTracer for LeakTracerService {
     ) -> Result<Response<pb::StartTracingResponse>, Status> {
         let selector = convert::selector(request.into_inner().selector)?;
         let processes = within_deadline(self.agent.start(selector)).await?;
-        Ok(Response::new(pb::StartTracingResponse { processes: processes.iter().map(Into::into).collect() }))
+        Ok(Response::new(pb::StartTracingResponse {
+            processes: processes.iter().map(Into::into).collect(),
+        }))
     }
 
     async fn stop_tracing(

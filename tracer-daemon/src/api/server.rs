@@ -39,15 +39,16 @@ impl FromStr for Listen {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() || !path.starts_with('/') {
-                return Err(format!("{text:?}: a unix socket path must be absolute (unix:/run/tracer/tracer.sock)"));
+                return Err(format!(
+                    "{text:?}: a unix socket path must be absolute (unix:/run/tracer/tracer.sock)"
+                ));
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
         if let Some(addr) = text.strip_prefix("tcp:") {
-            return addr
-                .parse()
-                .map(Self::Tcp)
-                .map_err(|e| format!("{text:?}: {e} (expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:7443)"));
+            return addr.parse().map(Self::Tcp).map_err(|e| {
+                format!("{text:?}: {e} (expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:7443)")
+            });
         }
         Err(format!("{text:?}: expected unix:PATH or tcp:HOST:PORT"))
     }
@@ -79,7 +80,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<LeakTracerServer<LeakTracerService>>().await;
+    health
+        .set_serving::<LeakTracerServer<LeakTracerService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tracer_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -99,7 +102,9 @@ pub async fn serve(
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;
             info!(socket = %path.display(), "serving gRPC");
-            let result = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await;
+            let result = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await;
             let _ = std::fs::remove_file(path);
             result?;
         }
@@ -107,8 +112,13 @@ pub async fn serve(
             warn!(%addr, "serving gRPC over plain TCP: anyone who can reach it can read leak reports");
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Listen { what: addr.to_string(), source })?;
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
+                .map_err(|source| ServeError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?;
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
         }
     }
     Ok(())
@@ -117,7 +127,10 @@ pub async fn serve(
 /// Binds a Unix socket readable and writable by its owner only, replacing a stale one.
 fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     let what = path.display().to_string();
-    let error = |source| ServeError::Listen { what: what.clone(), source };
+    let error = |source| ServeError::Listen {
+        what: what.clone(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(error)?;
     }

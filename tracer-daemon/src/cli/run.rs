@@ -32,7 +32,11 @@ pub struct RunArgs {
     pub pod_log_root: PathBuf,
 
     /// The kubelet's container log symlinks (container id to name).
-    #[arg(long, env = "TRACER_CONTAINER_LOG_ROOT", default_value = "/var/log/containers")]
+    #[arg(
+        long,
+        env = "TRACER_CONTAINER_LOG_ROOT",
+        default_value = "/var/log/containers"
+    )]
     pub container_log_root: PathBuf,
 
     /// Trace pods in namespaces matching this glob (repeatable; adds to the config file).
@@ -83,16 +87,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the node agent.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let listen: Listen = args.listen.parse().map_err(anyhow::Error::msg).context("invalid --listen")?;
+    let listen: Listen = args
+        .listen
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("invalid --listen")?;
     let file = match &args.config {
         Some(path) => config::load(path)?,
         None => config::ConfigFile::default(),
     };
     let mut selection = file.selection.clone();
     selection.namespaces.extend(args.namespaces.iter().cloned());
-    selection.exclude_namespaces.extend(args.exclude_namespaces.iter().cloned());
+    selection
+        .exclude_namespaces
+        .extend(args.exclude_namespaces.iter().cloned());
     selection.pods.extend(args.pods.iter().cloned());
-    selection.exclude_pods.extend(args.exclude_pods.iter().cloned());
+    selection
+        .exclude_pods
+        .extend(args.exclude_pods.iter().cloned());
     if args.max_processes.is_some() {
         selection.max_processes = args.max_processes;
     }
@@ -100,15 +112,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("no --namespace/--pod selection: nothing is traced until StartTracing names a pod");
     }
     let window = args.growth_window.or(file.growth.window);
-    let sample_interval = args.sample_interval.or(file.growth.sample_interval).unwrap_or(Duration::from_secs(10));
+    let sample_interval = args
+        .sample_interval
+        .or(file.growth.sample_interval)
+        .unwrap_or(Duration::from_secs(10));
     let growth = GrowthConfig {
-        window_ns: window.map_or(GrowthConfig::default().window_ns, |w| u64::try_from(w.as_nanos()).unwrap_or(u64::MAX)),
+        window_ns: window.map_or(GrowthConfig::default().window_ns, |w| {
+            u64::try_from(w.as_nanos()).unwrap_or(u64::MAX)
+        }),
         ..GrowthConfig::default()
     };
-    let max_stacks = args.max_stacks.or(file.limits.max_stacks).unwrap_or(1 << 15);
+    let max_stacks = args
+        .max_stacks
+        .or(file.limits.max_stacks)
+        .unwrap_or(1 << 15);
     let config = AgentConfig {
         sizes: MapSizes {
-            allocations: args.max_allocations.or(file.limits.max_allocations).unwrap_or(1 << 19),
+            allocations: args
+                .max_allocations
+                .or(file.limits.max_allocations)
+                .unwrap_or(1 << 19),
             stack_totals: max_stacks.saturating_mul(2),
             stack_traces: max_stacks,
             ..MapSizes::default()
@@ -132,13 +155,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

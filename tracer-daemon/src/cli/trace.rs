@@ -96,7 +96,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let options = ReportOptions {
         min_age_ns: u64::try_from(args.min_age.as_nanos()).unwrap_or(u64::MAX),
     };
-    let mut session = Session { top: args.top as usize, ..Session::default() };
+    let mut session = Session {
+        top: args.top as usize,
+        ..Session::default()
+    };
 
     let poll_every = args.interval.min(Duration::from_millis(200));
     let mut next_report = Instant::now() + args.interval;
@@ -149,10 +152,14 @@ impl Session {
         for process in &mut processes {
             let pid = process.pid;
             for stack in &mut process.stacks {
-                let previous = self.previous_stack_bytes.insert((pid, stack.stack_id.clone()), stack.bytes);
+                let previous = self
+                    .previous_stack_bytes
+                    .insert((pid, stack.stack_id.clone()), stack.bytes);
                 stack.growth_bytes = signed_delta(stack.bytes, previous.unwrap_or(0));
             }
-            let previous = self.previous_process_bytes.insert(pid, process.outstanding_bytes);
+            let previous = self
+                .previous_process_bytes
+                .insert(pid, process.outstanding_bytes);
             process.growth_bytes = signed_delta(process.outstanding_bytes, previous.unwrap_or(0));
             process.stacks = report::rank(std::mem::take(&mut process.stacks), self.top);
         }

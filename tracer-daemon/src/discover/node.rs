@@ -109,9 +109,9 @@ pub struct NodeView {
 impl NodeView {
     /// The pod with this namespace and name.
     pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.values().find(|p| {
-            p.namespace.as_deref() == Some(namespace) && p.name.as_deref() == Some(name)
-        })
+        self.pods
+            .values()
+            .find(|p| p.namespace.as_deref() == Some(namespace) && p.name.as_deref() == Some(name))
     }
 }
 
@@ -124,7 +124,11 @@ pub fn scan(paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
         return view;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let dir = entry.path();
@@ -147,28 +151,41 @@ pub fn scan(paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
         };
         let comm = read_comm(&dir).unwrap_or_default();
         let identity = identities.get(&pod_cgroup.pod_uid);
-        let pod = view.pods.entry(pod_cgroup.pod_uid.clone()).or_insert_with(|| Pod {
-            uid: pod_cgroup.pod_uid.clone(),
-            namespace: identity.map(|i| i.namespace.clone()),
-            name: identity.map(|i| i.name.clone()),
-            qos: pod_cgroup.qos,
-            containers: BTreeMap::new(),
-        });
-        let container = pod.containers.entry(container_id.clone()).or_insert_with(|| Container {
-            id: container_id.clone(),
-            name: container_names.get(&container_id).map(|c| c.container.clone()),
-            runtime: pod_cgroup.runtime,
-            memory_dir: memory::memory_cgroup_dir(
-                mounts,
-                cgroups.unified.as_deref(),
-                cgroups.memory_v1.as_deref(),
-            ),
-            pids: BTreeSet::new(),
-        });
+        let pod = view
+            .pods
+            .entry(pod_cgroup.pod_uid.clone())
+            .or_insert_with(|| Pod {
+                uid: pod_cgroup.pod_uid.clone(),
+                namespace: identity.map(|i| i.namespace.clone()),
+                name: identity.map(|i| i.name.clone()),
+                qos: pod_cgroup.qos,
+                containers: BTreeMap::new(),
+            });
+        let container = pod
+            .containers
+            .entry(container_id.clone())
+            .or_insert_with(|| Container {
+                id: container_id.clone(),
+                name: container_names
+                    .get(&container_id)
+                    .map(|c| c.container.clone()),
+                runtime: pod_cgroup.runtime,
+                memory_dir: memory::memory_cgroup_dir(
+                    mounts,
+                    cgroups.unified.as_deref(),
+                    cgroups.memory_v1.as_deref(),
+                ),
+                pids: BTreeSet::new(),
+            });
         let _ = container.pids.insert(pid);
         let _ = view.processes.insert(
             pid,
-            NodeProcess { pid, comm, pod_uid: pod_cgroup.pod_uid.clone(), container_id },
+            NodeProcess {
+                pid,
+                comm,
+                pod_uid: pod_cgroup.pod_uid.clone(),
+                container_id,
+            },
         );
     }
     name_single_containers(&mut view, &identities);
@@ -179,13 +196,21 @@ pub fn scan(paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
 /// that is not the sandbox ("pause") can still be named.
 fn name_single_containers(view: &mut NodeView, identities: &HashMap<String, pods::PodIdentity>) {
     for pod in view.pods.values_mut() {
-        let Some(identity) = identities.get(&pod.uid) else { continue };
-        let [only_name] = identity.containers.as_slice() else { continue };
+        let Some(identity) = identities.get(&pod.uid) else {
+            continue;
+        };
+        let [only_name] = identity.containers.as_slice() else {
+            continue;
+        };
         let unnamed: Vec<&String> = pod
             .containers
             .values()
             .filter(|c| c.name.is_none())
-            .filter(|c| !c.pids.iter().all(|pid| view.processes.get(pid).is_some_and(|p| p.comm == "pause")))
+            .filter(|c| {
+                !c.pids
+                    .iter()
+                    .all(|pid| view.processes.get(pid).is_some_and(|p| p.comm == "pause"))
+            })
             .map(|c| &c.id)
             .collect();
         if let [id] = unnamed.as_slice() {
@@ -198,5 +223,10 @@ fn name_single_containers(view: &mut NodeView, identities: &HashMap<String, pods
 }
 
 fn read_comm(dir: &Path) -> Option<String> {
-    Some(std::fs::read_to_string(dir.join("comm")).ok()?.trim_end().to_owned())
+    Some(
+        std::fs::read_to_string(dir.join("comm"))
+            .ok()?
+            .trim_end()
+            .to_owned(),
+    )
 }

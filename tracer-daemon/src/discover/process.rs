@@ -38,6 +38,8 @@ pub struct ProcessInfo {
     /// Start time in clock ticks since boot: with the pid, identifies the process across pid
     /// reuse.
     pub start_ticks: u64,
+    /// (device, inode) of the program it runs: changes when it execs another program.
+    pub exe: Option<(u64, u64)>,
 }
 
 /// A file-backed executable mapping of a process.
@@ -74,12 +76,39 @@ pub fn inspect(pid: u32) -> Result<ProcessInfo, ProcessError> {
         pid,
         comm: stat.comm,
         start_ticks: stat.starttime,
+        exe: exe_identity(pid),
     })
 }
 
-/// True while the process with this identity is alive (not reused, not a zombie).
-pub fn is_alive(info: &ProcessInfo) -> bool {
-    inspect(info.pid).is_ok_and(|now| now.start_ticks == info.start_ticks)
+fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// What became of a traced process since it was inspected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Same process, same program.
+    Alive,
+    /// Same process, now running another program (it called execve).
+    Execed,
+    /// Exited (or the pid now belongs to another process).
+    Gone,
+}
+
+/// Checks a process against what was inspected earlier.
+pub fn liveness(info: &ProcessInfo) -> Liveness {
+    match inspect(info.pid) {
+        Ok(now) if now.start_ticks == info.start_ticks => {
+            if now.exe.is_some() && info.exe.is_some() && now.exe != info.exe {
+                Liveness::Execed
+            } else {
+                Liveness::Alive
+            }
+        }
+        _ => Liveness::Gone,
+    }
 }
 
 /// The process's file-backed executable mappings, in address order.

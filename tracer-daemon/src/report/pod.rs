@@ -174,10 +174,16 @@ mod tests {
     #[test]
     fn time_to_limit_is_headroom_over_rate_and_absent_without_limit_or_growth() {
         let m = memory(60 << 20, Some(64 << 20));
-        assert_eq!(time_to_limit_ns(Some(&m), (1 << 20) as f64), Some(4_000_000_000));
+        assert_eq!(
+            time_to_limit_ns(Some(&m), (1 << 20) as f64),
+            Some(4_000_000_000)
+        );
         assert_eq!(time_to_limit_ns(Some(&memory(1, None)), 100.0), None);
         assert_eq!(time_to_limit_ns(Some(&m), 0.0), None);
         assert_eq!(time_to_limit_ns(None, 100.0), None);
-        assert_eq!(time_to_limit_ns(Some(&memory(65 << 20, Some(64 << 20))), 10.0), Some(0));
+        assert_eq!(
+            time_to_limit_ns(Some(&memory(65 << 20, Some(64 << 20))), 10.0),
+            Some(0)
+        );
     }
 }

@@ -260,6 +260,24 @@ impl Trace {
         }
     }
 
+    /// Waits until the tracer's log contains `text`.
+    pub(crate) fn wait_stderr(&self, text: &str) {
+        self.wait_stderr_count(text, 1);
+    }
+
+    /// Waits until the tracer's log contains `text` at least `count` times.
+    pub(crate) fn wait_stderr_count(&self, text: &str, count: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.stderr().matches(text).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "tracer never logged {text:?} x{count}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the tracer wrote to stderr so far.
     pub(crate) fn stderr(&self) -> String {
         self.stderr

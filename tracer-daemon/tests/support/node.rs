@@ -26,15 +26,26 @@ pub(crate) struct Mounts {
 impl Mounts {
     pub(crate) fn read() -> Self {
         let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let mut mounts = Self { unified: None, memory_v1: None };
+        let mut mounts = Self {
+            unified: None,
+            memory_v1: None,
+        };
         for line in info.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let fields: Vec<&str> = left.split(' ').collect();
             let right: Vec<&str> = right.split(' ').collect();
-            let (Some(point), Some(fstype)) = (fields.get(4), right.first()) else { continue };
+            let (Some(point), Some(fstype)) = (fields.get(4), right.first()) else {
+                continue;
+            };
             if *fstype == "cgroup2" {
                 mounts.unified = Some(PathBuf::from(point));
-            } else if *fstype == "cgroup" && right.get(2).is_some_and(|o| o.split(',').any(|o| o == "memory")) {
+            } else if *fstype == "cgroup"
+                && right
+                    .get(2)
+                    .is_some_and(|o| o.split(',').any(|o| o == "memory"))
+            {
                 mounts.memory_v1 = Some(PathBuf::from(point));
             }
         }
@@ -42,12 +53,19 @@ impl Mounts {
     }
 
     fn roots(&self) -> Vec<PathBuf> {
-        self.unified.iter().chain(self.memory_v1.iter()).cloned().collect()
+        self.unified
+            .iter()
+            .chain(self.memory_v1.iter())
+            .cloned()
+            .collect()
     }
 
     /// The v1 memory hierarchy, or the unified one when it has the memory controller.
     pub(crate) fn memory_root(&self) -> PathBuf {
-        self.memory_v1.clone().or_else(|| self.unified.clone()).expect("a memory cgroup hierarchy")
+        self.memory_v1
+            .clone()
+            .or_else(|| self.unified.clone())
+            .expect("a memory cgroup hierarchy")
     }
 
     pub(crate) fn memory_is_v1(&self) -> bool {
@@ -72,7 +90,10 @@ fn random_hex(len: usize) -> String {
     use std::{collections::hash_map::RandomState, hash::BuildHasher as _};
     let mut out = String::new();
     while out.len() < len {
-        out.push_str(&format!("{:016x}", RandomState::new().hash_one(Instant::now())));
+        out.push_str(&format!(
+            "{:016x}",
+            RandomState::new().hash_one(Instant::now())
+        ));
     }
     out.truncate(len);
     out
@@ -90,27 +111,43 @@ impl FakePod {
         container_log_root: &Path,
     ) -> Self {
         let hex = random_hex(32);
-        let uid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+        let uid = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        );
         let pod = Self {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             uid,
             driver,
             qos,
-            containers: containers.iter().map(|c| ((*c).to_owned(), random_hex(64))).collect(),
+            containers: containers
+                .iter()
+                .map(|c| ((*c).to_owned(), random_hex(64)))
+                .collect(),
             mounts: Mounts::read(),
             log_root: log_root.to_owned(),
             container_log_root: container_log_root.to_owned(),
         };
         for (container, id) in &pod.containers {
             for root in pod.mounts.roots() {
-                std::fs::create_dir_all(root.join(pod.container_path(id))).expect("create container cgroup");
+                std::fs::create_dir_all(root.join(pod.container_path(id)))
+                    .expect("create container cgroup");
             }
-            let dir = log_root.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid)).join(container);
+            let dir = log_root
+                .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
+                .join(container);
             std::fs::create_dir_all(&dir).expect("create pod log dir");
             std::fs::write(dir.join("0.log"), "").expect("create log file");
             std::fs::create_dir_all(container_log_root).expect("create container log dir");
-            let link = container_log_root.join(format!("{}_{}_{}-{}.log", pod.name, pod.namespace, container, id));
+            let link = container_log_root.join(format!(
+                "{}_{}_{}-{}.log",
+                pod.name, pod.namespace, container, id
+            ));
             let _ = std::os::unix::fs::symlink(dir.join("0.log"), link);
         }
         pod
@@ -123,7 +160,10 @@ impl FakePod {
                 if self.qos == "guaranteed" {
                     format!("kubepods.slice/kubepods-pod{uid}.slice")
                 } else {
-                    format!("kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{uid}.slice", q = self.qos)
+                    format!(
+                        "kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{uid}.slice",
+                        q = self.qos
+                    )
                 }
             }
             Driver::Cgroupfs => {
@@ -144,12 +184,19 @@ impl FakePod {
     }
 
     fn id_of(&self, container: &str) -> &str {
-        &self.containers.iter().find(|(c, _)| c == container).expect("known container").1
+        &self
+            .containers
+            .iter()
+            .find(|(c, _)| c == container)
+            .expect("known container")
+            .1
     }
 
     /// The container's memory cgroup directory.
     pub(crate) fn memory_dir(&self, container: &str) -> PathBuf {
-        self.mounts.memory_root().join(self.container_path(self.id_of(container)))
+        self.mounts
+            .memory_root()
+            .join(self.container_path(self.id_of(container)))
     }
 
     /// Whether memory is on cgroup v1 here.
@@ -180,12 +227,18 @@ impl Drop for FakePod {
         for root in self.mounts.roots() {
             for (_, id) in &self.containers {
                 let dir = root.join(self.container_path(id));
-                while std::fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
+                while std::fs::remove_dir(&dir).is_err()
+                    && dir.exists()
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
             let _ = std::fs::remove_dir(root.join(self.pod_path()));
         }
-        let _ = std::fs::remove_dir_all(self.log_root.join(format!("{}_{}_{}", self.namespace, self.name, self.uid)));
+        let _ = std::fs::remove_dir_all(
+            self.log_root
+                .join(format!("{}_{}_{}", self.namespace, self.name, self.uid)),
+        );
     }
 }

@@ -17,7 +17,11 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn human_duration_ns(ns: u64) -> String {
@@ -50,7 +54,11 @@ fn memory(m: Option<&MemoryFigures>) -> String {
 
 pub(crate) fn targets(targets: &NodeTargets) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<40} {:<20} {:<8} {:<26} PROCESSES", "POD", "CONTAINER", "TRACED", "MEMORY");
+    let _ = writeln!(
+        out,
+        "{:<40} {:<20} {:<8} {:<26} PROCESSES",
+        "POD", "CONTAINER", "TRACED", "MEMORY"
+    );
     for pod in &targets.pods {
         let name = match (&pod.namespace, &pod.name) {
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
@@ -70,7 +78,10 @@ pub(crate) fn targets(targets: &NodeTargets) -> String {
                 out,
                 "{:<40} {:<20} {:<8} {:<26} {}",
                 name,
-                container.name.as_deref().unwrap_or(&container.id[..12.min(container.id.len())]),
+                container
+                    .name
+                    .as_deref()
+                    .unwrap_or(&container.id[..12.min(container.id.len())]),
                 format!("{traced}/{}", container.processes.len()),
                 memory(container.memory.as_ref()),
                 processes.join(" ")
@@ -78,7 +89,11 @@ pub(crate) fn targets(targets: &NodeTargets) -> String {
         }
     }
     for process in &targets.other_processes {
-        let _ = writeln!(out, "{:<40} {:<20} {:<8} {:<26} {}({})", "-", "-", "1/1", "-", process.pid, process.comm);
+        let _ = writeln!(
+            out,
+            "{:<40} {:<20} {:<8} {:<26} {}({})",
+            "-", "-", "1/1", "-", process.pid, process.comm
+        );
     }
     out
 }
@@ -87,7 +102,10 @@ pub(crate) fn report(report: &PodReport) -> String {
     let mut out = String::new();
     let who = match (&report.namespace, &report.pod_name) {
         (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
-        _ => report.pod_uid.as_deref().map_or_else(|| "process".to_owned(), |uid| format!("pod uid {uid}")),
+        _ => report
+            .pod_uid
+            .as_deref()
+            .map_or_else(|| "process".to_owned(), |uid| format!("pod uid {uid}")),
     };
     let _ = writeln!(out, "{who}");
     for container in &report.containers {
@@ -124,7 +142,9 @@ pub(crate) fn report(report: &PodReport) -> String {
                 )
             });
             let mut frames = stack.frames.iter();
-            let site = frames.next().map_or_else(|| "[stack lost]".to_owned(), |f| f.display_name());
+            let site = frames
+                .next()
+                .map_or_else(|| "[stack lost]".to_owned(), |f| f.display_name());
             let _ = writeln!(
                 out,
                 "    {:>4} {:>12} {:>9} {:>8} {:>12} {:<16} {} (pid {})",
@@ -142,12 +162,19 @@ pub(crate) fn report(report: &PodReport) -> String {
             }
         }
         if container.stacks_total > container.stacks.len() {
-            let _ = writeln!(out, "    ... {} more stacks", container.stacks_total - container.stacks.len());
+            let _ = writeln!(
+                out,
+                "    ... {} more stacks",
+                container.stacks_total - container.stacks.len()
+            );
         }
     }
     let lost = report.stats.allocations_lost();
     if lost > 0 {
-        let _ = writeln!(out, "  WARNING: {lost} allocations could not be recorded on this node (maps full)");
+        let _ = writeln!(
+            out,
+            "  WARNING: {lost} allocations could not be recorded on this node (maps full)"
+        );
     }
     out
 }
@@ -158,17 +185,29 @@ pub(crate) fn processes(processes: &Vec<TargetProcess>) -> String {
         let state = if p.traced {
             format!("traced ({})", p.allocator.as_deref().unwrap_or("?"))
         } else {
-            format!("not traced: {}", p.not_traced_reason.as_deref().unwrap_or("pending"))
+            format!(
+                "not traced: {}",
+                p.not_traced_reason.as_deref().unwrap_or("pending")
+            )
         };
         let _ = writeln!(out, "{} {} {state}", p.pid, p.comm);
     }
     out
 }
 
-#[expect(clippy::ptr_arg, reason = "print takes fn(&T) and T is the response's Vec")]
+#[expect(
+    clippy::ptr_arg,
+    reason = "print takes fn(&T) and T is the response's Vec"
+)]
 pub(crate) fn stopped(pids: &Vec<u32>) -> String {
     if pids.is_empty() {
         return "nothing was traced\n".into();
     }
-    format!("stopped tracing {}\n", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
+    format!(
+        "stopped tracing {}\n",
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }

@@ -77,7 +77,11 @@ enum TraceAction {
 #[derive(Debug, Args)]
 struct TargetArgs {
     /// NAMESPACE/POD.
-    #[arg(value_name = "NAMESPACE/POD", required_unless_present = "pid", conflicts_with = "pid")]
+    #[arg(
+        value_name = "NAMESPACE/POD",
+        required_unless_present = "pid",
+        conflicts_with = "pid"
+    )]
     pod: Option<String>,
     /// Only this container of the pod.
     #[arg(short = 'c', long)]
@@ -114,7 +118,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -134,33 +141,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli.server).await?;
     match cli.command {
         Command::Pods => {
-            let response = client.list_targets(pb::ListTargetsRequest {}).await.map_err(status)?;
+            let response = client
+                .list_targets(pb::ListTargetsRequest {})
+                .await
+                .map_err(status)?;
             let targets = NodeTargets::from(response.get_ref());
             print(cli.output, &targets, format::targets)?;
         }
         Command::Top(args) => {
             let request = report_request(&args)?;
             let response = client.get_leak_report(request).await.map_err(status)?;
-            print(cli.output, &PodReport::from(response.get_ref()), format::report)?;
+            print(
+                cli.output,
+                &PodReport::from(response.get_ref()),
+                format::report,
+            )?;
         }
         Command::Watch { report, interval } => {
             let request = pb::WatchLeakReportsRequest {
                 report: Some(report_request(&report)?),
                 interval: Some(proto_duration(interval)),
             };
-            let mut stream = client.watch_leak_reports(request).await.map_err(status)?.into_inner();
+            let mut stream = client
+                .watch_leak_reports(request)
+                .await
+                .map_err(status)?
+                .into_inner();
             while let Some(report) = stream.message().await.map_err(status)? {
                 print(cli.output, &PodReport::from(&report), format::report)?;
             }
         }
-        Command::Trace { action: TraceAction::Start(target) } => {
-            let request = pb::StartTracingRequest { selector: Some(selector(&target)?) };
+        Command::Trace {
+            action: TraceAction::Start(target),
+        } => {
+            let request = pb::StartTracingRequest {
+                selector: Some(selector(&target)?),
+            };
             let response = client.start_tracing(request).await.map_err(status)?;
-            let processes: Vec<_> = response.get_ref().processes.iter().map(Into::into).collect();
+            let processes: Vec<_> = response
+                .get_ref()
+                .processes
+                .iter()
+                .map(Into::into)
+                .collect();
             print(cli.output, &processes, format::processes)?;
         }
-        Command::Trace { action: TraceAction::Stop(target) } => {
-            let request = pb::StopTracingRequest { selector: Some(selector(&target)?) };
+        Command::Trace {
+            action: TraceAction::Stop(target),
+        } => {
+            let request = pb::StopTracingRequest {
+                selector: Some(selector(&target)?),
+            };
             let response = client.stop_tracing(request).await.map_err(status)?;
             print(cli.output, &response.get_ref().pids, format::stopped)?;
         }
@@ -168,7 +199,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print<T: serde::Serialize>(output: Output, value: &T, table: fn(&T) -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: fn(&T) -> String,
+) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     match output {
@@ -193,11 +228,16 @@ fn selector(target: &TargetArgs) -> anyhow::Result<pb::Selector> {
         (None, None) => anyhow::bail!("name a pod (NAMESPACE/POD) or --pid"),
     };
     let proto_target = match domain.target {
-        Target::Pod { namespace, name } => pb::selector::Target::Pod(pb::PodName { namespace, name }),
+        Target::Pod { namespace, name } => {
+            pb::selector::Target::Pod(pb::PodName { namespace, name })
+        }
         Target::PodUid(uid) => pb::selector::Target::PodUid(uid),
         Target::Pid(pid) => pb::selector::Target::Pid(pid),
     };
-    Ok(pb::Selector { target: Some(proto_target), container: domain.container.unwrap_or_default() })
+    Ok(pb::Selector {
+        target: Some(proto_target),
+        container: domain.container.unwrap_or_default(),
+    })
 }
 
 fn report_request(args: &ReportArgs) -> anyhow::Result<pb::GetLeakReportRequest> {
@@ -213,7 +253,10 @@ fn report_request(args: &ReportArgs) -> anyhow::Result<pb::GetLeakReportRequest>
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 async fn connect(server: &str) -> anyhow::Result<LeakTracerClient<Channel>> {
@@ -222,10 +265,18 @@ async fn connect(server: &str) -> anyhow::Result<LeakTracerClient<Channel>> {
         Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e} (is tracer-daemon run listening there?)"))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to {server}: {e} (is tracer-daemon run listening there?)"
+                )
+            })?
     } else if server.starts_with("http://") || server.starts_with("https://") {
         Endpoint::from_shared(server.to_owned())?
             .connect()

@@ -638,3 +638,42 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
     );
     workload.finish();
 }
+
+#[test]
+fn containers_started_after_the_agent_are_followed_up_to_the_process_cap() {
+    require_root();
+    let root = temp_root("follow");
+    let namespace = format!("follow-{}", std::process::id());
+    let (logs, container_logs) = (root.join("pods"), root.join("containers"));
+    let agent = Agent::start(&root, &["--namespace", &namespace, "--max-processes", "1"]);
+    // The pod and its processes appear after the agent is running.
+    let pod = FakePod::create(&namespace, "late-0", Driver::Systemd, "burstable", &["app", "sidecar"], &logs, &container_logs);
+    let mut first = Workload::start(&workload("one_leak_site"), &[]);
+    pod.place(first.pid, "app");
+    agent.wait_traced(&[first.pid]);
+    let second = Workload::start(&workload("aged_leaks"), &[]);
+    pod.place(second.pid, "sidecar");
+    let deadline = Instant::now() + TIMEOUT;
+    let reason = loop {
+        let targets = agent.ctl_json(&["pods"]);
+        let reason = targets["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["containers"].as_array().into_iter().flatten())
+            .flat_map(|c| c["processes"].as_array().into_iter().flatten())
+            .find(|p| p["pid"] == u64::from(second.pid))
+            .and_then(|p| p["not_traced_reason"].as_str().map(str::to_owned));
+        if let Some(reason) = reason {
+            break reason;
+        }
+        assert!(Instant::now() < deadline, "second process never listed: {targets:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains("max processes reached (1)"), "{reason}");
+    let _ = first.run_to_done();
+    let report = agent.ctl_json(&["top", &pod.display(), "-c", "app"]);
+    assert_eq!(report_totals(&report, "leak_here"), (409_600, 100), "{report:#}");
+    first.finish();
+    second.finish();
+}

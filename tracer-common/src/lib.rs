@@ -31,6 +31,8 @@ pub mod names {
     pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
     /// Global: the page size, for pvalloc's rounding.
     pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
+    /// Global: offsets into kernel structures ([`KernelLayout`](crate::KernelLayout)).
+    pub const GLOBAL_KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
 }
 
 /// The allocator entry points the probes know, as stored in [`ThreadState::func`].
@@ -142,7 +144,90 @@ const _: () = assert!(size_of::<ThreadState>() == 72);
 pub mod event_kind {
     pub const MMAP: u32 = 1;
     pub const MUNMAP: u32 = 2;
+    pub const OOM_KILL: u32 = 3;
 }
+
+/// Byte offsets into kernel structures, read by the daemon from the running kernel's BTF and
+/// handed to the OOM-kill program (Rust BPF has no CO-RE relocations, so the layout is resolved
+/// in userspace the same way libbpf would). `valid` is 0 when they could not all be found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `task_struct.pid`.
+    pub task_pid: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `task_struct.cgroups` (a `css_set *`).
+    pub task_cgroups: u32,
+    /// `mm_struct.rss_stat`.
+    pub mm_rss_stat: u32,
+    /// Bytes between consecutive rss counters (a `percpu_counter` since 6.2, an atomic before).
+    pub rss_counter_stride: u32,
+    /// Offset of the value inside one rss counter.
+    pub rss_counter_value: u32,
+    /// `css_set.dfl_cgrp` (the default-hierarchy cgroup).
+    pub css_set_dfl_cgrp: u32,
+    /// `css_set.subsys` (array of `cgroup_subsys_state *`).
+    pub css_set_subsys: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (the cgroup directory's inode number).
+    pub kernfs_node_id: u32,
+    /// Index of the memory controller in `css_set.subsys`.
+    pub memory_cgrp_id: u32,
+    /// 1 when every offset above was found.
+    pub valid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelLayout>() == 64);
+
+/// Length of a task's command name.
+pub const COMM_LEN: usize = 16;
+
+/// The kernel chose a victim for an OOM kill (`mark_victim`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomKillEvent {
+    /// [`event_kind::OOM_KILL`].
+    pub kind: u32,
+    /// The victim's process (read from the hook's task argument, not the current task).
+    pub victim_tgid: u32,
+    /// The victim's thread.
+    pub victim_tid: u32,
+    /// The task whose allocation triggered the OOM (the current task at the hook).
+    pub trigger_tgid: u32,
+    /// The triggering thread.
+    pub trigger_tid: u32,
+    /// 1 when the victim's fields were read through a valid [`KernelLayout`].
+    pub victim_read: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// Victim's command name.
+    pub victim_comm: [u8; COMM_LEN],
+    /// Triggering task's command name.
+    pub trigger_comm: [u8; COMM_LEN],
+    /// Victim's resident file pages.
+    pub rss_file_pages: i64,
+    /// Victim's resident anonymous pages.
+    pub rss_anon_pages: i64,
+    /// Victim's swap entries.
+    pub swap_entries: i64,
+    /// Victim's resident shared-memory pages.
+    pub rss_shmem_pages: i64,
+    /// Victim's cgroup id on the default (v2) hierarchy.
+    pub victim_cgroup_id: u64,
+    /// Victim's memory-controller cgroup id (the v1 memcg on hybrid hosts).
+    pub victim_memcg_id: u64,
+    /// Triggering task's v2 cgroup id.
+    pub trigger_cgroup_id: u64,
+}
+const _: () = assert!(size_of::<OomKillEvent>() == 120);
 
 /// An anonymous mapping a traced process made itself (not from inside its allocator).
 #[repr(C)]
@@ -241,4 +326,5 @@ mod user {
     unsafe impl aya::Pod for StackTotals {}
     unsafe impl aya::Pod for StackTrace {}
     unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for KernelLayout {}
 }

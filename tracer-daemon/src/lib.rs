@@ -14,6 +14,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod discover;
+pub mod evidence;
 pub mod report;
 pub mod select;
 pub mod symbolize;

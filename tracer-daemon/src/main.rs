@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => tracer_daemon::cli::trace::run(args).await,
-            Command::Run(args) => tracer_daemon::cli::run::run(args).await,
+            Command::Run(args) => tracer_daemon::cli::run::run(*args).await,
         }
     });
     match result {

@@ -14,13 +14,13 @@ use std::{
 };
 
 use blazesym::symbolize::{self, Input, Symbolized, source::Elf, source::Source};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::discover::process;
 
 /// One symbolized frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
     /// The return address as recorded.
     pub addr: u64,

@@ -13,7 +13,10 @@ use tracing::{info, warn};
 use crate::{
     attach::{self, AttachError, Attachment, ProgramSet},
     bpf::{LoadError, MapSizes, Probes},
-    collect::{self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, stats::BpfStats},
+    collect::{
+        self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, oom::OomKill,
+        stats::BpfStats,
+    },
     discover::process::{self, Liveness, ProcessInfo},
     report::{self, MemoryKind, ProcessReport, ProcessState, StackReport},
     symbolize::{Frame, Symbolizer},
@@ -29,6 +32,9 @@ pub enum TracerError {
     #[error(transparent)]
     Collect(#[from] CollectError),
 }
+
+/// How long a process that exec'd is retried before giving up on its new program.
+const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a report should count.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,6 +59,13 @@ pub struct Tracer {
     processes: BTreeMap<u32, TracedProcess>,
     /// Ages from the last full scan of outstanding allocations.
     ages: HashMap<StackKey, AgeSummary>,
+    /// OOM kills seen and not yet taken by the caller.
+    oom_kills: Vec<OomKill>,
+    /// Processes that exec'd, waiting to be attached to their new program.
+    reattach: HashMap<u32, std::time::Instant>,
+    /// Traced pids named as OOM victims, so their end is reported as an OOM kill.
+    oom_victims: HashSet<u32>,
+    page_size: u64,
 }
 
 impl Tracer {
@@ -67,6 +80,10 @@ impl Tracer {
             symbolizer: Symbolizer::new(),
             processes: BTreeMap::new(),
             ages: HashMap::new(),
+            oom_kills: Vec::new(),
+            oom_victims: HashSet::new(),
+            reattach: HashMap::new(),
+            page_size: crate::bpf::page_size(),
         })
     }
 
@@ -116,36 +133,91 @@ impl Tracer {
     /// stay until [`Tracer::reap_ended`]) and refreshes module snapshots of the live ones.
     pub fn poll(&mut self) {
         self.probes.flush_log();
-        let _ = self.maps.drain_events(&mut self.mappings);
+        self.drain_events();
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
             let Some(traced) = self.processes.get_mut(&pid) else {
                 continue;
             };
-            if traced.state == ProcessState::Ended {
+            if traced.state.has_ended() {
                 continue;
             }
             match process::liveness(&traced.info) {
                 Liveness::Alive => self.symbolizer.refresh(pid),
                 Liveness::Gone => {
                     info!(pid, comm = %traced.info.comm, "process ended");
-                    traced.state = ProcessState::Ended;
+                    traced.state = if self.oom_victims.contains(&pid) {
+                        ProcessState::OomKilled
+                    } else {
+                        ProcessState::Ended
+                    };
                     if let Some(attachment) = traced.attachment.take() {
                         attach::detach(&mut self.probes, attachment);
                     }
                 }
                 Liveness::Execed => {
                     // The old program's memory went with its address space: start afresh on
-                    // whatever allocator the new program uses.
+                    // whatever allocator the new program uses (retried while its dynamic
+                    // loader is still mapping libraries).
                     info!(pid, old = %traced.info.comm, "process exec'd another program; re-attaching");
                     self.untrace(pid);
-                    if let Err(error) = self.trace(pid) {
-                        warn!(pid, %error, "cannot trace the program it exec'd");
-                    }
+                    let _ = self.reattach.insert(pid, std::time::Instant::now());
                 }
             }
         }
-        let _ = self.maps.drain_events(&mut self.mappings);
+        self.retry_reattach();
+        self.drain_events();
+    }
+
+    /// Tries again to attach processes that exec'd, until their new program maps an allocator
+    /// or the grace period ends.
+    fn retry_reattach(&mut self) {
+        let pending: Vec<(u32, std::time::Instant)> =
+            self.reattach.iter().map(|(&p, &t)| (p, t)).collect();
+        for (pid, since) in pending {
+            match self.trace(pid) {
+                Ok(()) => {
+                    let _ = self.reattach.remove(&pid);
+                }
+                Err(error) if since.elapsed() > REATTACH_GRACE => {
+                    warn!(pid, %error, "cannot trace the program it exec'd");
+                    let _ = self.reattach.remove(&pid);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads the ring buffer (mmap records, OOM kills) without checking processes: cheap
+    /// enough to call whenever an OOM kill may just have happened.
+    pub fn drain_events(&mut self) {
+        let kills = self.maps.drain_events(&mut self.mappings, self.page_size);
+        for kill in &kills {
+            warn!(
+                victim = ?kill.victim_pid,
+                victim_comm = %kill.victim_comm,
+                trigger = kill.trigger_pid,
+                "OOM kill"
+            );
+        }
+        self.oom_victims.extend(
+            kills
+                .iter()
+                .filter_map(|k| k.victim_pid)
+                .filter(|pid| self.processes.contains_key(pid)),
+        );
+        self.oom_kills.extend(kills);
+    }
+
+    /// The OOM kills seen since the last call (the victim's records are still here: they go
+    /// only with [`Tracer::reap_ended`]).
+    pub fn take_oom_kills(&mut self) -> Vec<OomKill> {
+        std::mem::take(&mut self.oom_kills)
+    }
+
+    /// Whether OOM kills are seen at the kernel hook.
+    pub fn oom_hook(&self) -> &crate::bpf::OomHook {
+        &self.probes.oom_hook
     }
 
     /// Drops the records of every ended process; returns their pids.
@@ -153,10 +225,11 @@ impl Tracer {
         let ended: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.state == ProcessState::Ended)
+            .filter(|(_, p)| p.state.has_ended())
             .map(|(&pid, _)| pid)
             .collect();
         for &pid in &ended {
+            let _ = self.oom_victims.remove(&pid);
             let _ = self.processes.remove(&pid);
             self.drop_records(pid);
         }
@@ -165,9 +238,7 @@ impl Tracer {
 
     /// True when nothing is traced or every traced process has ended.
     pub fn all_ended(&self) -> bool {
-        self.processes
-            .values()
-            .all(|p| p.state == ProcessState::Ended)
+        self.reattach.is_empty() && self.processes.values().all(|p| p.state.has_ended())
     }
 
     /// Pids traced (running, or ended and not yet reaped).

@@ -7,174 +7,12 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{node::*, *};
-
-/// A running `tracer-daemon run` with its temp roots.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    root: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start(root: &Path, extra: &[&str]) -> Self {
-        let socket = root.join("tracer.sock");
-        let mut child = Command::new(daemon_binary())
-            .args(["run", "--listen", &format!("unix:{}", socket.display())])
-            .arg("--pod-log-root")
-            .arg(root.join("pods"))
-            .arg("--container-log-root")
-            .arg(root.join("containers"))
-            .args([
-                "--discovery-interval",
-                "200ms",
-                "--sample-interval",
-                "200ms",
-                "--growth-window",
-                "4s",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tracer-daemon run");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let pipe = child.stderr.take().expect("stderr");
-        let _reader = std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let agent = Self {
-            child,
-            socket,
-            root: root.to_owned(),
-            stderr,
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while !agent.socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "agent never listened: {}",
-                agent.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn server(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    /// Runs tracerctl against this agent; returns (exit code, stdout, stderr).
-    fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_tracerctl"))
-            .args(["--server", &self.server()])
-            .args(args)
-            .output()
-            .expect("run tracerctl");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
-    fn ctl_json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let (code, stdout, stderr) = self.ctl(&all);
-        assert_eq!(code, Some(0), "tracerctl {args:?} failed: {stderr}");
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("tracerctl output is not JSON ({e}): {stdout}"))
-    }
-
-    /// Waits until every pid is listed as traced.
-    fn wait_traced(&self, pids: &[u32]) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let targets = self.ctl_json(&["pods"]);
-            let traced: Vec<u64> = targets["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|p| p["containers"].as_array().into_iter().flatten())
-                .flat_map(|c| c["processes"].as_array().into_iter().flatten())
-                .filter(|p| p["traced"] == true)
-                .filter_map(|p| p["pid"].as_u64())
-                .collect();
-            if pids.iter().all(|pid| traced.contains(&u64::from(*pid))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pids {pids:?} never traced: {targets:#}\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        let _ = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn temp_root(name: &str) -> PathBuf {
-    let root =
-        std::env::temp_dir().join(format!("tracer-{name}-{}-{}", std::process::id(), now_ms()));
-    std::fs::create_dir_all(&root).expect("mkdir");
-    root
-}
-
-/// (bytes, count) summed over a report's stacks whose innermost frame is `function`.
-fn report_totals(report: &Value, function: &str) -> (u64, u64) {
-    report["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["stacks"].as_array().into_iter().flatten())
-        .filter(|s| s["frames"][0]["function"] == function)
-        .fold((0, 0), |(b, c), s| {
-            (
-                b + s["bytes"].as_u64().unwrap_or(0),
-                c + s["count"].as_u64().unwrap_or(0),
-            )
-        })
-}
+use support::{agent::*, node::*, *};
 
 #[test]
 fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
@@ -242,7 +80,13 @@ fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
     let python = std::env::var_os("TRACER_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| if venv.exists() { venv } else { PathBuf::from("python3") });
+        .unwrap_or_else(|| {
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        });
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/leak_report.py");
     let output = Command::new(&python)
@@ -647,7 +491,15 @@ fn containers_started_after_the_agent_are_followed_up_to_the_process_cap() {
     let (logs, container_logs) = (root.join("pods"), root.join("containers"));
     let agent = Agent::start(&root, &["--namespace", &namespace, "--max-processes", "1"]);
     // The pod and its processes appear after the agent is running.
-    let pod = FakePod::create(&namespace, "late-0", Driver::Systemd, "burstable", &["app", "sidecar"], &logs, &container_logs);
+    let pod = FakePod::create(
+        &namespace,
+        "late-0",
+        Driver::Systemd,
+        "burstable",
+        &["app", "sidecar"],
+        &logs,
+        &container_logs,
+    );
     let mut first = Workload::start(&workload("one_leak_site"), &[]);
     pod.place(first.pid, "app");
     agent.wait_traced(&[first.pid]);
@@ -667,13 +519,20 @@ fn containers_started_after_the_agent_are_followed_up_to_the_process_cap() {
         if let Some(reason) = reason {
             break reason;
         }
-        assert!(Instant::now() < deadline, "second process never listed: {targets:#}");
+        assert!(
+            Instant::now() < deadline,
+            "second process never listed: {targets:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(reason.contains("max processes reached (1)"), "{reason}");
     let _ = first.run_to_done();
     let report = agent.ctl_json(&["top", &pod.display(), "-c", "app"]);
-    assert_eq!(report_totals(&report, "leak_here"), (409_600, 100), "{report:#}");
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
     first.finish();
     second.finish();
 }

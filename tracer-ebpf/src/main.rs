@@ -25,6 +25,7 @@ mod floor;
 mod heap;
 mod maps;
 mod mmap;
+mod oom;
 mod probes;
 mod stack;
 mod stats;

@@ -176,7 +176,7 @@ fn start_tracer(daemon: &Path, pid: u32, extra: &[&str]) -> anyhow::Result<Child
     let deadline = Instant::now() + Duration::from_secs(60);
     for line in BufReader::new(stderr).lines() {
         let line = line?;
-        if line.contains("attached") {
+        if line.contains("attached; first report") {
             return Ok(child);
         }
         if Instant::now() > deadline {

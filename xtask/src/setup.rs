@@ -19,8 +19,8 @@ use crate::{cmd_output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the demo need (gcc for the C workloads is on the machine;
-/// these are the ones a fresh machine lacks).
-const APT_PACKAGES: &[&str] = &[];
+/// these are the ones a fresh machine lacks): Go for `go tool pprof` on exported profiles.
+const APT_PACKAGES: &[&str] = &["golang-go"];
 
 /// Python packages the tests use as a client that is not ours (pinned).
 const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.3", "grpcio-tools==1.85.1", "protobuf==7.36.2"];

@@ -2,12 +2,15 @@
 //! windows; RPCs reach it as commands over a channel and get answers on oneshots. It runs on
 //! its own thread so symbolization and map scans never stall the gRPC server.
 
+mod evidence;
+mod reports;
 pub mod selector;
 pub mod targets;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc, oneshot};
@@ -20,14 +23,19 @@ use crate::{
         memory::{self, CgroupMounts},
         node::{self, NodePaths, NodeView},
     },
+    evidence::{
+        model::Evidence,
+        store::{EvidenceStore, Retention, StoreError},
+        watch::{MemoryWatch, WatchConfig},
+    },
     report::{
-        ProcessReport, StackReport,
         growth::{GrowthConfig, GrowthTracker},
-        pod::{self, ContainerReport, PodReport, SortBy},
+        pod::{PodReport, SortBy},
     },
     select::{Explicit, Selection, SelectionConfig},
     tracer::{ReportOptions, Tracer, TracerError},
 };
+use reports::stack_id_value;
 use selector::{Selector, Target};
 use targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess};
 
@@ -48,6 +56,16 @@ pub struct AgentConfig {
     pub discovery_interval: Duration,
     /// How often every stack's bytes are sampled into the growth windows.
     pub sample_interval: Duration,
+    /// Where evidence is persisted (a hostPath in the DaemonSet).
+    pub state_dir: PathBuf,
+    /// How much evidence is kept.
+    pub retention: Retention,
+    /// When evidence is taken.
+    pub watch: WatchConfig,
+    /// How often traced containers' memory figures are checked.
+    pub watch_interval: Duration,
+    /// Stacks kept per evidence snapshot.
+    pub evidence_top: usize,
 }
 
 impl Default for AgentConfig {
@@ -60,9 +78,17 @@ impl Default for AgentConfig {
             poll_interval: Duration::from_millis(200),
             discovery_interval: Duration::from_secs(2),
             sample_interval: Duration::from_secs(10),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            retention: Retention::default(),
+            watch: WatchConfig::default(),
+            watch_interval: Duration::from_millis(500),
+            evidence_top: 100,
         }
     }
 }
+
+/// Where evidence lives when nobody says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tracer";
 
 /// Why a command failed; the API maps each kind to its status code.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +111,9 @@ pub enum AgentError {
     /// The tracer could not start.
     #[error(transparent)]
     Start(#[from] TracerError),
+    /// The evidence store failed.
+    #[error("the evidence store failed")]
+    Store(#[from] StoreError),
 }
 
 /// A leak report request.
@@ -111,6 +140,36 @@ enum Command {
         oneshot::Sender<Result<Vec<TargetProcess>, AgentError>>,
     ),
     Stop(Selector, oneshot::Sender<Result<Vec<u32>, AgentError>>),
+    ListEvidence(
+        EvidenceQuery,
+        oneshot::Sender<Result<Vec<Evidence>, AgentError>>,
+    ),
+    GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
+    Profile(ProfileSource, oneshot::Sender<Result<Vec<u8>, AgentError>>),
+}
+
+/// Which evidence to list.
+#[derive(Clone, Debug, Default)]
+pub struct EvidenceQuery {
+    /// Only this pod (a pid selector is refused).
+    pub selector: Option<Selector>,
+    /// Only OOM kills.
+    pub oom_kills_only: bool,
+    /// Only records at or after this time (ms since the epoch).
+    pub since_unix_ms: Option<u64>,
+    /// Only records before this time.
+    pub until_unix_ms: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// What a pprof export is of.
+#[derive(Clone, Debug)]
+pub enum ProfileSource {
+    /// A live target.
+    Live(Selector),
+    /// A stored evidence record.
+    Evidence(u64),
 }
 
 /// A cheap, cloneable handle to the agent.
@@ -155,6 +214,22 @@ impl AgentHandle {
     /// Stops tracing what the selector names.
     pub async fn stop(&self, selector: Selector) -> Result<Vec<u32>, AgentError> {
         self.ask(|reply| Command::Stop(selector, reply)).await?
+    }
+
+    /// Evidence records, newest first (payloads included: callers summarise).
+    pub async fn list_evidence(&self, query: EvidenceQuery) -> Result<Vec<Evidence>, AgentError> {
+        self.ask(|reply| Command::ListEvidence(query, reply))
+            .await?
+    }
+
+    /// One evidence record.
+    pub async fn evidence(&self, id: u64) -> Result<Evidence, AgentError> {
+        self.ask(|reply| Command::GetEvidence(id, reply)).await?
+    }
+
+    /// A gzipped pprof profile.
+    pub async fn profile(&self, source: ProfileSource) -> Result<Vec<u8>, AgentError> {
+        self.ask(|reply| Command::Profile(source, reply)).await?
     }
 }
 
@@ -208,17 +283,24 @@ struct Agent {
     explicit_pids: HashSet<u32>,
     /// Selected processes that could not be traced, and why.
     failures: HashMap<u32, String>,
+    store: EvidenceStore,
+    watch: MemoryWatch,
+    /// Containers with an OOM kill seen at the kernel hook recently (counter-based sightings of
+    /// the same kill are then not recorded twice).
+    recent_kernel_ooms: HashMap<String, Instant>,
 }
 
 impl Agent {
     fn new(config: AgentConfig) -> Result<Self, AgentError> {
         let selection = Selection::new(&config.selection)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let store = EvidenceStore::open(&config.state_dir, config.retention)?;
         let tracer = Tracer::new(&config.sizes)?;
         let mounts = memory::read_cgroup_mounts();
         info!(?mounts, "cgroup filesystems");
         Ok(Self {
             growth: GrowthTracker::new(config.growth),
+            watch: MemoryWatch::new(config.watch.clone()),
             config,
             tracer,
             mounts,
@@ -226,6 +308,8 @@ impl Agent {
             selection,
             explicit_pids: HashSet::new(),
             failures: HashMap::new(),
+            store,
+            recent_kernel_ooms: HashMap::new(),
         })
     }
 
@@ -234,7 +318,8 @@ impl Agent {
         let mut poll = tokio::time::interval(self.config.poll_interval);
         let mut discovery = tokio::time::interval(self.config.discovery_interval);
         let mut sample = tokio::time::interval(self.config.sample_interval);
-        for timer in [&mut poll, &mut discovery, &mut sample] {
+        let mut watch = tokio::time::interval(self.config.watch_interval);
+        for timer in [&mut poll, &mut discovery, &mut sample, &mut watch] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
@@ -246,6 +331,7 @@ impl Agent {
                 _ = poll.tick() => self.poll(),
                 _ = discovery.tick() => self.discover(),
                 _ = sample.tick() => self.sample(),
+                _ = watch.tick() => self.watch_memory(),
             }
         }
         info!("agent stopped");
@@ -265,11 +351,21 @@ impl Agent {
             Command::Stop(selector, reply) => {
                 let _ = reply.send(self.stop(&selector));
             }
+            Command::ListEvidence(query, reply) => {
+                let _ = reply.send(self.list_evidence(&query));
+            }
+            Command::GetEvidence(id, reply) => {
+                let _ = reply.send(self.get_evidence(id));
+            }
+            Command::Profile(source, reply) => {
+                let _ = reply.send(self.profile(&source));
+            }
         }
     }
 
     fn poll(&mut self) {
         self.tracer.poll();
+        self.handle_oom_kills();
         for pid in self.tracer.reap_ended() {
             self.growth.forget(|&(p, _)| p == pid);
             let _ = self.explicit_pids.remove(&pid);
@@ -358,143 +454,6 @@ impl Agent {
             }
             Err(error) => warn!(%error, "growth sampling failed"),
         }
-    }
-
-    /// The pids a selector names (traced or not) with their container id, or why none.
-    fn resolve(&self, selector: &Selector) -> Result<Resolved, AgentError> {
-        let pod = match &selector.target {
-            Target::Pid(pid) => {
-                let container = self.view.processes.get(pid).map(|p| p.container_id.clone());
-                let known = container.is_some() || self.tracer.state(*pid).is_some();
-                if !known && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(AgentError::NotFound(format!(
-                        "no process with pid {pid} on this node"
-                    )));
-                }
-                let pod = self
-                    .view
-                    .processes
-                    .get(pid)
-                    .and_then(|p| self.view.pods.get(&p.pod_uid));
-                let mut containers = BTreeMap::new();
-                let _ = containers.insert(container, vec![*pid]);
-                return Ok(Resolved {
-                    pod: pod.cloned(),
-                    containers,
-                });
-            }
-            Target::Pod { namespace, name } => {
-                self.view.pod_by_name(namespace, name).ok_or_else(|| {
-                    AgentError::NotFound(format!("no pod {namespace}/{name} on this node"))
-                })?
-            }
-            Target::PodUid(uid) => self.view.pods.get(uid).ok_or_else(|| {
-                AgentError::NotFound(format!("no pod with uid {uid} on this node"))
-            })?,
-        };
-        let mut containers = BTreeMap::new();
-        for container in pod.containers.values() {
-            if let Some(wanted) = &selector.container
-                && container.name.as_deref() != Some(wanted.as_str())
-            {
-                continue;
-            }
-            let _ = containers.insert(
-                Some(container.id.clone()),
-                container.pids.iter().copied().collect(),
-            );
-        }
-        if containers.is_empty()
-            && let Some(wanted) = &selector.container
-        {
-            return Err(AgentError::NotFound(format!(
-                "pod {} has no container {wanted}",
-                pod.display_name()
-            )));
-        }
-        Ok(Resolved {
-            pod: Some(pod.clone()),
-            containers,
-        })
-    }
-
-    fn report(&mut self, request: &ReportRequest) -> Result<PodReport, AgentError> {
-        let taken_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.tracer.poll();
-        let resolved = self.resolve(&request.selector)?;
-        let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
-        let pids: Vec<u32> = resolved
-            .containers
-            .values()
-            .flatten()
-            .copied()
-            .filter(|p| traced.contains(p))
-            .collect();
-        if pids.is_empty() {
-            return Err(AgentError::NotTraced(format!(
-                "{} is not traced; start it with StartTracing (tracerctl trace start)",
-                request.selector
-            )));
-        }
-        let options = ReportOptions {
-            min_age_ns: request.min_age_ns,
-        };
-        let processes = self.tracer.process_reports(&pids, &options)?;
-        let by_pid: HashMap<u32, ProcessReport> =
-            processes.into_iter().map(|p| (p.pid, p)).collect();
-
-        let mut containers = Vec::new();
-        for (container_id, container_pids) in &resolved.containers {
-            let container = resolved
-                .pod
-                .as_ref()
-                .zip(container_id.as_ref())
-                .and_then(|(pod, id)| pod.containers.get(id));
-            let mut stacks: Vec<StackReport> = Vec::new();
-            let mut included = Vec::new();
-            for pid in container_pids {
-                let Some(process) = by_pid.get(pid) else {
-                    continue;
-                };
-                included.push(*pid);
-                for stack in &process.stacks {
-                    let mut stack = stack.clone();
-                    stack.growth =
-                        stack_id_value(&stack.stack_id).map(|id| self.growth.growth(&(*pid, id)));
-                    stacks.push(stack);
-                }
-            }
-            if included.is_empty() {
-                continue;
-            }
-            let memory = container.and_then(node::Container::memory);
-            let leak_bytes_per_second = pod::leak_rate(&stacks);
-            containers.push(ContainerReport {
-                name: container.and_then(|c| c.name.clone()),
-                id: container_id.clone(),
-                outstanding_bytes: stacks.iter().map(|s| s.bytes).sum(),
-                outstanding_count: stacks.iter().map(|s| s.count).sum(),
-                leak_bytes_per_second,
-                time_to_limit_ns: pod::time_to_limit_ns(memory.as_ref(), leak_bytes_per_second),
-                memory,
-                stacks_total: stacks.len(),
-                stacks: pod::rank_stacks(stacks, request.sort_by, request.top),
-                pids: included,
-            });
-        }
-        let pod = resolved.pod.as_ref();
-        Ok(PodReport {
-            taken_at_unix_ms,
-            namespace: pod.and_then(|p| p.namespace.clone()),
-            pod_name: pod.and_then(|p| p.name.clone()),
-            pod_uid: pod.map(|p| p.uid.clone()),
-            containers,
-            sort_by: request.sort_by,
-            min_age_ns: request.min_age_ns,
-            stats: self.tracer.stats(),
-        })
     }
 
     fn start(&mut self, selector: &Selector) -> Result<Vec<TargetProcess>, AgentError> {
@@ -619,14 +578,4 @@ impl Agent {
                 .collect(),
         }
     }
-}
-
-/// What a selector resolved to: the pod (if any) and pids per container id.
-struct Resolved {
-    pod: Option<node::Pod>,
-    containers: BTreeMap<Option<String>, Vec<u32>>,
-}
-
-fn stack_id_value(hex: &str) -> Option<u64> {
-    u64::from_str_radix(hex, 16).ok()
 }

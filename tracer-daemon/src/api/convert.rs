@@ -8,12 +8,13 @@ use tracer_proto::v1 as pb;
 
 use crate::{
     agent::{
-        AgentError, ReportRequest,
+        AgentError, EvidenceQuery, ReportRequest,
         selector::{Selector, Target},
         targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess},
     },
     collect::stats::BpfStats,
     discover::memory::MemoryFigures,
+    evidence::model::{Evidence, Trigger},
     report::{
         MemoryKind, StackReport,
         growth::{Growth, GrowthClass},
@@ -43,7 +44,7 @@ impl From<AgentError> for Status {
             AgentError::NotFound(_) => Status::not_found(message),
             AgentError::NotTraced(_) => Status::failed_precondition(message),
             AgentError::Unavailable(_) | AgentError::Start(_) => Status::unavailable(message),
-            AgentError::Collect(_) => Status::internal(message),
+            AgentError::Collect(_) | AgentError::Store(_) => Status::internal(message),
         }
     }
 }
@@ -390,22 +391,7 @@ impl From<&PodReport> for pb::LeakReport {
                 name: r.pod_name.clone().unwrap_or_default(),
             }),
             pod_uid: r.pod_uid.clone().unwrap_or_default(),
-            containers: r
-                .containers
-                .iter()
-                .map(|c| pb::ContainerReport {
-                    name: c.name.clone().unwrap_or_default(),
-                    id: c.id.clone().unwrap_or_default(),
-                    memory: c.memory.as_ref().map(Into::into),
-                    outstanding_bytes: c.outstanding_bytes,
-                    outstanding_count: c.outstanding_count,
-                    leak_bytes_per_second: c.leak_bytes_per_second,
-                    time_to_limit: c.time_to_limit_ns.map(proto_duration_ns),
-                    stacks: c.stacks.iter().map(Into::into).collect(),
-                    stacks_total: u32::try_from(c.stacks_total).unwrap_or(u32::MAX),
-                    pids: c.pids.clone(),
-                })
-                .collect(),
+            containers: r.containers.iter().map(container_report).collect(),
             sort_by: match r.sort_by {
                 SortBy::Bytes => pb::SortBy::Bytes,
                 SortBy::Growth => pb::SortBy::Growth,
@@ -476,6 +462,147 @@ impl From<&pb::LeakReport> for PodReport {
             },
             min_age_ns: ns_of(r.min_age.as_ref()),
             stats,
+        }
+    }
+}
+
+/// Most evidence records listed at once.
+pub const MAX_EVIDENCE_LIST: u32 = 1000;
+
+fn unix_ms(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<u64>, Status> {
+    let Some(t) = t else { return Ok(None) };
+    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be a valid time after 1970"
+        )));
+    }
+    Ok(Some(
+        (t.seconds as u64).saturating_mul(1000) + t.nanos as u64 / 1_000_000,
+    ))
+}
+
+fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (unix_ms / 1000) as i64,
+        nanos: ((unix_ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// An evidence filter, validated.
+pub fn evidence_query(
+    filter: Option<pb::EvidenceFilter>,
+    oom_kills_only: bool,
+) -> Result<EvidenceQuery, Status> {
+    let filter = filter.unwrap_or_default();
+    let selector = match filter.selector {
+        None => None,
+        Some(s) => {
+            let selector = selector(Some(s))?;
+            if matches!(selector.target, Target::Pid(_)) {
+                return Err(Status::invalid_argument(
+                    "evidence is listed by pod (namespace/name or uid), not by pid",
+                ));
+            }
+            Some(selector)
+        }
+    };
+    if filter.limit > MAX_EVIDENCE_LIST {
+        return Err(Status::invalid_argument(format!(
+            "limit must be at most {MAX_EVIDENCE_LIST}"
+        )));
+    }
+    Ok(EvidenceQuery {
+        selector,
+        oom_kills_only,
+        since_unix_ms: unix_ms("since", filter.since)?,
+        until_unix_ms: unix_ms("until", filter.until)?,
+        limit: if filter.limit == 0 {
+            100
+        } else {
+            filter.limit as usize
+        },
+    })
+}
+
+fn pod_name(evidence: &Evidence) -> pb::PodName {
+    pb::PodName {
+        namespace: evidence.namespace.clone().unwrap_or_default(),
+        name: evidence.pod_name.clone().unwrap_or_default(),
+    }
+}
+
+/// The listing form of a record.
+pub fn evidence_summary(evidence: &Evidence) -> pb::EvidenceSummary {
+    pb::EvidenceSummary {
+        id: evidence.id,
+        kind: evidence.trigger.kind().to_owned(),
+        taken_at: Some(timestamp(evidence.taken_at_unix_ms)),
+        pod: Some(pod_name(evidence)),
+        pod_uid: evidence.pod_uid.clone().unwrap_or_default(),
+        container: evidence.container.clone().unwrap_or_default(),
+        summary: evidence.summary(),
+    }
+}
+
+/// The OOM kill of a record, if it is one.
+pub fn oom_event(evidence: &Evidence) -> Option<pb::OomEvent> {
+    let Trigger::OomKill { kill } = &evidence.trigger else {
+        return None;
+    };
+    let top_call_site = evidence
+        .report
+        .as_ref()
+        .and_then(|r| r.stacks.first())
+        .and_then(|s| s.frames.first())
+        .map(Frame::display_name)
+        .unwrap_or_default();
+    let mut event = pb::OomEvent {
+        evidence_id: evidence.id,
+        time: Some(timestamp(evidence.taken_at_unix_ms)),
+        pod: Some(pod_name(evidence)),
+        pod_uid: evidence.pod_uid.clone().unwrap_or_default(),
+        container: evidence.container.clone().unwrap_or_default(),
+        memory: evidence.memory.as_ref().map(Into::into),
+        source: "cgroup counter".into(),
+        top_call_site,
+        ..pb::OomEvent::default()
+    };
+    if let Some(kill) = kill {
+        event.victim_pid = kill.victim_pid.unwrap_or(0);
+        event.victim_comm = kill.victim_comm.clone();
+        event.trigger_pid = kill.trigger_pid;
+        event.trigger_comm = kill.trigger_comm.clone();
+        event.rss_anon_bytes = kill.rss_anon_bytes;
+        event.rss_file_bytes = kill.rss_file_bytes;
+        event.rss_shmem_bytes = kill.rss_shmem_bytes;
+        event.memcg_id = kill.victim_memcg_id;
+        event.source = "kernel hook".into();
+    }
+    Some(event)
+}
+
+fn container_report(c: &ContainerReport) -> pb::ContainerReport {
+    pb::ContainerReport {
+        name: c.name.clone().unwrap_or_default(),
+        id: c.id.clone().unwrap_or_default(),
+        memory: c.memory.as_ref().map(Into::into),
+        outstanding_bytes: c.outstanding_bytes,
+        outstanding_count: c.outstanding_count,
+        leak_bytes_per_second: c.leak_bytes_per_second,
+        time_to_limit: c.time_to_limit_ns.map(proto_duration_ns),
+        stacks: c.stacks.iter().map(Into::into).collect(),
+        stacks_total: u32::try_from(c.stacks_total).unwrap_or(u32::MAX),
+        pids: c.pids.clone(),
+    }
+}
+
+impl From<&Evidence> for pb::Evidence {
+    fn from(evidence: &Evidence) -> Self {
+        Self {
+            summary: Some(evidence_summary(evidence)),
+            memory: evidence.memory.as_ref().map(Into::into),
+            report: evidence.report.as_ref().map(container_report),
+            oom: oom_event(evidence),
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use tracer_proto::v1::{self as pb, leak_tracer_server::LeakTracer};
 
-use crate::agent::AgentHandle;
+use crate::agent::{AgentHandle, ProfileSource};
 
 /// Watch streams open at once, node-wide; more are refused with RESOURCE_EXHAUSTED.
 pub const MAX_WATCH_STREAMS: usize = 64;
@@ -128,5 +128,67 @@ impl LeakTracer for LeakTracerService {
         let selector = convert::selector(request.into_inner().selector)?;
         let pids = within_deadline(self.agent.stop(selector)).await?;
         Ok(Response::new(pb::StopTracingResponse { pids }))
+    }
+
+    async fn list_oom_events(
+        &self,
+        request: Request<pb::ListOomEventsRequest>,
+    ) -> Result<Response<pb::ListOomEventsResponse>, Status> {
+        let query = convert::evidence_query(request.into_inner().filter, true)?;
+        let evidence = within_deadline(self.agent.list_evidence(query)).await?;
+        Ok(Response::new(pb::ListOomEventsResponse {
+            events: evidence.iter().filter_map(convert::oom_event).collect(),
+        }))
+    }
+
+    async fn list_evidence(
+        &self,
+        request: Request<pb::ListEvidenceRequest>,
+    ) -> Result<Response<pb::ListEvidenceResponse>, Status> {
+        let query = convert::evidence_query(request.into_inner().filter, false)?;
+        let evidence = within_deadline(self.agent.list_evidence(query)).await?;
+        Ok(Response::new(pb::ListEvidenceResponse {
+            evidence: evidence.iter().map(convert::evidence_summary).collect(),
+        }))
+    }
+
+    async fn get_evidence(
+        &self,
+        request: Request<pb::GetEvidenceRequest>,
+    ) -> Result<Response<pb::Evidence>, Status> {
+        let id = request.into_inner().id;
+        if id == 0 {
+            return Err(Status::invalid_argument(
+                "evidence id 0 does not exist; ids start at 1",
+            ));
+        }
+        let evidence = within_deadline(self.agent.evidence(id)).await?;
+        Ok(Response::new((&evidence).into()))
+    }
+
+    async fn export_pprof(
+        &self,
+        request: Request<pb::ExportPprofRequest>,
+    ) -> Result<Response<pb::PprofProfile>, Status> {
+        let source = match request.into_inner().source {
+            Some(pb::export_pprof_request::Source::Selector(selector)) => {
+                ProfileSource::Live(convert::selector(Some(selector))?)
+            }
+            Some(pb::export_pprof_request::Source::EvidenceId(id)) if id > 0 => {
+                ProfileSource::Evidence(id)
+            }
+            Some(pb::export_pprof_request::Source::EvidenceId(_)) => {
+                return Err(Status::invalid_argument(
+                    "evidence id 0 does not exist; ids start at 1",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "name a selector or an evidence id",
+                ));
+            }
+        };
+        let gzipped_profile = within_deadline(self.agent.profile(source)).await?;
+        Ok(Response::new(pb::PprofProfile { gzipped_profile }))
     }
 }

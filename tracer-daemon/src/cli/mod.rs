@@ -24,5 +24,5 @@ pub enum Command {
     /// Trace running processes and print their leak report every interval.
     Trace(trace::TraceArgs),
     /// Run as the node agent: trace selected pods and serve the gRPC API.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }

@@ -8,11 +8,12 @@ use clap::Args;
 use tracing::info;
 
 use crate::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, DEFAULT_STATE_DIR},
     api::server::{self, DEFAULT_SOCKET, Listen},
     bpf::MapSizes,
     config,
     discover::node::NodePaths,
+    evidence::{store::Retention, watch::WatchConfig},
     report::growth::GrowthConfig,
 };
 
@@ -79,6 +80,34 @@ pub struct RunArgs {
     /// Distinct stacks across the node (~600 B each) [default: config file, else 32768].
     #[arg(long)]
     pub max_stacks: Option<u32>,
+
+    /// Where evidence is persisted (a hostPath in the DaemonSet).
+    #[arg(long, env = "TRACER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Evidence records kept (oldest dropped first).
+    #[arg(long, default_value_t = 1000)]
+    pub evidence_max_records: usize,
+
+    /// Evidence bytes kept (oldest dropped first), e.g. 268435456.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub evidence_max_bytes: u64,
+
+    /// Percentages of a container's memory limit that trigger a snapshot when crossed.
+    #[arg(long, value_delimiter = ',', default_value = "80,90,95", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub memory_thresholds: Vec<u32>,
+
+    /// Least time between two snapshots of the same kind for one container.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub evidence_cooldown: Duration,
+
+    /// How often traced containers' memory figures are checked.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub memory_watch_interval: Duration,
+
+    /// PSI trigger for cgroup v2 memory.pressure ("some|full STALL_US WINDOW_US"); "off" disables.
+    #[arg(long, default_value = "some 150000 1000000")]
+    pub pressure_trigger: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -145,6 +174,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         growth,
         discovery_interval: args.discovery_interval,
         sample_interval,
+        state_dir: args.state_dir.clone(),
+        retention: Retention {
+            max_records: args.evidence_max_records,
+            max_bytes: args.evidence_max_bytes,
+        },
+        watch: WatchConfig {
+            thresholds: args.memory_thresholds.clone(),
+            cooldown: args.evidence_cooldown,
+            pressure_trigger: Some(args.pressure_trigger.clone()).filter(|t| t != "off"),
+        },
+        watch_interval: args.memory_watch_interval,
         ..AgentConfig::default()
     };
     let (handle, _agent_thread) = agent::spawn(config)?;

@@ -202,6 +202,7 @@ pub fn format_text(report: &Report) -> String {
         let state = match process.state {
             ProcessState::Running => "",
             ProcessState::Ended => " [ended]",
+            ProcessState::OomKilled => " [OOM-killed]",
         };
         let _ = writeln!(
             text,

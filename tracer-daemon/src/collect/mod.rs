@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod mappings;
+pub mod oom;
 pub mod stats;
 
 use std::{
@@ -12,8 +13,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf};
 use tracer_common::{
-    AllocInfo, AllocKey, MmapEvent, MunmapEvent, StackKey, StackTotals, StackTrace, event_kind,
-    names,
+    AllocInfo, AllocKey, MmapEvent, MunmapEvent, OomKillEvent, StackKey, StackTotals, StackTrace,
+    event_kind, names,
 };
 
 use crate::bpf::Probes;
@@ -142,14 +143,19 @@ impl BpfMaps {
         Some(trace.ips[..len].to_vec())
     }
 
-    /// Applies every pending mmap/munmap record; returns how many were read.
-    pub fn drain_events(&mut self, tracker: &mut MappingTracker) -> usize {
-        let mut read = 0;
+    /// Applies every pending mmap/munmap record and returns the OOM kills seen.
+    pub fn drain_events(
+        &mut self,
+        tracker: &mut MappingTracker,
+        page_size: u64,
+    ) -> Vec<oom::OomKill> {
+        let mut kills = Vec::new();
         while let Some(item) = self.events.next() {
-            read += 1;
-            apply_event(&item, tracker);
+            if let Some(event) = apply_event(&item, tracker) {
+                kills.push(oom::OomKill::from_event(&event, page_size));
+            }
         }
-        read
+        kills
     }
 
     /// The loss and activity counters.
@@ -195,13 +201,11 @@ impl BpfMaps {
     }
 }
 
-fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) {
-    let Some(kind) = bytes
+/// Applies one ring-buffer record; an OOM kill is returned to the caller.
+fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<OomKillEvent> {
+    let kind = bytes
         .get(..4)
-        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-    else {
-        return;
-    };
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
     match kind {
         event_kind::MMAP if bytes.len() >= size_of::<MmapEvent>() => {
             // SAFETY: the record is at least as long as the type, which is plain data.
@@ -222,8 +226,13 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) {
             let event = unsafe { bytes.as_ptr().cast::<MunmapEvent>().read_unaligned() };
             tracker.unmapped(event.tgid, event.addr, event.len_bytes);
         }
+        event_kind::OOM_KILL if bytes.len() >= size_of::<OomKillEvent>() => {
+            // SAFETY: as above.
+            return Some(unsafe { bytes.as_ptr().cast::<OomKillEvent>().read_unaligned() });
+        }
         _ => {}
     }
+    None
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

@@ -47,6 +47,8 @@ pub struct Container {
     pub runtime: Runtime,
     /// The memory cgroup directory and its version, when found.
     pub memory_dir: Option<(PathBuf, CgroupVersion)>,
+    /// The container's cgroup v2 directory (PSI files live there), when found.
+    pub unified_dir: Option<PathBuf>,
     /// Processes in it.
     pub pids: BTreeSet<u32>,
 }
@@ -175,6 +177,11 @@ pub fn scan(paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
                     cgroups.unified.as_deref(),
                     cgroups.memory_v1.as_deref(),
                 ),
+                unified_dir: mounts
+                    .unified
+                    .as_deref()
+                    .zip(cgroups.unified.as_deref())
+                    .and_then(|(mount, path)| memory::join_cgroup_path(mount, path)),
                 pids: BTreeSet::new(),
             });
         let _ = container.pids.insert(pid);

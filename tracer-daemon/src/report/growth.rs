@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, hash::Hash};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const NANOS_PER_SECOND: f64 = 1e9;
 
@@ -44,7 +44,7 @@ impl Default for GrowthConfig {
 }
 
 /// How a stack's outstanding bytes evolve.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrowthClass {
     /// Too few samples, or they span less than half the window.
@@ -61,7 +61,7 @@ pub enum GrowthClass {
 }
 
 /// Growth of one stack over the window; the default is that of a key without samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Growth {
     /// Least-squares slope over the whole window, bytes per second; the rate to project a
     /// time-to-limit with (it smooths bursts better than the recent one).

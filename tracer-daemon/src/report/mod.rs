@@ -8,23 +8,32 @@ pub mod pod;
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{collect::stats::BpfStats, symbolize::Frame};
 use growth::Growth;
 
 /// Whether a traced process is still running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessState {
     /// Alive and traced.
     Running,
     /// Exited since the last report; this is its last report and its records are dropped.
     Ended,
+    /// Killed by the kernel's OOM killer (a kind of ended).
+    OomKilled,
+}
+
+impl ProcessState {
+    /// True once the process is gone, whatever ended it.
+    pub fn has_ended(self) -> bool {
+        self != Self::Running
+    }
 }
 
 /// Where a stack's memory came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryKind {
     /// malloc family.
@@ -34,7 +43,7 @@ pub enum MemoryKind {
 }
 
 /// One stack holding memory.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackReport {
     /// Stack id, hex (the smallest id when stacks at the same call site were merged).
     pub stack_id: String,
@@ -58,7 +67,7 @@ pub struct StackReport {
 }
 
 /// One traced process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessReport {
     /// Process id.
     pub pid: u32,

@@ -2,7 +2,7 @@
 //! by bytes or growth, with the container's memory figures and the projected time until its
 //! limit at the current leak rate.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     collect::stats::BpfStats,
@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Stack order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SortBy {
     /// Most outstanding bytes first.
@@ -22,7 +22,7 @@ pub enum SortBy {
 }
 
 /// One container's part of a pod report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerReport {
     /// Container name, when the kubelet's records give it.
     pub name: Option<String>,

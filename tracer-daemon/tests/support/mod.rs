@@ -18,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub(crate) mod agent;
 pub(crate) mod node;
 
 /// How long any single wait may take before the test fails with a message.
@@ -153,6 +154,34 @@ impl Workload {
         now_ms()
     }
 
+    /// The last "allocated N" line before the workload died (it is read to the end).
+    pub(crate) fn last_allocated_before_death(&mut self) -> u64 {
+        let mut last = 0;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    if let Some(n) = line.strip_prefix("allocated ") {
+                        last = n.trim().parse().expect("allocated N");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return last,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("workload {} is still alive", self.pid)
+                }
+            }
+        }
+    }
+
+    /// Waits for the workload to die; returns its signal.
+    pub(crate) fn wait_killed(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt as _;
+        self.child.wait().ok().and_then(|s| s.signal())
+    }
+
     /// Lets the workload exit and reaps it.
     pub(crate) fn finish(mut self) {
         self.send("exit");
@@ -224,7 +253,7 @@ impl Trace {
             stderr,
         };
         let deadline = Instant::now() + TIMEOUT;
-        while !trace.stderr().contains("attached") {
+        while !trace.stderr().contains("attached; first report") {
             if let Ok(Some(status)) = trace.child.try_wait() {
                 panic!(
                     "tracer-daemon exited with {status}; stderr:\n{}",

@@ -15,6 +15,9 @@ int main(void) {
     if (pipe(to_child) || pipe(from_child)) return 1;
     pid_t child = fork();
     if (child == 0) {
+        /* Only the parent writes to_child: if it dies, the read below returns 0 and we leave. */
+        close(to_child[1]);
+        close(from_child[0]);
         if (read(to_child[0], &byte, 1) != 1) _exit(1); /* go */
         leak_same_address(10);
         if (write(from_child[1], "d", 1) != 1) _exit(1);

@@ -5,8 +5,12 @@ use std::fmt::Write as _;
 use tracer_daemon::{
     agent::targets::{NodeTargets, TargetProcess},
     discover::memory::MemoryFigures,
-    report::{growth::GrowthClass, pod::PodReport},
+    report::{
+        growth::GrowthClass,
+        pod::{ContainerReport, PodReport},
+    },
 };
+use tracer_proto::v1 as pb;
 
 /// `1.5 MiB`.
 pub(crate) fn human_bytes(bytes: u64) -> String {
@@ -210,4 +214,210 @@ pub(crate) fn stopped(pids: &Vec<u32>) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     )
+}
+
+fn time_of(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(when).to_string()
+}
+
+fn pod_of(pod: Option<&pb::PodName>, uid: &str) -> String {
+    match pod {
+        Some(p) if !p.namespace.is_empty() => format!("{}/{}", p.namespace, p.name),
+        _ if !uid.is_empty() => format!("uid:{uid}"),
+        _ => "-".into(),
+    }
+}
+
+/// An OOM event, for JSON and tables.
+#[derive(serde::Serialize)]
+pub(crate) struct OomEventView {
+    evidence_id: u64,
+    time: String,
+    pod: String,
+    pod_uid: String,
+    container: String,
+    victim_pid: u32,
+    victim_comm: String,
+    trigger_pid: u32,
+    trigger_comm: String,
+    rss_anon_bytes: u64,
+    rss_file_bytes: u64,
+    rss_shmem_bytes: u64,
+    memory: Option<MemoryFigures>,
+    source: String,
+    top_call_site: String,
+}
+
+impl From<&pb::OomEvent> for OomEventView {
+    fn from(e: &pb::OomEvent) -> Self {
+        Self {
+            evidence_id: e.evidence_id,
+            time: time_of(e.time.as_ref()),
+            pod: pod_of(e.pod.as_ref(), &e.pod_uid),
+            pod_uid: e.pod_uid.clone(),
+            container: e.container.clone(),
+            victim_pid: e.victim_pid,
+            victim_comm: e.victim_comm.clone(),
+            trigger_pid: e.trigger_pid,
+            trigger_comm: e.trigger_comm.clone(),
+            rss_anon_bytes: e.rss_anon_bytes,
+            rss_file_bytes: e.rss_file_bytes,
+            rss_shmem_bytes: e.rss_shmem_bytes,
+            memory: e.memory.as_ref().map(Into::into),
+            source: e.source.clone(),
+            top_call_site: e.top_call_site.clone(),
+        }
+    }
+}
+
+pub(crate) fn oom_events(events: &Vec<OomEventView>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:<20} {:<32} {:<12} {:<22} {:<10} TOP CALL SITE",
+        "EVIDENCE", "TIME", "POD", "CONTAINER", "VICTIM", "ANON RSS"
+    );
+    for e in events {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<20} {:<32} {:<12} {:<22} {:<10} {}",
+            e.evidence_id,
+            e.time,
+            e.pod,
+            e.container,
+            if e.victim_pid == 0 {
+                "? (counter)".to_owned()
+            } else {
+                format!("{} ({})", e.victim_pid, e.victim_comm)
+            },
+            human_bytes(e.rss_anon_bytes),
+            e.top_call_site
+        );
+    }
+    if events.is_empty() {
+        out.push_str("no OOM kills recorded\n");
+    }
+    out
+}
+
+/// An evidence listing row.
+#[derive(serde::Serialize)]
+pub(crate) struct SummaryView {
+    id: u64,
+    kind: String,
+    taken_at: String,
+    pod: String,
+    pod_uid: String,
+    container: String,
+    summary: String,
+}
+
+impl From<&pb::EvidenceSummary> for SummaryView {
+    fn from(s: &pb::EvidenceSummary) -> Self {
+        Self {
+            id: s.id,
+            kind: s.kind.clone(),
+            taken_at: time_of(s.taken_at.as_ref()),
+            pod: pod_of(s.pod.as_ref(), &s.pod_uid),
+            pod_uid: s.pod_uid.clone(),
+            container: s.container.clone(),
+            summary: s.summary.clone(),
+        }
+    }
+}
+
+pub(crate) fn evidence_list(list: &Vec<SummaryView>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<10} {:<20} {:<32} {:<12} SUMMARY",
+        "ID", "KIND", "TAKEN", "POD", "CONTAINER"
+    );
+    for s in list {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<10} {:<20} {:<32} {:<12} {}",
+            s.id, s.kind, s.taken_at, s.pod, s.container, s.summary
+        );
+    }
+    out
+}
+
+/// One evidence record.
+#[derive(serde::Serialize)]
+pub(crate) struct EvidenceView {
+    #[serde(flatten)]
+    summary: SummaryView,
+    memory: Option<MemoryFigures>,
+    oom: Option<OomEventView>,
+    report: Option<ContainerReport>,
+}
+
+impl From<&pb::Evidence> for EvidenceView {
+    fn from(e: &pb::Evidence) -> Self {
+        let summary = e
+            .summary
+            .as_ref()
+            .map(SummaryView::from)
+            .unwrap_or_else(|| SummaryView::from(&pb::EvidenceSummary::default()));
+        let report = e.report.as_ref().map(|r| {
+            let wrapper = pb::LeakReport {
+                containers: vec![r.clone()],
+                ..pb::LeakReport::default()
+            };
+            PodReport::from(&wrapper).containers.remove(0)
+        });
+        Self {
+            summary,
+            memory: e.memory.as_ref().map(Into::into),
+            oom: e.oom.as_ref().map(OomEventView::from),
+            report,
+        }
+    }
+}
+
+pub(crate) fn evidence(e: &EvidenceView) -> String {
+    let mut out = String::new();
+    let s = &e.summary;
+    let _ = writeln!(
+        out,
+        "evidence {} [{}] taken {}: pod {} container {}",
+        s.id, s.kind, s.taken_at, s.pod, s.container
+    );
+    let _ = writeln!(out, "  {}", s.summary);
+    let _ = writeln!(out, "  memory: {}", memory(e.memory.as_ref()));
+    if let Some(oom) = &e.oom {
+        let _ = writeln!(
+            out,
+            "  OOM kill ({}): victim {} ({}), triggered by {} ({}); victim rss anon {} file {} shmem {}",
+            oom.source,
+            oom.victim_pid,
+            oom.victim_comm,
+            oom.trigger_pid,
+            oom.trigger_comm,
+            human_bytes(oom.rss_anon_bytes),
+            human_bytes(oom.rss_file_bytes),
+            human_bytes(oom.rss_shmem_bytes)
+        );
+    }
+    if let Some(report) = &e.report {
+        let pod = PodReport {
+            taken_at_unix_ms: 0,
+            namespace: None,
+            pod_name: None,
+            pod_uid: None,
+            containers: vec![report.clone()],
+            sort_by: tracer_daemon::report::pod::SortBy::Bytes,
+            min_age_ns: 0,
+            stats: tracer_daemon::collect::stats::BpfStats::default(),
+        };
+        let text = self::report(&pod);
+        out.push_str(text.split_once('\n').map_or("", |(_, rest)| rest));
+    } else {
+        out.push_str("  no stacks (nothing in the container was traced)\n");
+    }
+    out
 }

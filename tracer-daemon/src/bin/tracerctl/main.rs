@@ -64,6 +64,45 @@ enum Command {
         #[command(subcommand)]
         action: TraceAction,
     },
+    /// OOM kills recorded on the node (survive daemon restarts), newest first.
+    OomEvents {
+        /// Only this pod.
+        #[arg(value_name = "NAMESPACE/POD")]
+        pod: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One evidence record with its stacks; without an id, list the records.
+    Evidence {
+        /// Record id.
+        id: Option<u64>,
+        /// When listing: only this pod.
+        #[arg(long, value_name = "NAMESPACE/POD")]
+        pod: Option<String>,
+        /// When listing: at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Write a gzipped pprof profile (for `go tool pprof`) of a pod or a stored evidence.
+    Pprof {
+        /// A live pod.
+        #[arg(
+            value_name = "NAMESPACE/POD",
+            required_unless_present = "evidence",
+            conflicts_with = "evidence"
+        )]
+        pod: Option<String>,
+        /// Only this container of the pod.
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// A stored evidence record instead.
+        #[arg(long, value_name = "ID")]
+        evidence: Option<u64>,
+        /// Write here instead of standard output.
+        #[arg(long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +225,89 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             print(cli.output, &processes, format::processes)?;
         }
+        Command::OomEvents { pod, limit } => {
+            let filter = evidence_filter(pod.as_deref(), limit)?;
+            let response = client
+                .list_oom_events(pb::ListOomEventsRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .map_err(status)?;
+            let events: Vec<format::OomEventView> = response
+                .get_ref()
+                .events
+                .iter()
+                .map(format::OomEventView::from)
+                .collect();
+            print(cli.output, &events, format::oom_events)?;
+        }
+        Command::Evidence { id: Some(id), .. } => {
+            let response = client
+                .get_evidence(pb::GetEvidenceRequest { id })
+                .await
+                .map_err(status)?;
+            let view = format::EvidenceView::from(response.get_ref());
+            print(cli.output, &view, format::evidence)?;
+        }
+        Command::Evidence {
+            id: None,
+            pod,
+            limit,
+        } => {
+            let filter = evidence_filter(pod.as_deref(), limit)?;
+            let response = client
+                .list_evidence(pb::ListEvidenceRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .map_err(status)?;
+            let list: Vec<format::SummaryView> = response
+                .get_ref()
+                .evidence
+                .iter()
+                .map(format::SummaryView::from)
+                .collect();
+            print(cli.output, &list, format::evidence_list)?;
+        }
+        Command::Pprof {
+            pod,
+            container,
+            evidence,
+            out,
+        } => {
+            let source = match (pod, evidence) {
+                (_, Some(id)) => pb::export_pprof_request::Source::EvidenceId(id),
+                (Some(pod), None) => {
+                    pb::export_pprof_request::Source::Selector(selector(&TargetArgs {
+                        pod: Some(pod),
+                        container,
+                        pid: None,
+                    })?)
+                }
+                (None, None) => anyhow::bail!("name a pod (NAMESPACE/POD) or --evidence ID"),
+            };
+            let response = client
+                .export_pprof(pb::ExportPprofRequest {
+                    source: Some(source),
+                })
+                .await
+                .map_err(status)?;
+            let bytes = &response.get_ref().gzipped_profile;
+            match out {
+                Some(path) => std::fs::write(&path, bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => {
+                    use std::io::{IsTerminal as _, Write as _};
+                    let mut stdout = std::io::stdout().lock();
+                    if stdout.is_terminal() {
+                        anyhow::bail!(
+                            "the profile is binary: redirect it (> profile.pb.gz) or use --out FILE"
+                        );
+                    }
+                    stdout.write_all(bytes)?;
+                }
+            }
+        }
         Command::Trace {
             action: TraceAction::Stop(target),
         } => {
@@ -237,6 +359,23 @@ fn selector(target: &TargetArgs) -> anyhow::Result<pb::Selector> {
     Ok(pb::Selector {
         target: Some(proto_target),
         container: domain.container.unwrap_or_default(),
+    })
+}
+
+fn evidence_filter(pod: Option<&str>, limit: u32) -> anyhow::Result<pb::EvidenceFilter> {
+    let selector = match pod {
+        Some(pod) => Some(selector(&TargetArgs {
+            pod: Some(pod.to_owned()),
+            container: None,
+            pid: None,
+        })?),
+        None => None,
+    };
+    Ok(pb::EvidenceFilter {
+        selector,
+        since: None,
+        until: None,
+        limit,
     })
 }
 

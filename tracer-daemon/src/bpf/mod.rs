@@ -4,13 +4,19 @@
 //! without it; [`Probes::load`] checks privileges and features first so a missing one is a
 //! clear error, not an EPERM from deep inside a syscall.
 
+pub mod kernel_layout;
+
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader, programs::UProbe};
-use tracer_common::names;
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, UProbe},
+};
+use tracer_common::{KernelLayout, names};
+use tracing::{info, warn};
 
 /// The object built from `tracer-ebpf` by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -30,6 +36,8 @@ pub struct KernelFeature {
     pub needed_by: &'static str,
     /// What the daemon does without it.
     pub without: &'static str,
+    /// Whether the daemon refuses to start without it.
+    pub required: bool,
 }
 
 /// What each part of the tracer needs from the kernel.
@@ -39,14 +47,35 @@ pub const KERNEL_FEATURES: &[KernelFeature] = &[
         sysfs_path: "bus/event_source/devices/uprobe/type",
         needed_by: "every allocator probe (uprobe/uretprobe on malloc, free, mmap, ...)",
         without: "refuses to start: nothing could be traced (needs CONFIG_UPROBE_EVENTS)",
+        required: true,
     },
     KernelFeature {
         name: "BTF",
         sysfs_path: "kernel/btf/vmlinux",
-        needed_by: "CO-RE relocations and the OOM-kill hook (tp_btf/mark_victim)",
+        needed_by: "the OOM-kill hook (tp_btf/mark_victim) and the kernel structure offsets it reads",
         without: "refuses to start (needs CONFIG_DEBUG_INFO_BTF)",
+        required: true,
+    },
+    KernelFeature {
+        name: "tp_btf/mark_victim",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "the OOM-kill hook: the victim's pid, rss and cgroups at the moment of the kill",
+        without: "runs without it (checked by attaching): OOM kills are still noticed from each \
+                  container's memory.events / memory.oom_control counter, without the victim's \
+                  pid or rss; fentry on oom_kill_process and kprobes are not used (EPERM and \
+                  absent on the kernels this was built on)",
+        required: false,
     },
 ];
+
+/// Whether the OOM-kill hook is attached, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OomHook {
+    /// tp_btf/mark_victim is attached.
+    Attached,
+    /// Not attached: OOM kills are only seen through cgroup counters.
+    Unavailable(String),
+}
 
 /// Map sizes, set at load (all preallocated).
 #[derive(Clone, Copy, Debug)]
@@ -150,6 +179,8 @@ pub const UPROBE_PROGRAMS: &[&str] = &[
 /// The loaded object. Maps are taken out of it by `collect`; programs stay here.
 pub struct Probes {
     pub(crate) ebpf: Ebpf,
+    /// Whether OOM kills are seen at the kernel hook.
+    pub oom_hook: OomHook,
     /// Forwards the programs' rare log lines (aya-log) to this process's log.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -164,10 +195,16 @@ impl Probes {
         }
         let daemon_tgid = std::process::id();
         let page_size = page_size();
+        let btf_path = sysfs_root().join("kernel/btf/vmlinux");
+        let layout = kernel_layout::resolve(&btf_path).unwrap_or_else(|error| {
+            warn!(%error, "kernel layout unknown: OOM kills will name no victim");
+            KernelLayout::default()
+        });
         let mut loader = EbpfLoader::new();
         let _ = loader
             .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
             .override_global(names::GLOBAL_PAGE_SIZE, &page_size, true)
+            .override_global(names::GLOBAL_KERNEL_LAYOUT, &layout, true)
             .map_max_entries(names::ALLOCS, sizes.allocations)
             .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
@@ -200,7 +237,21 @@ impl Probes {
                 None
             }
         };
-        Ok(Self { ebpf, logger })
+        let oom_hook = match attach_oom_hook(&mut ebpf) {
+            Ok(()) => {
+                info!("OOM-kill hook attached (tp_btf/mark_victim)");
+                OomHook::Attached
+            }
+            Err(reason) => {
+                warn!(%reason, "OOM-kill hook unavailable; OOM kills are seen from cgroup counters only");
+                OomHook::Unavailable(reason)
+            }
+        };
+        Ok(Self {
+            ebpf,
+            oom_hook,
+            logger,
+        })
     }
 
     /// Moves any pending BPF log lines to the log.
@@ -216,7 +267,27 @@ impl Probes {
     }
 }
 
-fn page_size() -> u64 {
+/// The program on the kernel's OOM path (see [`KERNEL_FEATURES`] for the fallback).
+const OOM_PROGRAM: &str = "oom_mark_victim";
+
+fn attach_oom_hook(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(OOM_PROGRAM)
+        .ok_or("the object has no OOM program")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    program
+        .load("mark_victim", &btf)
+        .map_err(|e| format!("cannot load tp_btf/mark_victim: {e}"))?;
+    let _link = program
+        .attach()
+        .map_err(|e| format!("cannot attach tp_btf/mark_victim: {e}"))?;
+    Ok(())
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
@@ -229,7 +300,7 @@ fn sysfs_root() -> PathBuf {
 /// Fails with the first feature the kernel lacks.
 pub fn check_kernel_features() -> Result<(), LoadError> {
     let root = sysfs_root();
-    for feature in KERNEL_FEATURES {
+    for feature in KERNEL_FEATURES.iter().filter(|f| f.required) {
         let path = root.join(feature.sysfs_path);
         if !path.exists() {
             return Err(LoadError::MissingKernelFeature { feature, path });

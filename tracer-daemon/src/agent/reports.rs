@@ -1,0 +1,191 @@
+//! Answering report requests: resolving a selector to pods, containers and pids, and building
+//! per-container reports from the tracer's per-process reports and the growth windows.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::{
+    Agent, AgentError, ReportRequest,
+    selector::{Selector, Target},
+};
+use crate::{
+    discover::node,
+    report::{
+        ProcessReport, StackReport,
+        pod::{self, ContainerReport, PodReport, SortBy},
+    },
+    tracer::ReportOptions,
+};
+
+/// What a selector resolved to: the pod (if any) and pids per container id.
+pub(super) struct Resolved {
+    pub(super) pod: Option<node::Pod>,
+    pub(super) containers: BTreeMap<Option<String>, Vec<u32>>,
+}
+
+pub(super) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(super) fn stack_id_value(hex: &str) -> Option<u64> {
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl Agent {
+    /// The pids a selector names (traced or not) with their container id, or why none.
+    pub(super) fn resolve(&self, selector: &Selector) -> Result<Resolved, AgentError> {
+        let pod = match &selector.target {
+            Target::Pid(pid) => {
+                let container = self.view.processes.get(pid).map(|p| p.container_id.clone());
+                let known = container.is_some() || self.tracer.state(*pid).is_some();
+                if !known && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(AgentError::NotFound(format!(
+                        "no process with pid {pid} on this node"
+                    )));
+                }
+                let pod = self
+                    .view
+                    .processes
+                    .get(pid)
+                    .and_then(|p| self.view.pods.get(&p.pod_uid));
+                let mut containers = BTreeMap::new();
+                let _ = containers.insert(container, vec![*pid]);
+                return Ok(Resolved {
+                    pod: pod.cloned(),
+                    containers,
+                });
+            }
+            Target::Pod { namespace, name } => {
+                self.view.pod_by_name(namespace, name).ok_or_else(|| {
+                    AgentError::NotFound(format!("no pod {namespace}/{name} on this node"))
+                })?
+            }
+            Target::PodUid(uid) => self.view.pods.get(uid).ok_or_else(|| {
+                AgentError::NotFound(format!("no pod with uid {uid} on this node"))
+            })?,
+        };
+        let mut containers = BTreeMap::new();
+        for container in pod.containers.values() {
+            if let Some(wanted) = &selector.container
+                && container.name.as_deref() != Some(wanted.as_str())
+            {
+                continue;
+            }
+            let _ = containers.insert(
+                Some(container.id.clone()),
+                container.pids.iter().copied().collect(),
+            );
+        }
+        if containers.is_empty()
+            && let Some(wanted) = &selector.container
+        {
+            return Err(AgentError::NotFound(format!(
+                "pod {} has no container {wanted}",
+                pod.display_name()
+            )));
+        }
+        Ok(Resolved {
+            pod: Some(pod.clone()),
+            containers,
+        })
+    }
+
+    /// Per-container reports of what a selector resolved to (containers with nothing traced are
+    /// left out).
+    pub(super) fn container_reports(
+        &mut self,
+        resolved: &Resolved,
+        min_age_ns: u64,
+        sort_by: SortBy,
+        top: usize,
+    ) -> Result<Vec<ContainerReport>, AgentError> {
+        let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
+        let pids: Vec<u32> = resolved
+            .containers
+            .values()
+            .flatten()
+            .copied()
+            .filter(|p| traced.contains(p))
+            .collect();
+        let processes = self
+            .tracer
+            .process_reports(&pids, &ReportOptions { min_age_ns })?;
+        let by_pid: HashMap<u32, ProcessReport> =
+            processes.into_iter().map(|p| (p.pid, p)).collect();
+        let mut containers = Vec::new();
+        for (container_id, container_pids) in &resolved.containers {
+            let container = resolved
+                .pod
+                .as_ref()
+                .zip(container_id.as_ref())
+                .and_then(|(pod, id)| pod.containers.get(id));
+            let mut stacks: Vec<StackReport> = Vec::new();
+            let mut included = Vec::new();
+            for pid in container_pids {
+                let Some(process) = by_pid.get(pid) else {
+                    continue;
+                };
+                included.push(*pid);
+                for stack in &process.stacks {
+                    let mut stack = stack.clone();
+                    stack.growth =
+                        stack_id_value(&stack.stack_id).map(|id| self.growth.growth(&(*pid, id)));
+                    stacks.push(stack);
+                }
+            }
+            if included.is_empty() {
+                continue;
+            }
+            let memory = container.and_then(node::Container::memory);
+            let leak_bytes_per_second = pod::leak_rate(&stacks);
+            containers.push(ContainerReport {
+                name: container.and_then(|c| c.name.clone()),
+                id: container_id.clone(),
+                outstanding_bytes: stacks.iter().map(|s| s.bytes).sum(),
+                outstanding_count: stacks.iter().map(|s| s.count).sum(),
+                leak_bytes_per_second,
+                time_to_limit_ns: pod::time_to_limit_ns(memory.as_ref(), leak_bytes_per_second),
+                memory,
+                stacks_total: stacks.len(),
+                stacks: pod::rank_stacks(stacks, sort_by, top),
+                pids: included,
+            });
+        }
+        Ok(containers)
+    }
+
+    pub(super) fn report(&mut self, request: &ReportRequest) -> Result<PodReport, AgentError> {
+        let taken_at_unix_ms = now_unix_ms();
+        self.tracer.poll();
+        let resolved = self.resolve(&request.selector)?;
+        let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
+        if !resolved
+            .containers
+            .values()
+            .flatten()
+            .any(|p| traced.contains(p))
+        {
+            return Err(AgentError::NotTraced(format!(
+                "{} is not traced; start it with StartTracing (tracerctl trace start)",
+                request.selector
+            )));
+        }
+        let containers =
+            self.container_reports(&resolved, request.min_age_ns, request.sort_by, request.top)?;
+        let pod = resolved.pod.as_ref();
+        Ok(PodReport {
+            taken_at_unix_ms,
+            namespace: pod.and_then(|p| p.namespace.clone()),
+            pod_name: pod.and_then(|p| p.name.clone()),
+            pod_uid: pod.map(|p| p.uid.clone()),
+            containers,
+            sort_by: request.sort_by,
+            min_age_ns: request.min_age_ns,
+            stats: self.tracer.stats(),
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! Tests of the memory module.
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::CgroupVersion::{V1, V2};
+use super::*;
+
+const V2_FILES: [&str; 3] = ["memory.current", "memory.max", "memory.events"];
+const V1_FILES: [&str; 4] = [
+    "memory.usage_in_bytes",
+    "memory.limit_in_bytes",
+    "memory.failcnt",
+    "memory.oom_control",
+];
+
+fn fixture(file: &str) -> &'static str {
+    match file {
+        "memory.current" => include_str!("../fixtures/memory_v2/memory.current"),
+        "memory.max" => include_str!("../fixtures/memory_v2/memory.max"),
+        "memory.events" => include_str!("../fixtures/memory_v2/memory.events"),
+        "memory.usage_in_bytes" => include_str!("../fixtures/memory_v1/memory.usage_in_bytes"),
+        "memory.limit_in_bytes" => include_str!("../fixtures/memory_v1/memory.limit_in_bytes"),
+        "memory.failcnt" => include_str!("../fixtures/memory_v1/memory.failcnt"),
+        "memory.oom_control" => include_str!("../fixtures/memory_v1/memory.oom_control"),
+        _ => include_str!("../fixtures/memory_v1/memory.oom_control.before_4_13"),
+    }
+}
+
+/// A cgroup-like temp directory, removed on drop.
+struct CgroupDir(PathBuf);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A temp dir with the version's fixture files, but for `skip`, and with `replace.1` as the
+/// content of file `replace.0`.
+fn cgroup_dir(version: CgroupVersion, skip: &str, replace: (&str, &str)) -> CgroupDir {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let unique = format!(
+        "tracer-memory-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = CgroupDir(std::env::temp_dir().join(unique));
+    fs::create_dir_all(&dir.0).expect("create the temp cgroup dir");
+    let files = if version == V2 {
+        &V2_FILES[..]
+    } else {
+        &V1_FILES[..]
+    };
+    for &name in files.iter().filter(|name| **name != skip) {
+        let content = if name == replace.0 {
+            replace.1
+        } else {
+            fixture(name)
+        };
+        fs::write(dir.0.join(name), content).unwrap_or_else(|error| panic!("{name}: {error}"));
+    }
+    dir
+}
+
+fn read_fixture(
+    version: CgroupVersion,
+    replace: (&str, &str),
+) -> Result<MemoryFigures, MemoryError> {
+    read_memory(&cgroup_dir(version, "", replace).0, version)
+}
+
+#[test]
+fn v2_cgroup_gives_usage_limit_and_event_counters() {
+    let figures = read_fixture(V2, ("", "")).expect("v2 fixture reads");
+    let expected = MemoryFigures {
+        usage_bytes: 188_416_000,
+        limit_bytes: None,
+        limit_hits: 12,
+        oom_kills: 1,
+        high_events: 3,
+        under_oom: false,
+    };
+    assert_eq!(
+        figures, expected,
+        "\"max\" is unlimited; hits and kills come from memory.events"
+    );
+    let limited = read_fixture(V2, ("memory.max", "268435456\n")).expect("v2 fixture reads");
+    assert_eq!(limited.limit_bytes, Some(268_435_456));
+}
+
+#[test]
+fn v1_cgroup_gives_usage_failcnt_and_oom_kills_with_huge_limit_as_unlimited() {
+    let figures = read_fixture(V1, ("", "")).expect("v1 fixture reads");
+    let expected = MemoryFigures {
+        usage_bytes: 22_056_960,
+        limit_bytes: None,
+        limit_hits: 17,
+        oom_kills: 2,
+        high_events: 0,
+        under_oom: false,
+    };
+    assert_eq!(figures, expected, "9223372036854771712 is v1's unlimited");
+    let old_kernel = (
+        "memory.oom_control",
+        fixture("memory.oom_control.before_4_13"),
+    );
+    let figures = read_fixture(V1, old_kernel).expect("v1 fixture reads");
+    assert_eq!(
+        (figures.oom_kills, figures.under_oom),
+        (0, true),
+        "no oom_kill line, 0 kills"
+    );
+}
+
+#[test]
+fn missing_files_are_read_errors_naming_the_path() {
+    for (version, file) in [(V1, "memory.oom_control"), (V2, "memory.max")] {
+        let dir = cgroup_dir(version, file, ("", ""));
+        let error = read_memory(&dir.0, version).expect_err("a file is missing");
+        let MemoryError::Read { path, .. } = &error else {
+            panic!("expected a read error for {file}, got {error:?}");
+        };
+        assert_eq!(path, &dir.0.join(file), "{error}");
+    }
+}
+
+#[test]
+fn truncated_or_garbage_files_are_errors_naming_the_file() {
+    let error = read_fixture(V2, ("memory.max", "abc\n")).expect_err("garbage limit");
+    assert_eq!(
+        error.to_string(),
+        "memory.max: expected a number or \"max\", got \"abc\""
+    );
+    for (file, content) in [
+        ("memory.max", ""),
+        ("memory.current", "1884\u{0}"),
+        ("memory.events", "low 0\nhigh 3\nma"),
+        ("memory.usage_in_bytes", "-5\n"),
+        ("memory.limit_in_bytes", "9223372036854775808000\n"),
+        ("memory.failcnt", "\n"),
+        ("memory.oom_control", "oom_kill_disable 0\n"),
+    ] {
+        let version = if V1_FILES.contains(&file) { V1 } else { V2 };
+        let result = read_fixture(version, (file, content));
+        let names_file =
+            matches!(&result, Err(MemoryError::Invalid { file: named, .. }) if *named == file);
+        assert!(names_file, "{file} {content:?}: {result:?}");
+    }
+    let unterminated = read_fixture(V2, ("memory.current", "18841")).expect("no newline is fine");
+    assert_eq!(unterminated.usage_bytes, 18841);
+}
+
+#[test]
+fn memory_events_ignore_unknown_keys_and_default_missing_ones_to_zero() {
+    let all = parse_memory_events(fixture("memory.events")).expect("fixture parses");
+    let expected = MemoryEvents {
+        low: 0,
+        high: 3,
+        max: 12,
+        oom: 2,
+        oom_kill: 1,
+        oom_group_kill: 0,
+    };
+    assert_eq!(all, expected);
+    let partial = parse_memory_events("max 5\nfuture_counter 9\noom_kill 4\n").expect("parses");
+    assert_eq!((partial.max, partial.oom_kill, partial.low), (5, 4, 0));
+    assert_eq!(
+        parse_memory_events("").expect("empty parses"),
+        MemoryEvents::default()
+    );
+    for garbage in [
+        "max five\n",
+        "max 1 2\n",
+        "max -1\n",
+        "oom_kill\n",
+        "\u{0}\u{1}",
+    ] {
+        let result = parse_memory_events(garbage);
+        assert!(
+            matches!(result, Err(MemoryError::Invalid { .. })),
+            "{garbage:?}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn oom_control_reads_flags_and_kills_with_or_without_the_oom_kill_line() {
+    let current = parse_oom_control(fixture("memory.oom_control")).expect("fixture parses");
+    assert_eq!(
+        (
+            current.oom_kill_disable,
+            current.under_oom,
+            current.oom_kill
+        ),
+        (false, false, 2)
+    );
+    let old = parse_oom_control(fixture("memory.oom_control.before_4_13")).expect("parses");
+    assert_eq!(
+        (old.oom_kill_disable, old.under_oom, old.oom_kill),
+        (true, true, 0)
+    );
+    for garbage in [
+        "",
+        "under_oom 0\n",
+        "oom_kill_disable 2\nunder_oom 0\n",
+        "under_oom x\n",
+    ] {
+        let result = parse_oom_control(garbage);
+        assert!(
+            matches!(result, Err(MemoryError::Invalid { .. })),
+            "{garbage:?}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn limits_are_bytes_or_none_for_max_and_v1_huge_values() {
+    for (content, expected) in [
+        ("max\n", None),
+        ("67108864\n", Some(67_108_864)),
+        ("0\n", Some(0)),
+        ("9223372036854771712\n", None),
+        ("9223372036854710272\n", None),
+        ("4611686018427387903\n", Some(4_611_686_018_427_387_903)),
+    ] {
+        assert_eq!(
+            parse_limit(content).expect("a limit parses"),
+            expected,
+            "limit {content:?}"
+        );
+    }
+    for garbage in ["abc\n", "", "-1\n", "max max\n", "18446744073709551616\n"] {
+        assert!(parse_limit(garbage).is_err(), "{garbage:?} must not parse");
+    }
+}
+
+#[test]
+fn mountinfo_gives_unified_and_v1_memory_mounts_of_v2_hybrid_and_v1_hosts() {
+    let unified = "/sys/fs/cgroup/unified";
+    let memory = "/sys/fs/cgroup/memory";
+    for (content, expected) in [
+        (
+            include_str!("../fixtures/mountinfo_v2.txt"),
+            (Some("/sys/fs/cgroup"), None),
+        ),
+        (
+            include_str!("../fixtures/mountinfo_hybrid.txt"),
+            (Some(unified), Some(memory)),
+        ),
+        (
+            include_str!("../fixtures/mountinfo_v1.txt"),
+            (None, Some(memory)),
+        ),
+        // A subtree mount is skipped, malformed lines too; the first root mount wins.
+        (
+            include_str!("../fixtures/mountinfo_odd.txt"),
+            (Some("/mnt/my cgroup"), Some("/mnt/memory")),
+        ),
+        ("", (None, None)),
+    ] {
+        let mounts = parse_mountinfo(content);
+        let actual = (mounts.unified.as_deref(), mounts.memory_v1.as_deref());
+        let expected = (expected.0.map(Path::new), expected.1.map(Path::new));
+        assert_eq!(
+            actual,
+            expected,
+            "mountinfo starting {:?}",
+            content.lines().next()
+        );
+        assert!(
+            !mounts.unified_has_memory,
+            "parse_mountinfo does not read controllers"
+        );
+    }
+}
+
+#[test]
+fn read_cgroup_mounts_matches_this_hosts_mountinfo() {
+    let content = fs::read_to_string("/proc/self/mountinfo").expect("Linux has mountinfo");
+    let (mounts, parsed) = (read_cgroup_mounts(), parse_mountinfo(&content));
+    assert_eq!(
+        (&mounts.unified, &mounts.memory_v1),
+        (&parsed.unified, &parsed.memory_v1)
+    );
+    let controllers = (parsed.unified)
+        .and_then(|unified| fs::read_to_string(unified.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        mounts.unified_has_memory,
+        lists_memory_controller(&controllers),
+        "{controllers:?}"
+    );
+    assert!(lists_memory_controller(
+        "cpuset cpu io memory hugetlb pids rdma misc\n"
+    ));
+    assert!(
+        !lists_memory_controller("hugetlb\n"),
+        "a hybrid host's unified hierarchy"
+    );
+    assert!(
+        !lists_memory_controller("memory_recursiveprot\n"),
+        "whole words only"
+    );
+}
+
+#[test]
+fn memory_cgroup_dir_prefers_v1_memory_then_unified_with_memory() {
+    let pod = "/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e";
+    let hybrid = parse_mountinfo(include_str!("../fixtures/mountinfo_hybrid.txt"));
+    let v1_dir = PathBuf::from(format!("/sys/fs/cgroup/memory{pod}"));
+    assert_eq!(
+        memory_cgroup_dir(&hybrid, Some("/"), Some(pod)),
+        Some((v1_dir, V1))
+    );
+    assert_eq!(
+        memory_cgroup_dir(&hybrid, Some(pod), None),
+        None,
+        "hybrid v2 lacks memory"
+    );
+    let mut v2 = parse_mountinfo(include_str!("../fixtures/mountinfo_v2.txt"));
+    v2.unified_has_memory = true;
+    let v2_dir = PathBuf::from(format!("/sys/fs/cgroup{pod}"));
+    assert_eq!(memory_cgroup_dir(&v2, Some(pod), None), Some((v2_dir, V2)));
+    let root = Some((PathBuf::from("/sys/fs/cgroup"), V2));
+    assert_eq!(
+        memory_cgroup_dir(&v2, Some("/"), None),
+        root,
+        "the root cgroup is the mount"
+    );
+    assert_eq!(
+        memory_cgroup_dir(&v2, Some("/../../x.slice"), None),
+        None,
+        "no climbing out"
+    );
+    assert_eq!(
+        memory_cgroup_dir(&v2, None, Some(pod)),
+        None,
+        "a v1 path needs a v1 mount"
+    );
+    v2.unified_has_memory = false;
+    assert_eq!(
+        memory_cgroup_dir(&v2, Some(pod), None),
+        None,
+        "v2 without memory controller"
+    );
+}

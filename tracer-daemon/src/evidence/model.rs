@@ -1,0 +1,138 @@
+//! What an evidence record holds: why it was taken, whose it is, the container's memory figures
+//! and its top stacks at that moment. Stored as JSON (readable, and new fields stay optional).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    collect::oom::OomKill, discover::memory::MemoryFigures, evidence::store::EvidenceMeta,
+    report::pod::ContainerReport,
+};
+
+/// Why a snapshot was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Usage crossed this percentage of the limit, going up.
+    Threshold {
+        /// The threshold crossed.
+        percent: u32,
+    },
+    /// The cgroup hit its limit this many more times (v2 memory.events max, v1 failcnt).
+    LimitHit {
+        /// Increase since the last look.
+        count: u64,
+    },
+    /// The cgroup went over memory.high this many more times (v2 only).
+    High {
+        /// Increase since the last look.
+        count: u64,
+    },
+    /// The cgroup's PSI memory-pressure trigger fired.
+    Pressure {
+        /// The trigger, as written to memory.pressure.
+        trigger: String,
+    },
+    /// The kernel's OOM killer chose a victim here.
+    OomKill {
+        /// The kill as the kernel hook saw it; `None` when only cgroup counters saw it.
+        kill: Option<OomKill>,
+    },
+}
+
+impl Trigger {
+    /// The record kind used for listing and filtering.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Threshold { .. } => "threshold",
+            Self::LimitHit { .. } => "limit_hit",
+            Self::High { .. } => "high",
+            Self::Pressure { .. } => "pressure",
+            Self::OomKill { .. } => KIND_OOM_KILL,
+        }
+    }
+}
+
+/// Record kind of OOM kills.
+pub const KIND_OOM_KILL: &str = "oom_kill";
+
+/// One evidence record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Store id (0 until stored).
+    #[serde(default)]
+    pub id: u64,
+    /// Why it was taken.
+    pub trigger: Trigger,
+    /// When, ms since the epoch.
+    pub taken_at_unix_ms: u64,
+    /// Pod namespace.
+    pub namespace: Option<String>,
+    /// Pod name.
+    pub pod_name: Option<String>,
+    /// Pod uid.
+    pub pod_uid: Option<String>,
+    /// Container name.
+    pub container: Option<String>,
+    /// Container id.
+    pub container_id: Option<String>,
+    /// The container's memory figures then.
+    pub memory: Option<MemoryFigures>,
+    /// The container's report then (`None` when nothing in it was traced).
+    pub report: Option<ContainerReport>,
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+impl Evidence {
+    /// One line for listings.
+    pub fn summary(&self) -> String {
+        let memory = self.memory.map(|m| match m.limit_bytes {
+            Some(limit) => format!("{} / {}", human_bytes(m.usage_bytes), human_bytes(limit)),
+            None => human_bytes(m.usage_bytes),
+        });
+        let memory = memory.map(|m| format!(" ({m})")).unwrap_or_default();
+        let top = self
+            .report
+            .as_ref()
+            .and_then(|r| r.stacks.first())
+            .and_then(|s| s.frames.first())
+            .map(|f| format!("; top: {}", f.display_name()))
+            .unwrap_or_default();
+        let what = match &self.trigger {
+            Trigger::Threshold { percent } => format!("{percent}% of limit{memory}"),
+            Trigger::LimitHit { count } => format!("hit its limit {count} more times{memory}"),
+            Trigger::High { count } => format!("over memory.high {count} more times{memory}"),
+            Trigger::Pressure { trigger } => format!("memory pressure ({trigger}){memory}"),
+            Trigger::OomKill { kill: Some(kill) } => format!(
+                "OOM kill of pid {} ({}){memory}",
+                kill.victim_pid
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                kill.victim_comm
+            ),
+            Trigger::OomKill { kill: None } => format!("OOM kill seen in cgroup counters{memory}"),
+        };
+        format!("{what}{top}")
+    }
+
+    /// The store's index entry for this record.
+    pub fn meta(&self) -> EvidenceMeta {
+        EvidenceMeta {
+            id: 0,
+            kind: self.trigger.kind().to_owned(),
+            taken_at_unix_ms: self.taken_at_unix_ms,
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_uid: self.pod_uid.clone(),
+            container: self.container.clone(),
+            pid: match &self.trigger {
+                Trigger::OomKill { kill: Some(kill) } => kill.victim_pid,
+                _ => None,
+            },
+            summary: self.summary(),
+            payload_bytes: 0,
+        }
+    }
+}

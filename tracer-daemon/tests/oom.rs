@@ -1,0 +1,236 @@
+//! Evidence before OOMKilled, for real: a leaking process in a pod cgroup with a 64 MiB limit is
+//! really OOM-killed by this kernel while the real agent watches it. Its threshold snapshots
+//! and the OOM kill are recorded for the right pod, name the leaking function with exact bytes,
+//! survive a kill -9 and restart of the agent, and export to a pprof that `go tool pprof`
+//! reads.
+
+mod support;
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+use support::{agent::*, node::*, *};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: u64 = 64 * MIB;
+
+fn limited_pod(root: &Path, namespace: &str, name: &str, containers: &[&str]) -> FakePod {
+    let pod = FakePod::create(
+        namespace,
+        name,
+        Driver::Systemd,
+        "burstable",
+        containers,
+        &root.join("pods"),
+        &root.join("containers"),
+    );
+    for container in containers {
+        let limit_file = if pod.memory_is_v1() {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        std::fs::write(
+            pod.memory_dir(container).join(limit_file),
+            LIMIT.to_string(),
+        )
+        .expect("set memory limit");
+    }
+    pod
+}
+
+fn agent_args(namespace: &str, state_dir: &Path) -> Vec<String> {
+    vec![
+        "--namespace".into(),
+        namespace.into(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
+        "--memory-watch-interval".into(),
+        "50ms".into(),
+    ]
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn leak_bytes(evidence: &Value, function: &str) -> u64 {
+    evidence["report"]["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["frames"][0]["function"] == function)
+        .map(|s| s["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn an_oom_killed_leak_is_recorded_before_and_at_the_kill_and_survives_restarts() {
+    require_root();
+    let root = temp_root("oom");
+    let state = root.join("state");
+    let namespace = format!("oom-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "leaky-0", &["app"]);
+    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "15"]);
+    pod.place(leaker.pid, "app");
+    let args = agent_args(&namespace, &state);
+    let agent = Agent::start(&root, &strs(&args));
+    agent.wait_traced(&[leaker.pid]);
+
+    leaker.send("go");
+    let last = leaker.last_allocated_before_death();
+    assert_eq!(
+        leaker.wait_killed(),
+        Some(libc::SIGKILL),
+        "the kernel should have killed it"
+    );
+    let victim = leaker.pid;
+
+    let events = agent.wait_json(
+        &["oom-events", &pod.display()],
+        "recorded the OOM kill",
+        |v| v.as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let event = &events[0];
+    assert_eq!(event["victim_pid"], u64::from(victim), "{event:#}");
+    assert_eq!(event["source"], "kernel hook", "{event:#}");
+    assert_eq!(event["container"], "app", "{event:#}");
+    assert_eq!(event["pod"], pod.display(), "{event:#}");
+    assert!(
+        event["top_call_site"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("leak_until_oom"),
+        "{event:#}"
+    );
+    let id = event["evidence_id"].as_u64().expect("evidence id");
+    let evidence = agent.ctl_json(&["evidence", &id.to_string()]);
+    assert_eq!(
+        leak_bytes(&evidence, "leak_until_oom"),
+        last * MIB,
+        "the victim's last outstanding bytes: {evidence:#}"
+    );
+
+    // Snapshots were taken on the way up, before the kill.
+    let listed = agent.ctl_json(&["evidence", "--pod", &pod.display()]);
+    let thresholds: Vec<&Value> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["kind"] == "threshold")
+        .collect();
+    assert!(
+        !thresholds.is_empty(),
+        "no threshold snapshot before the OOM kill: {listed:#}"
+    );
+    let highest = thresholds
+        .iter()
+        .max_by_key(|e| e["id"].as_u64())
+        .expect("one");
+    let before = agent.ctl_json(&["evidence", &highest["id"].as_u64().expect("id").to_string()]);
+    assert!(
+        before["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("% of limit"),
+        "{before:#}"
+    );
+    assert!(
+        leak_bytes(&before, "leak_until_oom") >= LIMIT * 8 / 10 - 4 * MIB,
+        "{before:#}"
+    );
+
+    // kill -9 of the agent, a new agent on the same state: everything is still served.
+    agent.kill_9();
+    let agent = Agent::start(&root, &strs(&args));
+    let events = agent.ctl_json(&["oom-events", &pod.display()]);
+    assert_eq!(events[0]["evidence_id"], id, "{events:#}");
+    let again = agent.ctl_json(&["evidence", &id.to_string()]);
+    assert_eq!(
+        leak_bytes(&again, "leak_until_oom"),
+        last * MIB,
+        "{again:#}"
+    );
+
+    // The stored evidence exports to a profile that go tool pprof reads.
+    let profile = root.join("oom.pb.gz");
+    let (code, _, stderr) = agent.ctl(&[
+        "pprof",
+        "--evidence",
+        &id.to_string(),
+        "--out",
+        profile.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=inuse_space"])
+        .arg(&profile)
+        .env("HOME", &root)
+        .output()
+        .expect("run go tool pprof (Debian's golang-go; cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("leak_until_oom"),
+        "pprof -top does not list the leak:\n{text}"
+    );
+    agent.stop_keeping_state();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn the_victim_is_the_leaker_not_the_process_whose_allocation_tripped_the_limit() {
+    require_root();
+    let root = temp_root("victim");
+    let state = root.join("state");
+    let namespace = format!("victim-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "two-procs-0", &["app"]);
+    let mut leaker = Workload::start(&workload("oom_leaker"), &["hold", "52"]);
+    pod.place(leaker.pid, "app");
+    let mut nibbler = Workload::start(&workload("oom_leaker"), &["nibble", "20"]);
+    pod.place(nibbler.pid, "app");
+    let args = agent_args(&namespace, &state);
+    let agent = Agent::start(&root, &strs(&args));
+    agent.wait_traced(&[leaker.pid, nibbler.pid]);
+
+    let _ = leaker.run_to_done();
+    nibbler.send("go");
+    assert_eq!(
+        leaker.wait_killed(),
+        Some(libc::SIGKILL),
+        "the big leaker is the OOM victim"
+    );
+    let events = agent.wait_json(
+        &["oom-events", &pod.display()],
+        "recorded the OOM kill",
+        |v| v.as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let first = events.as_array().expect("events").last().expect("oldest");
+    assert_eq!(
+        first["victim_pid"],
+        u64::from(leaker.pid),
+        "victim: {first:#}"
+    );
+    assert_eq!(
+        first["trigger_pid"],
+        u64::from(nibbler.pid),
+        "trigger: {first:#}"
+    );
+    assert_eq!(first["victim_comm"], "oom_leaker");
+    let evidence = agent.ctl_json(&[
+        "evidence",
+        &first["evidence_id"].as_u64().expect("id").to_string(),
+    ]);
+    assert_eq!(
+        leak_bytes(&evidence, "leak_until_oom"),
+        52 * MIB,
+        "{evidence:#}"
+    );
+    drop(nibbler);
+    agent.stop_keeping_state();
+    let _ = std::fs::remove_dir_all(&root);
+}

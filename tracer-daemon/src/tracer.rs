@@ -209,6 +209,12 @@ impl Tracer {
         self.oom_kills.extend(kills);
     }
 
+    /// A descriptor that becomes readable when the kernel side has records waiting (mmap
+    /// records, OOM kills): event loops wait on it to react at once.
+    pub fn events_fd(&self) -> std::os::fd::RawFd {
+        self.maps.events_fd()
+    }
+
     /// The OOM kills seen since the last call (the victim's records are still here: they go
     /// only with [`Tracer::reap_ended`]).
     pub fn take_oom_kills(&mut self) -> Vec<OomKill> {

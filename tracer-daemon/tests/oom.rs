@@ -140,6 +140,20 @@ fn an_oom_killed_leak_is_recorded_before_and_at_the_kill_and_survives_restarts()
         "{before:#}"
     );
 
+    // Where cgroup v2 offers PSI, the container's memory-pressure trigger was registered.
+    if pod
+        .unified_dir("app")
+        .is_some_and(|d| d.join("memory.pressure").exists())
+    {
+        assert!(
+            agent
+                .stderr()
+                .contains("PSI memory-pressure trigger registered"),
+            "{}",
+            agent.stderr()
+        );
+    }
+
     // kill -9 of the agent, a new agent on the same state: everything is still served.
     agent.kill_9();
     let agent = Agent::start(&root, &strs(&args));

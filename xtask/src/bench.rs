@@ -16,8 +16,25 @@ use anyhow::{Context as _, bail};
 
 use crate::{is_root, run, workspace_root};
 
+/// Which benchmarks to run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Suite {
+    /// All of them.
+    All,
+    /// Per-allocation overhead against the kernel's floor.
+    Overhead,
+    /// OOM kill to durable evidence.
+    Oom,
+}
+
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
+    /// Which benchmarks to run.
+    #[arg(long, value_enum, default_value_t = Suite::All)]
+    suite: Suite,
+    /// OOM kills measured.
+    #[arg(long, default_value_t = 10)]
+    oom_rounds: usize,
     /// malloc/free pairs per run.
     #[arg(long, default_value_t = 1_000_000)]
     pairs: u64,
@@ -55,6 +72,67 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("benchmarks attach uprobes and must run as root");
     }
+    if matches!(args.suite, Suite::All | Suite::Overhead) {
+        overhead(args)?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Oom) {
+        oom(args)?;
+    }
+    Ok(())
+}
+
+/// OOM kill → durable evidence: the ignored benchmark test kills processes for real and prints
+/// the agent's measured latencies.
+fn oom(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let output = crate::cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tracer-daemon",
+            "--test",
+            "bench_oom",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TRACER_BENCH_OOM_ROUNDS", args.oom_rounds.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the OOM benchmark")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("the OOM benchmark failed:\n{stdout}");
+    }
+    let mut values: Vec<f64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH oom_durable_ms "))
+        .context("the OOM benchmark printed no result")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let n = values.len();
+    let median = median(&mut values);
+    let p90 = values[((n * 9).div_ceil(10)).saturating_sub(1).min(n - 1)];
+    let max = values[n - 1];
+    let section = format!(
+        "Measured {} with `cargo xtask bench --suite oom --oom-rounds {}` (release build): {} real OOM \
+         kills of a traced process in a 64 MiB memory cgroup; latency from the kernel's \
+         mark_victim timestamp to the evidence commit being fsync'd.\n\n\
+         | OOM kills | median | p90 | max |\n|---:|---:|---:|---:|\n| {n} | {median:.1} ms | {p90:.1} ms | {max:.1} ms |\n",
+        today(),
+        args.oom_rounds,
+        n
+    );
+    println!("{section}");
+    if !args.no_write {
+        write_section(&root.join("BENCHMARKS.md"), "oom", &section)?;
+    }
+    Ok(())
+}
+
+fn overhead(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
     run(crate::cargo().args(["build", "--release", "--package", "tracer-daemon"]))?;
     let daemon = root.join("target/release/tracer-daemon");

@@ -87,6 +87,15 @@ impl Default for AgentConfig {
     }
 }
 
+/// The ring buffer's descriptor, owned by the tracer (which outlives the event loop).
+struct EventsFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for EventsFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// Where evidence lives when nobody says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tracer";
 
@@ -322,8 +331,37 @@ impl Agent {
         for timer in [&mut poll, &mut discovery, &mut sample, &mut watch] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        // Woken as soon as the kernel side writes a record: an OOM kill is captured within
+        // milliseconds, not at the next tick.
+        // SAFETY: the descriptor belongs to `self.tracer`, which outlives `events` (a local of
+        // this function, dropped before `self`).
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                EventsFd(self.tracer.events_fd()),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        let events = match registered {
+            Ok(events) => Some(events),
+            Err(error) => {
+                warn!(%error, "cannot wait on the ring buffer; OOM kills are captured at the next tick");
+                None
+            }
+        };
         loop {
             tokio::select! {
+                ready = async {
+                    match &events {
+                        Some(events) => events.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    self.tracer.drain_events();
+                    self.handle_oom_kills();
+                }
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,

@@ -105,8 +105,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub memory_watch_interval: Duration,
 
-    /// PSI trigger for cgroup v2 memory.pressure ("some|full STALL_US WINDOW_US"); "off" disables.
-    #[arg(long, default_value = "some 150000 1000000")]
+    /// PSI trigger for cgroup v2 memory.pressure ("some|full STALL_US WINDOW_US", the window a
+    /// multiple of 2 s without CAP_SYS_RESOURCE); "off" disables it.
+    #[arg(long, default_value = "some 500000 2000000")]
     pub pressure_trigger: String,
 }
 

@@ -158,6 +158,12 @@ impl BpfMaps {
         kills
     }
 
+    /// The ring buffer's descriptor: readable when records are waiting (for event loops).
+    pub fn events_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.events.as_raw_fd()
+    }
+
     /// The loss and activity counters.
     pub fn stats(&self) -> BpfStats {
         stats::read(&self.stats)

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use crate::{discover::memory::MemoryFigures, evidence::model::Trigger};
 
@@ -25,8 +25,9 @@ pub struct WatchConfig {
     pub thresholds: Vec<u32>,
     /// Least time between two snapshots of the same kind for one container.
     pub cooldown: Duration,
-    /// PSI trigger written to each container's memory.pressure (cgroup v2), e.g.
-    /// "some 150000 1000000" (150 ms of stall within 1 s); `None` disables it.
+    /// PSI trigger written to each container's memory.pressure (cgroup v2): "some 500000
+    /// 2000000" is 500 ms of stall within 2 s. Without CAP_SYS_RESOURCE the kernel only accepts
+    /// windows that are multiples of 2 s (and checks them every 2 s); `None` disables it.
     pub pressure_trigger: Option<String>,
 }
 
@@ -35,7 +36,7 @@ impl Default for WatchConfig {
         Self {
             thresholds: vec![80, 90, 95],
             cooldown: Duration::from_secs(30),
-            pressure_trigger: Some("some 150000 1000000".into()),
+            pressure_trigger: Some("some 500000 2000000".into()),
         }
     }
 }
@@ -51,7 +52,7 @@ impl PressureTrigger {
         match file.write_all(trigger.as_bytes()) {
             Ok(()) => Some(Self { file }),
             Err(error) => {
-                debug!(path = %path.display(), %error, "PSI trigger refused");
+                warn!(path = %path.display(), trigger, %error, "PSI trigger refused; memory pressure will not trigger snapshots");
                 None
             }
         }

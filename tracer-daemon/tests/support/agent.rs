@@ -43,7 +43,10 @@ impl Agent {
             .args(if extra.contains(&"--state-dir") {
                 Vec::new()
             } else {
-                vec!["--state-dir".to_owned(), root.join("state").display().to_string()]
+                vec![
+                    "--state-dir".to_owned(),
+                    root.join("state").display().to_string(),
+                ]
             })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -199,6 +199,16 @@ impl FakePod {
             .join(self.container_path(self.id_of(container)))
     }
 
+    /// The container's cgroup v2 directory, when cgroup v2 is mounted.
+    pub(crate) fn unified_dir(&self, container: &str) -> Option<PathBuf> {
+        Some(
+            self.mounts
+                .unified
+                .as_ref()?
+                .join(self.container_path(self.id_of(container))),
+        )
+    }
+
     /// Whether memory is on cgroup v1 here.
     pub(crate) fn memory_is_v1(&self) -> bool {
         self.mounts.memory_is_v1()

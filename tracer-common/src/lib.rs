@@ -33,7 +33,25 @@ pub mod names {
     pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
     /// Global: offsets into kernel structures ([`KernelLayout`](crate::KernelLayout)).
     pub const GLOBAL_KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+    /// Global: mean bytes between samples; 0 records every allocation.
+    pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
+    /// `u32` array of [`SAMPLING_TABLE_LEN`](crate::SAMPLING_TABLE_LEN): `-ln(u)` in 16.16
+    /// fixed point, for drawing the exponential distance to the next sample.
+    pub const SAMPLE_DISTANCES: &str = "SAMPLE_DISTANCES";
+    /// `u32` array of [`SAMPLING_TABLE_LEN`](crate::SAMPLING_TABLE_LEN): `r / (1 - e^-r)` at
+    /// `r = k / SAMPLING_WEIGHT_STEPS` in 16.16 fixed point, the weight of a sampled
+    /// allocation in units of the sampling mean.
+    pub const SAMPLE_WEIGHTS: &str = "SAMPLE_WEIGHTS";
 }
+
+/// Entries of the sampling tables.
+pub const SAMPLING_TABLE_LEN: u32 = 1024;
+/// Steps per unit of `size / mean` in the weight table (so it covers sizes up to 16 means).
+pub const SAMPLING_WEIGHT_STEPS: u64 = 64;
+/// Fixed-point scale of the sampling tables.
+pub const SAMPLING_FIXED_ONE: u64 = 1 << 16;
+/// In sampled mode, per-stack counts are kept in thousandths of an allocation.
+pub const SAMPLED_COUNT_SCALE: u64 = 1000;
 
 /// The allocator entry points the probes know, as stored in [`ThreadState::func`].
 #[repr(transparent)]
@@ -136,9 +154,12 @@ pub struct ThreadState {
     pub stash: AllocInfo,
     /// 1 when `stash` holds a record.
     pub stash_valid: u32,
-    pub _pad: u32,
+    /// Sampled mode: 1 when the outermost call's allocation is sampled.
+    pub sampled: u32,
+    /// Sampled mode: bytes this thread may still allocate before the next sample.
+    pub bytes_until_sample: i64,
 }
-const _: () = assert!(size_of::<ThreadState>() == 72);
+const _: () = assert!(size_of::<ThreadState>() == 80);
 
 /// Ring-buffer record kinds (the first field of every record).
 pub mod event_kind {

@@ -11,7 +11,7 @@ use tracer_common::{StackKey, UNKNOWN_STACK_ID};
 use tracing::{info, warn};
 
 use crate::{
-    attach::{self, AttachError, Attachment, ProgramSet},
+    attach::{self, AttachError, Attachment, ProgramSet, placement::PlacementMode},
     bpf::{LoadError, MapSizes, Probes},
     collect::{
         self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, oom::OomKill,
@@ -35,6 +35,20 @@ pub enum TracerError {
 
 /// How long a process that exec'd is retried before giving up on its new program.
 const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How the tracer runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracerConfig {
+    /// BPF map sizes.
+    pub sizes: MapSizes,
+    /// Where probes go in each function.
+    pub placement: PlacementMode,
+    /// Mean bytes between sampled allocations; 0 records every allocation (exact mode).
+    pub sample_bytes: u64,
+}
+
+/// Largest sampling mean accepted (the BPF side's fixed-point arithmetic relies on it).
+pub const MAX_SAMPLE_BYTES: u64 = 1 << 40;
 
 /// What a report should count.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,6 +75,8 @@ pub struct Tracer {
     ages: HashMap<StackKey, AgeSummary>,
     /// OOM kills seen and not yet taken by the caller.
     oom_kills: Vec<OomKill>,
+    placement: PlacementMode,
+    sample_bytes: u64,
     /// Processes that exec'd, waiting to be attached to their new program.
     reattach: HashMap<u32, std::time::Instant>,
     /// Traced pids named as OOM victims, so their end is reported as an OOM kill.
@@ -70,8 +86,8 @@ pub struct Tracer {
 
 impl Tracer {
     /// Loads and verifies the BPF programs (nothing is attached yet).
-    pub fn new(sizes: &MapSizes) -> Result<Self, TracerError> {
-        let mut probes = Probes::load(sizes)?;
+    pub fn new(config: &TracerConfig) -> Result<Self, TracerError> {
+        let mut probes = Probes::load(&config.sizes, config.sample_bytes.min(MAX_SAMPLE_BYTES))?;
         let maps = BpfMaps::take(&mut probes)?;
         Ok(Self {
             probes,
@@ -84,6 +100,8 @@ impl Tracer {
             oom_victims: HashSet::new(),
             reattach: HashMap::new(),
             page_size: crate::bpf::page_size(),
+            placement: config.placement,
+            sample_bytes: config.sample_bytes.min(MAX_SAMPLE_BYTES),
         })
     }
 
@@ -102,7 +120,7 @@ impl Tracer {
             return Ok(());
         }
         let info = process::inspect(pid)?;
-        let library = attach::find_allocator(pid)?;
+        let library = attach::find_allocator(pid, self.placement)?;
         let allocator = library.path.clone();
         self.symbolizer.refresh(pid);
         let attachment = attach::attach(&mut self.probes, pid, library, programs)?;
@@ -262,6 +280,11 @@ impl Tracer {
         self.processes.get(&pid).map(|p| p.allocator.as_str())
     }
 
+    /// Mean bytes between samples (0: exact mode, every allocation recorded).
+    pub fn sample_bytes(&self) -> u64 {
+        self.sample_bytes
+    }
+
     /// The BPF programs' counters.
     pub fn stats(&self) -> BpfStats {
         self.maps.stats()
@@ -271,9 +294,9 @@ impl Tracer {
     /// reports without a minimum age use the result until the next scan.
     pub fn refresh_ages(&mut self) -> Result<(), CollectError> {
         let tgids: HashSet<u32> = self.processes.keys().copied().collect();
-        self.ages = self
-            .maps
-            .scan_ages(&tgids, collect::monotonic_now_ns(), 0)?;
+        self.ages =
+            self.maps
+                .scan_ages(&tgids, collect::monotonic_now_ns(), 0, self.sample_bytes)?;
         Ok(())
     }
 
@@ -295,7 +318,8 @@ impl Tracer {
         let totals = self.maps.stack_totals()?;
         let ages = if options.min_age_ns > 0 {
             let tgids: HashSet<u32> = pids.iter().copied().collect();
-            self.maps.scan_ages(&tgids, now_ns, options.min_age_ns)?
+            self.maps
+                .scan_ages(&tgids, now_ns, options.min_age_ns, self.sample_bytes)?
         } else {
             // Taken out while `self` is borrowed mutably below, and put back at the end.
             std::mem::take(&mut self.ages)
@@ -310,7 +334,14 @@ impl Tracer {
                     ..AgeSummary::default()
                 });
                 let (bytes, count) = if options.min_age_ns > 0 {
-                    (age.aged_bytes, age.aged_count)
+                    (age.aged_bytes.round() as u64, age.aged_count.round() as u64)
+                } else if self.sample_bytes > 0 {
+                    // Counts are kept in thousandths in sampled mode.
+                    let scale = tracer_common::SAMPLED_COUNT_SCALE;
+                    (
+                        stack_totals.outstanding_bytes,
+                        (stack_totals.outstanding_count + scale / 2) / scale,
+                    )
                 } else {
                     (
                         stack_totals.outstanding_bytes,

@@ -12,7 +12,7 @@ use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, Stat};
 
 use crate::{
     maps::{ALLOCS, STACK_TOTALS},
-    stack,
+    sampling, stack,
     stats::bump,
 };
 
@@ -59,13 +59,12 @@ pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
         stack_id: info.stack_id,
     };
     if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
+        // The same weights as when it was added (sampled mode), so adds and frees cancel.
+        let (bytes, count) = sampling::weights(info.size_bytes);
         // SAFETY: totals entries are never deleted while their process lives.
         unsafe {
-            add(
-                &raw mut (*totals).outstanding_bytes,
-                info.size_bytes.wrapping_neg(),
-            );
-            add(&raw mut (*totals).outstanding_count, u64::MAX);
+            add(&raw mut (*totals).outstanding_bytes, bytes.wrapping_neg());
+            add(&raw mut (*totals).outstanding_count, count.wrapping_neg());
         }
     }
     bump(Stat::FREES_MATCHED);
@@ -98,10 +97,11 @@ fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
             return false;
         }
     }
+    let (bytes, count) = sampling::weights(info.size_bytes);
     // SAFETY: totals entries are never deleted while their process lives.
     unsafe {
-        add(&raw mut (*totals).outstanding_bytes, info.size_bytes);
-        add(&raw mut (*totals).outstanding_count, 1);
+        add(&raw mut (*totals).outstanding_bytes, bytes);
+        add(&raw mut (*totals).outstanding_count, count);
         add(&raw mut (*totals).allocations_total, 1);
     }
     true

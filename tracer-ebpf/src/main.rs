@@ -27,6 +27,7 @@ mod maps;
 mod mmap;
 mod oom;
 mod probes;
+mod sampling;
 mod stack;
 mod stats;
 mod thread_state;

@@ -5,9 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, StackTrace, Stat, ThreadState};
+use tracer_common::{
+    AllocInfo, AllocKey, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace, Stat, ThreadState,
+};
 
 #[map]
 pub(crate) static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 19, 0);
@@ -32,3 +34,11 @@ pub(crate) static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Sampled mode: `-ln(u)` table for exponential draws (filled by the daemon).
+#[map]
+pub(crate) static SAMPLE_DISTANCES: Array<u32> = Array::with_max_entries(SAMPLING_TABLE_LEN, 0);
+
+/// Sampled mode: weight table (filled by the daemon).
+#[map]
+pub(crate) static SAMPLE_WEIGHTS: Array<u32> = Array::with_max_entries(SAMPLING_TABLE_LEN, 0);

@@ -121,7 +121,9 @@ fn resize_returned(ctx: &RetProbeContext, func: AllocFn) {
     let (tgid, _) = current();
     let new: u64 = ctx.ret();
     if new != 0 {
-        heap::record(ctx, tgid, new, state.size_bytes);
+        if state.sampled == 1 {
+            heap::record(ctx, tgid, new, state.size_bytes);
+        }
     } else if state.size_bytes != 0 || state.arg == 0 {
         // Failed: realloc(p, n > 0) returned NULL and p is still the caller's.
         bump(Stat::FAILED_CALLS);
@@ -166,6 +168,7 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
     // The result is only in the caller's out-pointer, written just before the return.
     // SAFETY: a user-memory read; the helper checks the address.
     match unsafe { bpf_probe_read_user(state.arg as *const u64) } {
+        Ok(_) if state.sampled == 0 => {}
         Ok(ptr) if ptr != 0 => {
             let (tgid, _) = current();
             heap::record(&ctx, tgid, ptr, state.size_bytes);
@@ -235,6 +238,9 @@ fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
     let ptr: u64 = ctx.ret();
     if ptr == 0 {
         bump(Stat::FAILED_CALLS);
+        return;
+    }
+    if state.sampled == 0 {
         return;
     }
     let (tgid, _) = current();

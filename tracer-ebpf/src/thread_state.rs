@@ -15,8 +15,9 @@ use aya_log_ebpf::warn;
 use tracer_common::{AllocFn, Stat, ThreadState};
 
 use crate::{
-    config::{STALE_CALL_NS, daemon_tgid},
+    config::{STALE_CALL_NS, daemon_tgid, sample_bytes},
     maps::THREAD_STATE,
+    sampling,
     stats::bump,
 };
 
@@ -60,6 +61,23 @@ pub(crate) fn enter<C: EbpfContext>(
     state.size_bytes = size_bytes;
     state.arg = arg;
     state.stash_valid = 0;
+    state.sampled = 1;
+    if sample_bytes() > 0 {
+        // Counting down the bytes to the next sample; a thread's first call draws its first
+        // distance.
+        if state.bytes_until_sample == 0 {
+            state.bytes_until_sample = sampling::draw_distance();
+        }
+        let remaining = state
+            .bytes_until_sample
+            .wrapping_sub(size_bytes.min(1 << 62) as i64);
+        if remaining > 0 {
+            state.bytes_until_sample = remaining;
+            state.sampled = 0;
+        } else {
+            state.bytes_until_sample = sampling::draw_distance();
+        }
+    }
     Some(state)
 }
 

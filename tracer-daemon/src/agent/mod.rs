@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    bpf::MapSizes,
     collect::{CollectError, monotonic_now_ns},
     discover::{
         memory::{self, CgroupMounts},
@@ -33,7 +32,7 @@ use crate::{
         pod::{PodReport, SortBy},
     },
     select::{Explicit, Selection, SelectionConfig},
-    tracer::{ReportOptions, Tracer, TracerError},
+    tracer::{ReportOptions, Tracer, TracerConfig, TracerError},
 };
 use reports::stack_id_value;
 use selector::{Selector, Target};
@@ -42,8 +41,8 @@ use targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess};
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// BPF map sizes.
-    pub sizes: MapSizes,
+    /// BPF map sizes, probe placement, sampling.
+    pub tracer: TracerConfig,
     /// Where the node's records are.
     pub paths: NodePaths,
     /// Which pods to trace.
@@ -71,7 +70,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            sizes: MapSizes::default(),
+            tracer: TracerConfig::default(),
             paths: NodePaths::default(),
             selection: SelectionConfig::default(),
             growth: GrowthConfig::default(),
@@ -304,7 +303,7 @@ impl Agent {
         let selection = Selection::new(&config.selection)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let store = EvidenceStore::open(&config.state_dir, config.retention)?;
-        let tracer = Tracer::new(&config.sizes)?;
+        let tracer = Tracer::new(&config.tracer)?;
         let mounts = memory::read_cgroup_mounts();
         info!(?mounts, "cgroup filesystems");
         Ok(Self {

@@ -153,6 +153,7 @@ impl Agent {
                 stacks_total: stacks.len(),
                 stacks: pod::rank_stacks(stacks, sort_by, top),
                 pids: included,
+                estimated: self.tracer.sample_bytes() > 0,
             });
         }
         Ok(containers)
@@ -185,6 +186,8 @@ impl Agent {
             containers,
             sort_by: request.sort_by,
             min_age_ns: request.min_age_ns,
+            sample_bytes: self.tracer.sample_bytes(),
+            estimated: self.tracer.sample_bytes() > 0,
             stats: self.tracer.stats(),
         })
     }

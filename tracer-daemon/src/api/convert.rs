@@ -398,6 +398,8 @@ impl From<&PodReport> for pb::LeakReport {
             } as i32,
             min_age: Some(proto_duration_ns(r.min_age_ns)),
             losses: Some(losses(&r.stats)),
+            sample_bytes: r.sample_bytes,
+            estimated: r.estimated,
         }
     }
 }
@@ -453,6 +455,7 @@ impl From<&pb::LeakReport> for PodReport {
                     stacks: c.stacks.iter().map(Into::into).collect(),
                     stacks_total: c.stacks_total as usize,
                     pids: c.pids.clone(),
+                    estimated: r.estimated,
                 })
                 .collect(),
             sort_by: if r.sort_by == pb::SortBy::Growth as i32 {
@@ -461,6 +464,8 @@ impl From<&pb::LeakReport> for PodReport {
                 SortBy::Bytes
             },
             min_age_ns: ns_of(r.min_age.as_ref()),
+            sample_bytes: r.sample_bytes,
+            estimated: r.estimated,
             stats,
         }
     }
@@ -722,9 +727,12 @@ mod tests {
                 }],
                 stacks_total: 1,
                 pids: vec![42],
+                estimated: true,
             }],
             sort_by: SortBy::Growth,
             min_age_ns: 2_000_000_000,
+            sample_bytes: 524_288,
+            estimated: true,
             stats: BpfStats::default(),
         };
         let back = PodReport::from(&pb::LeakReport::from(&report));
@@ -733,5 +741,7 @@ mod tests {
         assert_eq!(original["containers"], round_trip["containers"]);
         assert_eq!(original["taken_at_unix_ms"], round_trip["taken_at_unix_ms"]);
         assert_eq!(original["min_age_ns"], round_trip["min_age_ns"]);
+        assert_eq!(original["estimated"], round_trip["estimated"]);
+        assert_eq!(original["sample_bytes"], round_trip["sample_bytes"]);
     }
 }

@@ -134,6 +134,20 @@ pub enum LoadError {
     /// The kernel refused the object or one of its maps.
     #[error("failed to load the BPF object")]
     Object(#[source] Box<aya::EbpfError>),
+    /// A map is missing from the object.
+    #[error("the BPF object has no map {name}")]
+    MissingMap {
+        /// Map name.
+        name: &'static str,
+    },
+    /// A map could not be written.
+    #[error("cannot fill BPF map {name}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
     /// The kernel refused a program (the verifier log is in the source).
     #[error("failed to load BPF program {name}")]
     Program {
@@ -187,7 +201,7 @@ pub struct Probes {
 
 impl Probes {
     /// Checks privileges and kernel features, then loads the object and every program.
-    pub fn load(sizes: &MapSizes) -> Result<Self, LoadError> {
+    pub fn load(sizes: &MapSizes, sample_bytes: u64) -> Result<Self, LoadError> {
         check_capabilities()?;
         check_kernel_features()?;
         if OBJECT.is_empty() {
@@ -205,6 +219,7 @@ impl Probes {
             .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
             .override_global(names::GLOBAL_PAGE_SIZE, &page_size, true)
             .override_global(names::GLOBAL_KERNEL_LAYOUT, &layout, true)
+            .override_global(names::GLOBAL_SAMPLE_BYTES, &sample_bytes, true)
             .map_max_entries(names::ALLOCS, sizes.allocations)
             .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
@@ -237,6 +252,7 @@ impl Probes {
                 None
             }
         };
+        fill_sampling_tables(&mut ebpf)?;
         let oom_hook = match attach_oom_hook(&mut ebpf) {
             Ok(()) => {
                 info!("OOM-kill hook attached (tp_btf/mark_victim)");
@@ -265,6 +281,48 @@ impl Probes {
     pub(crate) fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
         self.ebpf.program_mut(name)?.try_into().ok()
     }
+}
+
+/// Fills the tables sampled mode reads (see tracer-ebpf's `sampling`): `-ln(u)` at the
+/// middle of each of the table's equal steps of u, and `r / (1 - e^-r)` at r = k / steps.
+fn fill_sampling_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    use tracer_common::{SAMPLING_FIXED_ONE, SAMPLING_TABLE_LEN, SAMPLING_WEIGHT_STEPS};
+    let fixed = |value: f64| {
+        (value * SAMPLING_FIXED_ONE as f64)
+            .round()
+            .min(f64::from(u32::MAX)) as u32
+    };
+    let len = f64::from(SAMPLING_TABLE_LEN);
+    let tables: [(&'static str, Box<dyn Fn(u32) -> u32>); 2] = [
+        (
+            names::SAMPLE_DISTANCES,
+            Box::new(move |i| fixed(-((f64::from(i) + 0.5) / len).ln())),
+        ),
+        (
+            names::SAMPLE_WEIGHTS,
+            Box::new(move |k| {
+                let r = f64::from(k) / SAMPLING_WEIGHT_STEPS as f64;
+                fixed(if k == 0 { 1.0 } else { r / (1.0 - (-r).exp()) })
+            }),
+        ),
+    ];
+    for (name, value) in tables {
+        let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap { name })?;
+        let mut array: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(|e| LoadError::Map {
+                name,
+                source: Box::new(e),
+            })?;
+        for index in 0..SAMPLING_TABLE_LEN {
+            array
+                .set(index, value(index), 0)
+                .map_err(|e| LoadError::Map {
+                    name,
+                    source: Box::new(e),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The program on the kernel's OOM path (see [`KERNEL_FEATURES`] for the fallback).

@@ -10,11 +10,13 @@ use tracing::info;
 use crate::{
     agent::{self, AgentConfig, DEFAULT_STATE_DIR},
     api::server::{self, DEFAULT_SOCKET, Listen},
+    attach::placement::PlacementMode,
     bpf::MapSizes,
     config,
     discover::node::NodePaths,
     evidence::{store::Retention, watch::WatchConfig},
     report::growth::GrowthConfig,
+    tracer::TracerConfig,
 };
 
 /// Arguments of `run`.
@@ -80,6 +82,15 @@ pub struct RunArgs {
     /// Distinct stacks across the node (~600 B each) [default: config file, else 32768].
     #[arg(long)]
     pub max_stacks: Option<u32>,
+
+    /// Where probes go: on the first instruction the kernel emulates (smart) or at entry.
+    #[arg(long, value_enum, default_value_t = PlacementMode::Smart)]
+    pub probe_placement: PlacementMode,
+
+    /// Record a Poisson sample of allocations, one per N bytes on average, instead of every
+    /// allocation (reports become estimates). 0: exact.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1u64 << 40))]
+    pub sample_bytes: u64,
 
     /// Where evidence is persisted (a hostPath in the DaemonSet).
     #[arg(long, env = "TRACER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
@@ -157,14 +168,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or(file.limits.max_stacks)
         .unwrap_or(1 << 15);
     let config = AgentConfig {
-        sizes: MapSizes {
-            allocations: args
-                .max_allocations
-                .or(file.limits.max_allocations)
-                .unwrap_or(1 << 19),
-            stack_totals: max_stacks.saturating_mul(2),
-            stack_traces: max_stacks,
-            ..MapSizes::default()
+        tracer: TracerConfig {
+            sizes: MapSizes {
+                allocations: args
+                    .max_allocations
+                    .or(file.limits.max_allocations)
+                    .unwrap_or(1 << 19),
+                stack_totals: max_stacks.saturating_mul(2),
+                stack_traces: max_stacks,
+                ..MapSizes::default()
+            },
+            placement: args.probe_placement,
+            sample_bytes: args.sample_bytes,
         },
         paths: NodePaths {
             pod_log_root: args.pod_log_root.clone(),

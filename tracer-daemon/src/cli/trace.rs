@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    attach::ProgramSet,
+    attach::{ProgramSet, placement::PlacementMode},
     bpf::MapSizes,
     report::{self, ProcessState, Report},
-    tracer::{ReportOptions, Tracer},
+    tracer::{ReportOptions, Tracer, TracerConfig},
 };
 
 /// Arguments of `trace`.
@@ -52,6 +52,20 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 1 << 19)]
     pub max_allocations: u32,
 
+    /// Where probes go: on the first instruction the kernel emulates (smart) or at each
+    /// function's entry (entry, the way other tools attach).
+    #[arg(long, value_enum, default_value_t = PlacementMode::Smart)]
+    pub probe_placement: PlacementMode,
+
+    /// Record a Poisson sample of allocations, one per N bytes on average (e.g. 512KiB is
+    /// 524288), instead of every allocation; reported bytes and counts become estimates. 0: exact.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1u64 << 40))]
+    pub sample_bytes: u64,
+
+    /// Print where each probe goes in each target's allocator, and why, then exit.
+    #[arg(long)]
+    pub explain_probes: bool,
+
     /// Attach empty programs at the same points instead of tracing (the kernel's floor cost,
     /// for benchmarks).
     #[arg(long, hide = true)]
@@ -81,7 +95,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         stack_traces: args.max_stacks,
         ..MapSizes::default()
     };
-    let mut tracer = Tracer::new(&sizes)?;
+    if args.explain_probes {
+        for &pid in &args.pids {
+            let library = crate::attach::find_allocator(pid, args.probe_placement)
+                .with_context(|| format!("cannot inspect pid {pid}"))?;
+            println!("pid {pid}: {}", crate::attach::explain(&library));
+        }
+        return Ok(());
+    }
+    let mut tracer = Tracer::new(&TracerConfig {
+        sizes,
+        placement: args.probe_placement,
+        sample_bytes: args.sample_bytes,
+    })?;
     for &pid in &args.pids {
         let programs = if args.empty_programs {
             ProgramSet::Empty
@@ -166,6 +192,8 @@ impl Session {
         let report = Report {
             sequence: self.sequence,
             timestamp_unix_ms,
+            sample_bytes: tracer.sample_bytes(),
+            estimated: tracer.sample_bytes() > 0,
             min_age_ns: options.min_age_ns,
             processes,
             stats: tracer.stats(),
@@ -198,6 +226,14 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
 pub fn format_text(report: &Report) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "=== leak report #{} ===", report.sequence);
+    if report.estimated {
+        let _ = writeln!(
+            text,
+            "(sampled: one allocation per {} bytes on average; bytes and counts marked ~ are estimates)",
+            report.sample_bytes
+        );
+    }
+    let approx = if report.estimated { "~" } else { "" };
     for process in &report.processes {
         let state = match process.state {
             ProcessState::Running => "",
@@ -206,7 +242,7 @@ pub fn format_text(report: &Report) -> String {
         };
         let _ = writeln!(
             text,
-            "pid {} ({}){state}: {} outstanding in {} allocations from {} stacks, {} since last report",
+            "pid {} ({}){state}: {approx}{} outstanding in {approx}{} allocations from {} stacks, {} since last report",
             process.pid,
             process.comm,
             bytes(process.outstanding_bytes),
@@ -217,10 +253,10 @@ pub fn format_text(report: &Report) -> String {
         for (rank, stack) in process.stacks.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "  #{:<3}{:>14}  {:>8} allocs  oldest {:>8}  {:>14}  [{:?}]",
+                "  #{:<3}{:>15}  {:>9} allocs  oldest {:>8}  {:>14}  [{:?}]",
                 rank + 1,
-                bytes(stack.bytes),
-                stack.count,
+                format!("{approx}{}", bytes(stack.bytes)),
+                format!("{approx}{}", stack.count),
                 age(stack.oldest_age_ns),
                 signed_bytes(stack.growth_bytes),
                 stack.kind,

@@ -43,14 +43,14 @@ pub enum CollectError {
 }
 
 /// Ages of one stack's outstanding allocations, from a scan of every allocation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AgeSummary {
     /// Timestamp of the oldest outstanding allocation (CLOCK_MONOTONIC ns).
     pub oldest_ns: u64,
-    /// Bytes of allocations at least the minimum age old.
-    pub aged_bytes: u64,
-    /// Count of allocations at least the minimum age old.
-    pub aged_count: u64,
+    /// Bytes of allocations at least the minimum age old (an estimate in sampled mode).
+    pub aged_bytes: f64,
+    /// Count of allocations at least the minimum age old (an estimate in sampled mode).
+    pub aged_count: f64,
 }
 
 /// The maps, taken out of the loaded object.
@@ -108,6 +108,7 @@ impl BpfMaps {
         tgids: &HashSet<u32>,
         now_ns: u64,
         min_age_ns: u64,
+        sample_bytes: u64,
     ) -> Result<HashMap<StackKey, AgeSummary>, CollectError> {
         let mut out: HashMap<StackKey, AgeSummary> = HashMap::new();
         batch::for_each(self.allocs.map(), |key: AllocKey, info: AllocInfo| {
@@ -125,8 +126,9 @@ impl BpfMaps {
             });
             summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
             if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
-                summary.aged_bytes += info.size_bytes;
-                summary.aged_count += 1;
+                let (bytes, count) = sampling_weight(info.size_bytes, sample_bytes);
+                summary.aged_bytes += bytes;
+                summary.aged_count += count;
             }
         })
         .map_err(|source| CollectError::Read {
@@ -239,6 +241,21 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<OomKillEven
         _ => {}
     }
     None
+}
+
+/// What one recorded allocation of `size` bytes stands for: (bytes, allocations). Exact mode
+/// (`sample_bytes` 0): itself. Sampled mode: it was sampled with probability
+/// p = 1 - exp(-size / sample_bytes), so it stands for size / p bytes and 1 / p allocations.
+pub fn sampling_weight(size: u64, sample_bytes: u64) -> (f64, f64) {
+    if sample_bytes == 0 {
+        return (size as f64, 1.0);
+    }
+    let r = size as f64 / sample_bytes as f64;
+    if r == 0.0 {
+        return (sample_bytes as f64, 1.0);
+    }
+    let p = -(-r).exp_m1();
+    (size as f64 / p, 1.0 / p)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

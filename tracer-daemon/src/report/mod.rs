@@ -98,6 +98,10 @@ pub struct Report {
     pub timestamp_unix_ms: u64,
     /// The minimum age applied, ns (0: every outstanding allocation counts).
     pub min_age_ns: u64,
+    /// Sampling mean in bytes (0: exact mode).
+    pub sample_bytes: u64,
+    /// True when bytes and counts are estimates (sampled mode).
+    pub estimated: bool,
     /// Traced processes.
     pub processes: Vec<ProcessReport>,
     /// The BPF programs' counters, so losses are never silent.

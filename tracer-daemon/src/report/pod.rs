@@ -44,6 +44,9 @@ pub struct ContainerReport {
     pub stacks_total: usize,
     /// Traced processes included.
     pub pids: Vec<u32>,
+    /// True when bytes and counts are estimates (sampled mode).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// A leak report for one pod, container or process.
@@ -63,6 +66,10 @@ pub struct PodReport {
     pub sort_by: SortBy,
     /// Minimum age applied, ns.
     pub min_age_ns: u64,
+    /// Sampling mean in bytes (0: exact mode).
+    pub sample_bytes: u64,
+    /// True when bytes and counts are estimates (sampled mode).
+    pub estimated: bool,
     /// The BPF side's counters (node-wide).
     pub stats: BpfStats,
 }

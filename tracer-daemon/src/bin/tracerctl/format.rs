@@ -112,6 +112,13 @@ pub(crate) fn report(report: &PodReport) -> String {
             .map_or_else(|| "process".to_owned(), |uid| format!("pod uid {uid}")),
     };
     let _ = writeln!(out, "{who}");
+    if report.estimated {
+        let _ = writeln!(
+            out,
+            "  (sampled: one allocation per {} bytes on average; bytes and counts are estimates)",
+            report.sample_bytes
+        );
+    }
     for container in &report.containers {
         let _ = writeln!(
             out,
@@ -412,6 +419,8 @@ pub(crate) fn evidence(e: &EvidenceView) -> String {
             containers: vec![report.clone()],
             sort_by: tracer_daemon::report::pod::SortBy::Bytes,
             min_age_ns: 0,
+            sample_bytes: 0,
+            estimated: report.estimated,
             stats: tracer_daemon::collect::stats::BpfStats::default(),
         };
         let text = self::report(&pod);

@@ -1,17 +1,23 @@
 //! Attaching the allocator probes to one process, on the library file it really maps.
+//! `placement` decides where in each function a probe lands.
 //!
 //! The allocator is the first mapped ELF file (executable first, then libraries in load order,
 //! as the dynamic linker resolves symbols) that defines `malloc`. Each function's probe goes at
 //! its file offset in that file, opened through /proc/PID/root so a container's own libc is
 //! hooked. Probes are per process: only the traced process pays for them.
 
-use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+pub mod placement;
+
+use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf};
+
+use iced_x86::Register;
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use tracing::{debug, warn};
 
 use crate::{
+    attach::placement::{Placement, PlacementMode, ProbeNeeds},
     bpf::Probes,
     discover::process::{self, ProcessError},
 };
@@ -27,84 +33,135 @@ pub struct AllocatorFunction {
     pub exit: Option<&'static str>,
     /// Whether tracing is impossible without it.
     pub required: bool,
+    /// Argument registers its entry program reads.
+    pub reads: &'static [Register],
+    /// Whether a call with a NULL first argument records nothing.
+    pub null_first_arg_needs_no_record: bool,
+}
+
+impl AllocatorFunction {
+    /// What its probes need, for placement.
+    pub fn needs(&self) -> ProbeNeeds {
+        ProbeNeeds {
+            reads: self.reads,
+            has_return: self.exit.is_some(),
+            null_first_arg_needs_no_record: self.null_first_arg_needs_no_record,
+        }
+    }
 }
 
 /// Every function traced, in preference order (when two symbols share an address, the first is
 /// the one probed: probing both would count each call twice).
 pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
-    AllocatorFunction {
-        symbol: "malloc",
-        entry: "malloc_enter",
-        exit: Some("malloc_exit"),
-        required: true,
-    },
-    AllocatorFunction {
-        symbol: "free",
-        entry: "free_enter",
-        exit: None,
-        required: true,
-    },
-    AllocatorFunction {
-        symbol: "calloc",
-        entry: "calloc_enter",
-        exit: Some("calloc_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "realloc",
-        entry: "realloc_enter",
-        exit: Some("realloc_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "reallocarray",
-        entry: "reallocarray_enter",
-        exit: Some("reallocarray_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "posix_memalign",
-        entry: "posix_memalign_enter",
-        exit: Some("posix_memalign_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "memalign",
-        entry: "memalign_enter",
-        exit: Some("memalign_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "aligned_alloc",
-        entry: "aligned_alloc_enter",
-        exit: Some("aligned_alloc_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "valloc",
-        entry: "valloc_enter",
-        exit: Some("valloc_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "pvalloc",
-        entry: "pvalloc_enter",
-        exit: Some("pvalloc_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "mmap",
-        entry: "mmap_enter",
-        exit: Some("mmap_exit"),
-        required: false,
-    },
-    AllocatorFunction {
-        symbol: "munmap",
-        entry: "munmap_enter",
-        exit: None,
-        required: false,
-    },
+    function(
+        "malloc",
+        "malloc_enter",
+        Some("malloc_exit"),
+        true,
+        &[Register::RDI],
+        false,
+    ),
+    function("free", "free_enter", None, true, &[Register::RDI], true),
+    function(
+        "calloc",
+        "calloc_enter",
+        Some("calloc_exit"),
+        false,
+        &[Register::RDI, Register::RSI],
+        false,
+    ),
+    function(
+        "realloc",
+        "realloc_enter",
+        Some("realloc_exit"),
+        false,
+        &[Register::RDI, Register::RSI],
+        false,
+    ),
+    function(
+        "reallocarray",
+        "reallocarray_enter",
+        Some("reallocarray_exit"),
+        false,
+        &[Register::RDI, Register::RSI, Register::RDX],
+        false,
+    ),
+    function(
+        "posix_memalign",
+        "posix_memalign_enter",
+        Some("posix_memalign_exit"),
+        false,
+        &[Register::RDI, Register::RDX],
+        false,
+    ),
+    function(
+        "memalign",
+        "memalign_enter",
+        Some("memalign_exit"),
+        false,
+        &[Register::RSI],
+        false,
+    ),
+    function(
+        "aligned_alloc",
+        "aligned_alloc_enter",
+        Some("aligned_alloc_exit"),
+        false,
+        &[Register::RSI],
+        false,
+    ),
+    function(
+        "valloc",
+        "valloc_enter",
+        Some("valloc_exit"),
+        false,
+        &[Register::RDI],
+        false,
+    ),
+    function(
+        "pvalloc",
+        "pvalloc_enter",
+        Some("pvalloc_exit"),
+        false,
+        &[Register::RDI],
+        false,
+    ),
+    // mmap's flags are its fourth argument: %rcx in the C calling convention.
+    function(
+        "mmap",
+        "mmap_enter",
+        Some("mmap_exit"),
+        false,
+        &[Register::RSI, Register::RCX],
+        false,
+    ),
+    function(
+        "munmap",
+        "munmap_enter",
+        None,
+        false,
+        &[Register::RDI, Register::RSI],
+        false,
+    ),
 ];
+
+const fn function(
+    symbol: &'static str,
+    entry: &'static str,
+    exit: Option<&'static str>,
+    required: bool,
+    reads: &'static [Register],
+    null_first_arg_needs_no_record: bool,
+) -> AllocatorFunction {
+    AllocatorFunction {
+        symbol,
+        entry,
+        exit,
+        required,
+        reads,
+        null_first_arg_needs_no_record,
+    }
+}
 
 /// Why a process could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -163,8 +220,17 @@ pub struct AllocatorLibrary {
 pub struct PlannedProbe {
     /// Which function.
     pub function: &'static AllocatorFunction,
-    /// File offset of the probe.
+    /// File offset of the function.
     pub offset: u64,
+    /// Where in the function its probes go, and why.
+    pub placement: Placement,
+}
+
+impl PlannedProbe {
+    /// File offset of the probes (entry, and return when there is one).
+    pub fn probe_offset(&self) -> u64 {
+        self.offset + self.placement.offset
+    }
 }
 
 /// The probes attached to one process.
@@ -177,8 +243,8 @@ pub struct Attachment {
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
-/// Finds the allocator a process uses and the offsets of its functions.
-pub fn find_allocator(pid: u32) -> Result<AllocatorLibrary, AttachError> {
+/// Finds the allocator a process uses, the offsets of its functions and where to probe them.
+pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
     let mappings = process::exec_mappings(pid)?;
     let mut checked = Vec::new();
     for mapping in &mappings {
@@ -225,7 +291,24 @@ pub fn find_allocator(pid: u32) -> Result<AllocatorLibrary, AttachError> {
                 continue;
             }
             let _ = taken.insert(offset, function.symbol);
-            functions.push(PlannedProbe { function, offset });
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let code = &data[start..(start + PROLOGUE_BYTES).min(data.len())];
+            let placement = placement::place(code, &function.needs(), mode);
+            debug!(
+                pid,
+                symbol = function.symbol,
+                offset = placement.offset,
+                instruction = %placement.instruction,
+                reason = %placement.reason,
+                "probe placement"
+            );
+            functions.push(PlannedProbe {
+                function,
+                offset,
+                placement,
+            });
         }
         return Ok(AllocatorLibrary {
             path: mapping.path.clone(),
@@ -237,6 +320,36 @@ pub fn find_allocator(pid: u32) -> Result<AllocatorLibrary, AttachError> {
         pid,
         checked: checked.join(", "),
     })
+}
+
+/// Bytes of each function decoded for placement.
+const PROLOGUE_BYTES: usize = 64;
+
+/// A table of where each probe goes and why (`trace --explain-probes`).
+pub fn explain(library: &AllocatorLibrary) -> String {
+    let mut text = format!("allocator: {}\n", library.path);
+    let _ = writeln!(
+        text,
+        "{:<16} {:>10} {:>7} {:<28} {:<9} WHY",
+        "FUNCTION", "FILE OFF", "+OFF", "INSTRUCTION", "KERNEL"
+    );
+    for probe in &library.functions {
+        let _ = writeln!(
+            text,
+            "{:<16} {:>#10x} {:>7} {:<28} {:<9} {}",
+            probe.function.symbol,
+            probe.offset,
+            format!("+{}", probe.placement.offset),
+            probe.placement.instruction,
+            if probe.placement.emulated {
+                "emulated"
+            } else {
+                "stepped"
+            },
+            probe.placement.reason
+        );
+    }
+    text
 }
 
 /// Defined function symbols of an ELF file, by name, as file offsets.
@@ -312,10 +425,10 @@ pub fn attach(
         let functions = &attachment.library.functions;
         let exits = functions
             .iter()
-            .filter_map(|p| programs.exit(p.function).map(|e| (e, p.offset)));
+            .filter_map(|p| programs.exit(p.function).map(|e| (e, p.probe_offset())));
         let entries = functions
             .iter()
-            .map(|p| (programs.entry(p.function), p.offset));
+            .map(|p| (programs.entry(p.function), p.probe_offset()));
         exits.chain(entries).collect()
     };
     for (program_name, offset) in planned {

@@ -1,0 +1,63 @@
+//! Sampled mode: Poisson sampling on allocated bytes, as tcmalloc and jemalloc heap profiles do.
+//!
+//! Each thread counts down the bytes until its next sample, drawn from an exponential
+//! distribution with the configured mean N; an allocation that reaches it is recorded. An
+//! allocation of size s is therefore sampled with probability 1 - exp(-s/N), and recorded with
+//! the weight s / (1 - exp(-s/N)) in bytes (and 1 / (1 - exp(-s/N)) allocations), so per-stack
+//! totals are unbiased estimates. Unsampled allocations skip all map work; their frees miss in
+//! `ALLOCS` after one lookup. BPF has no floating point: both functions come from tables the
+//! daemon fills.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use tracer_common::{
+    SAMPLED_COUNT_SCALE, SAMPLING_FIXED_ONE, SAMPLING_TABLE_LEN, SAMPLING_WEIGHT_STEPS,
+};
+
+use crate::{
+    config::sample_bytes,
+    maps::{SAMPLE_DISTANCES, SAMPLE_WEIGHTS},
+};
+
+/// A fresh exponential distance to the next sample, in bytes (at least 1).
+pub(crate) fn draw_distance() -> i64 {
+    // SAFETY: the helper has no preconditions.
+    let index = unsafe { bpf_get_prandom_u32() } % SAMPLING_TABLE_LEN;
+    let scaled = SAMPLE_DISTANCES
+        .get(index)
+        .copied()
+        .unwrap_or(SAMPLING_FIXED_ONE as u32);
+    // The daemon caps the mean at 2^40 and table entries are below 2^20: no overflow (and no
+    // saturating_mul, which needs a 128-bit multiply BPF lacks).
+    let distance = sample_bytes().wrapping_mul(u64::from(scaled)) / SAMPLING_FIXED_ONE;
+    (distance.max(1)).min(i64::MAX as u64) as i64
+}
+
+/// What one recorded allocation of `size` bytes adds to its stack's totals: (bytes, count).
+/// Exact mode: (size, 1). Sampled mode: the estimate it stands for, the count in thousandths.
+pub(crate) fn weights(size: u64) -> (u64, u64) {
+    let mean = sample_bytes();
+    if mean == 0 {
+        return (size, 1);
+    }
+    let steps = if size > u64::MAX / SAMPLING_WEIGHT_STEPS {
+        u64::MAX
+    } else {
+        size * SAMPLING_WEIGHT_STEPS / mean
+    };
+    let bytes = if steps >= u64::from(SAMPLING_TABLE_LEN) {
+        // Sixteen means or more: sampled with probability ~1.
+        size
+    } else {
+        let scaled = SAMPLE_WEIGHTS
+            .get(steps as u32)
+            .copied()
+            .unwrap_or(SAMPLING_FIXED_ONE as u32);
+        (mean.wrapping_mul(u64::from(scaled)) / SAMPLING_FIXED_ONE).max(size)
+    };
+    let count = if size == 0 || bytes > u64::MAX / SAMPLED_COUNT_SCALE {
+        SAMPLED_COUNT_SCALE
+    } else {
+        bytes * SAMPLED_COUNT_SCALE / size
+    };
+    (bytes, count)
+}

@@ -56,7 +56,7 @@ fn smart_and_entry_placement_give_identical_exact_reports() {
 #[test]
 fn explain_probes_shows_each_function_offset_instruction_and_reason() {
     require_root();
-    let mut workload = Workload::start(&workload("one_leak_site"), &[]);
+    let workload = Workload::start(&workload("one_leak_site"), &[]);
     let pid = workload.pid.to_string();
     let output = std::process::Command::new(daemon_binary())
         .args(["trace", "--pid", &pid, "--explain-probes"])

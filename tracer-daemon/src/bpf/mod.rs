@@ -293,19 +293,13 @@ fn fill_sampling_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
             .min(f64::from(u32::MAX)) as u32
     };
     let len = f64::from(SAMPLING_TABLE_LEN);
-    let tables: [(&'static str, Box<dyn Fn(u32) -> u32>); 2] = [
-        (
-            names::SAMPLE_DISTANCES,
-            Box::new(move |i| fixed(-((f64::from(i) + 0.5) / len).ln())),
-        ),
-        (
-            names::SAMPLE_WEIGHTS,
-            Box::new(move |k| {
-                let r = f64::from(k) / SAMPLING_WEIGHT_STEPS as f64;
-                fixed(if k == 0 { 1.0 } else { r / (1.0 - (-r).exp()) })
-            }),
-        ),
-    ];
+    let distance = move |i: u32| fixed(-((f64::from(i) + 0.5) / len).ln());
+    let weight = move |k: u32| {
+        let r = f64::from(k) / SAMPLING_WEIGHT_STEPS as f64;
+        fixed(if k == 0 { 1.0 } else { r / (1.0 - (-r).exp()) })
+    };
+    let tables: [(&'static str, &dyn Fn(u32) -> u32); 2] =
+        [(names::SAMPLE_DISTANCES, &distance), (names::SAMPLE_WEIGHTS, &weight)];
     for (name, value) in tables {
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap { name })?;
         let mut array: aya::maps::Array<&mut aya::maps::MapData, u32> =

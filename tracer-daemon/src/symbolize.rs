@@ -19,6 +19,9 @@ use tracing::debug;
 
 use crate::discover::process;
 
+/// Symbolized stacks kept (a bound on the daemon's memory, whatever the node's stack count).
+const MAX_CACHED_STACKS: usize = 16384;
+
 /// One symbolized frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
@@ -170,6 +173,18 @@ impl Symbolizer {
             self.symbolize_address(pid, addr, &mut frames);
         }
         let frames: Arc<[Frame]> = frames.into();
+        if self.stacks.len() >= MAX_CACHED_STACKS {
+            // Reports symbolize only the stacks they show: an evicted one is simply redone.
+            let evict: Vec<(u32, u64)> = self
+                .stacks
+                .keys()
+                .take(MAX_CACHED_STACKS / 8)
+                .copied()
+                .collect();
+            for key in evict {
+                let _ = self.stacks.remove(&key);
+            }
+        }
         let _ = self.stacks.insert((pid, stack_id), Arc::clone(&frames));
         frames
     }

@@ -33,6 +33,43 @@ pub enum TracerError {
     Collect(#[from] CollectError),
 }
 
+/// One stack's numbers before symbolization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    /// The process.
+    pub pid: u32,
+    /// Stack id.
+    pub stack_id: u64,
+    /// Heap or mmap.
+    pub kind: MemoryKind,
+    /// Outstanding bytes (estimated in sampled mode).
+    pub bytes: u64,
+    /// Outstanding allocations (estimated in sampled mode).
+    pub count: u64,
+    /// Age of the oldest outstanding allocation, ns.
+    pub oldest_age_ns: u64,
+}
+
+/// A traced process and its stacks holding memory.
+#[derive(Clone, Debug)]
+pub struct ProcessStacks {
+    /// Pid.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Running or ended.
+    pub state: ProcessState,
+    /// Allocator library probed.
+    pub allocator: String,
+    /// Every stack holding memory.
+    pub stacks: Vec<RawStack>,
+}
+
+/// Stacks symbolized for a report of `top`: a margin for stacks that merge at one call site.
+pub fn candidates(top: usize) -> usize {
+    top.saturating_mul(4).saturating_add(16)
+}
+
 /// How long a process that exec'd is retried before giving up on its new program.
 const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -300,123 +337,148 @@ impl Tracer {
         Ok(())
     }
 
-    /// Reports on these traced processes (unknown pids are skipped): every stack holding
-    /// memory, stacks at the same call site merged, unranked. Bytes and counts come from the
-    /// kernel's per-stack totals (O(stacks)); with a minimum age, from a scan of the
-    /// allocations instead.
-    pub fn process_reports(
+    /// Every stack holding memory in these traced processes (unknown pids are skipped), with
+    /// bytes, counts and ages, not yet symbolized. Bytes and counts come from the kernel's
+    /// per-stack totals (O(stacks)); with a minimum age, from a scan of the allocations.
+    pub fn process_stacks(
         &mut self,
         pids: &[u32],
         options: &ReportOptions,
-    ) -> Result<Vec<ProcessReport>, CollectError> {
+    ) -> Result<Vec<ProcessStacks>, CollectError> {
         let pids: Vec<u32> = pids
             .iter()
             .copied()
             .filter(|p| self.processes.contains_key(p))
             .collect();
+        let wanted: HashSet<u32> = pids.iter().copied().collect();
         let now_ns = collect::monotonic_now_ns();
-        let totals = self.maps.stack_totals()?;
-        let ages = if options.min_age_ns > 0 {
-            let tgids: HashSet<u32> = pids.iter().copied().collect();
-            self.maps
-                .scan_ages(&tgids, now_ns, options.min_age_ns, self.sample_bytes)?
+        let fresh_ages = if options.min_age_ns > 0 {
+            Some(
+                self.maps
+                    .scan_ages(&wanted, now_ns, options.min_age_ns, self.sample_bytes)?,
+            )
         } else {
-            // Taken out while `self` is borrowed mutably below, and put back at the end.
-            std::mem::take(&mut self.ages)
+            None
         };
-
-        let mut reports = Vec::with_capacity(pids.len());
-        for pid in pids {
-            let mut stacks = Vec::new();
-            for (key, stack_totals) in totals.iter().filter(|(k, _)| k.tgid == pid) {
-                let age = ages.get(key).copied().unwrap_or(AgeSummary {
-                    oldest_ns: u64::MAX,
-                    ..AgeSummary::default()
-                });
-                let (bytes, count) = if options.min_age_ns > 0 {
-                    (age.aged_bytes.round() as u64, age.aged_count.round() as u64)
-                } else if self.sample_bytes > 0 {
-                    // Counts are kept in thousandths in sampled mode.
-                    let scale = tracer_common::SAMPLED_COUNT_SCALE;
-                    (
-                        stack_totals.outstanding_bytes,
-                        (stack_totals.outstanding_count + scale / 2) / scale,
-                    )
-                } else {
-                    (
-                        stack_totals.outstanding_bytes,
-                        stack_totals.outstanding_count,
-                    )
-                };
-                if bytes == 0 && count == 0 {
-                    continue;
-                }
-                let oldest = oldest_age(age.oldest_ns, now_ns);
-                stacks.push(self.stack_report(
-                    pid,
-                    key.stack_id,
-                    MemoryKind::Heap,
-                    bytes,
-                    count,
-                    oldest,
-                ));
+        let ages = fresh_ages.as_ref().unwrap_or(&self.ages);
+        let mut by_pid: HashMap<u32, Vec<RawStack>> = HashMap::new();
+        for (key, totals) in self.maps.stack_totals()? {
+            if !wanted.contains(&key.tgid) {
+                continue;
             }
+            let age = ages.get(&key).copied().unwrap_or(AgeSummary {
+                oldest_ns: u64::MAX,
+                ..AgeSummary::default()
+            });
+            let (bytes, count) = if options.min_age_ns > 0 {
+                (age.aged_bytes.round() as u64, age.aged_count.round() as u64)
+            } else if self.sample_bytes > 0 {
+                // Counts are kept in thousandths in sampled mode.
+                let scale = tracer_common::SAMPLED_COUNT_SCALE;
+                (
+                    totals.outstanding_bytes,
+                    (totals.outstanding_count + scale / 2) / scale,
+                )
+            } else {
+                (totals.outstanding_bytes, totals.outstanding_count)
+            };
+            if bytes == 0 && count == 0 {
+                continue;
+            }
+            by_pid.entry(key.tgid).or_default().push(RawStack {
+                pid: key.tgid,
+                stack_id: key.stack_id,
+                kind: MemoryKind::Heap,
+                bytes,
+                count,
+                oldest_age_ns: oldest_age(age.oldest_ns, now_ns),
+            });
+        }
+        let mut out = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let mut stacks = by_pid.remove(&pid).unwrap_or_default();
             for (stack_id, mapped) in self.mappings.per_stack(pid) {
-                let oldest = oldest_age(mapped.oldest_ns, now_ns);
-                if options.min_age_ns > 0 && oldest < options.min_age_ns {
+                let oldest_age_ns = oldest_age(mapped.oldest_ns, now_ns);
+                if options.min_age_ns > 0 && oldest_age_ns < options.min_age_ns {
                     continue;
                 }
-                stacks.push(self.stack_report(
+                stacks.push(RawStack {
                     pid,
                     stack_id,
-                    MemoryKind::Mmap,
-                    mapped.bytes,
-                    mapped.count,
-                    oldest,
-                ));
+                    kind: MemoryKind::Mmap,
+                    bytes: mapped.bytes,
+                    count: mapped.count,
+                    oldest_age_ns,
+                });
             }
-            let stacks = report::merge_same_call_sites(stacks);
             let Some(traced) = self.processes.get(&pid) else {
                 continue;
             };
-            reports.push(ProcessReport {
+            out.push(ProcessStacks {
                 pid,
                 comm: traced.info.comm.clone(),
                 state: traced.state,
                 allocator: traced.allocator.clone(),
-                outstanding_bytes: stacks.iter().map(|s| s.bytes).sum(),
-                outstanding_count: stacks.iter().map(|s| s.count).sum(),
-                growth_bytes: 0,
-                stacks_total: stacks.len(),
                 stacks,
             });
         }
-        if options.min_age_ns == 0 {
-            self.ages = ages;
-        }
-        Ok(reports)
+        Ok(out)
     }
 
-    fn stack_report(
+    /// Symbolizes stacks and merges those at the same call site (see
+    /// [`report::merge_same_call_sites`]). Only call this on the stacks a report shows: it is
+    /// the expensive step, and its cache is bounded.
+    pub fn symbolize_stacks(&mut self, stacks: &[RawStack]) -> Vec<StackReport> {
+        let reports: Vec<StackReport> = stacks
+            .iter()
+            .map(|raw| StackReport {
+                stack_id: format!("{:016x}", raw.stack_id),
+                pid: raw.pid,
+                kind: raw.kind,
+                bytes: raw.bytes,
+                count: raw.count,
+                oldest_age_ns: raw.oldest_age_ns,
+                growth_bytes: 0,
+                growth: None,
+                frames: self.frames(raw.pid, raw.stack_id),
+                members: vec![raw.stack_id],
+            })
+            .collect();
+        report::merge_same_call_sites(reports)
+    }
+
+    /// Per-process reports with the top stacks by bytes symbolized (a few more than `top`, so
+    /// stacks at one call site can merge before the cut), unranked.
+    pub fn process_reports(
         &mut self,
-        pid: u32,
-        stack_id: u64,
-        kind: MemoryKind,
-        bytes: u64,
-        count: u64,
-        oldest_age_ns: u64,
-    ) -> StackReport {
-        StackReport {
-            stack_id: format!("{stack_id:016x}"),
-            pid,
-            kind,
-            bytes,
-            count,
-            oldest_age_ns,
-            growth_bytes: 0,
-            growth: None,
-            frames: self.frames(pid, stack_id),
+        pids: &[u32],
+        options: &ReportOptions,
+        top: usize,
+    ) -> Result<Vec<ProcessReport>, CollectError> {
+        let processes = self.process_stacks(pids, options)?;
+        let mut reports = Vec::with_capacity(processes.len());
+        for mut process in processes {
+            let outstanding_bytes = process.stacks.iter().map(|s| s.bytes).sum();
+            let outstanding_count = process.stacks.iter().map(|s| s.count).sum();
+            let stacks_total = process.stacks.len();
+            process
+                .stacks
+                .sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack_id.cmp(&b.stack_id)));
+            process.stacks.truncate(candidates(top));
+            let stacks = self.symbolize_stacks(&process.stacks);
+            reports.push(ProcessReport {
+                pid: process.pid,
+                comm: process.comm,
+                state: process.state,
+                allocator: process.allocator,
+                outstanding_bytes,
+                outstanding_count,
+                growth_bytes: 0,
+                stacks_total,
+                stacks,
+            });
         }
+        Ok(reports)
     }
 
     fn frames(&mut self, pid: u32, stack_id: u64) -> Arc<[Frame]> {

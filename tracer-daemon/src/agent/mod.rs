@@ -34,7 +34,6 @@ use crate::{
     select::{Explicit, Selection, SelectionConfig},
     tracer::{ReportOptions, Tracer, TracerConfig, TracerError},
 };
-use reports::stack_id_value;
 use selector::{Selector, Target};
 use targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess};
 
@@ -94,6 +93,9 @@ impl std::os::fd::AsRawFd for EventsFd {
         self.0
     }
 }
+
+/// Stacks whose growth is tracked (the largest by bytes, node-wide).
+pub const GROWTH_TRACKED_STACKS: usize = 4096;
 
 /// Where evidence lives when nobody says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tracer";
@@ -470,24 +472,25 @@ impl Agent {
         self.growth.forget(|&(p, _)| p == pid);
     }
 
-    /// Samples every traced stack's bytes into the growth windows.
+    /// Samples the largest stacks' bytes into the growth windows (and refreshes ages). Only
+    /// the top [`GROWTH_TRACKED_STACKS`] by bytes are tracked, so memory stays bounded however
+    /// many distinct stacks the node has; nothing is symbolized here.
     fn sample(&mut self) {
         if let Err(error) = self.tracer.refresh_ages() {
             warn!(%error, "age scan failed");
         }
         let pids = self.tracer.pids();
-        match self
-            .tracer
-            .process_reports(&pids, &ReportOptions::default())
-        {
-            Ok(reports) => {
-                let now = monotonic_now_ns();
-                let samples = reports.iter().flat_map(|process| {
-                    process.stacks.iter().filter_map(move |stack| {
-                        Some(((process.pid, stack_id_value(&stack.stack_id)?), stack.bytes))
-                    })
-                });
-                self.growth.record(now, samples);
+        match self.tracer.process_stacks(&pids, &ReportOptions::default()) {
+            Ok(processes) => {
+                let mut stacks: Vec<((u32, u64), u64)> = processes
+                    .iter()
+                    .flat_map(|p| p.stacks.iter().map(|s| ((s.pid, s.stack_id), s.bytes)))
+                    .collect();
+                if stacks.len() > GROWTH_TRACKED_STACKS {
+                    stacks.select_nth_unstable_by(GROWTH_TRACKED_STACKS, |a, b| b.1.cmp(&a.1));
+                    stacks.truncate(GROWTH_TRACKED_STACKS);
+                }
+                self.growth.record(monotonic_now_ns(), stacks);
             }
             Err(error) => warn!(%error, "growth sampling failed"),
         }

@@ -13,10 +13,10 @@ use super::{
 use crate::{
     discover::node,
     report::{
-        ProcessReport, StackReport,
+        growth::{self, Growth},
         pod::{self, ContainerReport, PodReport, SortBy},
     },
-    tracer::ReportOptions,
+    tracer::{RawStack, ReportOptions, candidates},
 };
 
 /// What a selector resolved to: the pod (if any) and pids per container id.
@@ -29,10 +29,6 @@ pub(super) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub(super) fn stack_id_value(hex: &str) -> Option<u64> {
-    u64::from_str_radix(hex, 16).ok()
 }
 
 impl Agent {
@@ -95,7 +91,7 @@ impl Agent {
     }
 
     /// Per-container reports of what a selector resolved to (containers with nothing traced are
-    /// left out).
+    /// left out). Only the stacks a report can show are symbolized.
     pub(super) fn container_reports(
         &mut self,
         resolved: &Resolved,
@@ -113,9 +109,9 @@ impl Agent {
             .collect();
         let processes = self
             .tracer
-            .process_reports(&pids, &ReportOptions { min_age_ns })?;
-        let by_pid: HashMap<u32, ProcessReport> =
-            processes.into_iter().map(|p| (p.pid, p)).collect();
+            .process_stacks(&pids, &ReportOptions { min_age_ns })?;
+        let by_pid: HashMap<u32, Vec<RawStack>> =
+            processes.into_iter().map(|p| (p.pid, p.stacks)).collect();
         let mut containers = Vec::new();
         for (container_id, container_pids) in &resolved.containers {
             let container = resolved
@@ -123,34 +119,61 @@ impl Agent {
                 .as_ref()
                 .zip(container_id.as_ref())
                 .and_then(|(pod, id)| pod.containers.get(id));
-            let mut stacks: Vec<StackReport> = Vec::new();
-            let mut included = Vec::new();
-            for pid in container_pids {
-                let Some(process) = by_pid.get(pid) else {
-                    continue;
-                };
-                included.push(*pid);
-                for stack in &process.stacks {
-                    let mut stack = stack.clone();
-                    stack.growth =
-                        stack_id_value(&stack.stack_id).map(|id| self.growth.growth(&(*pid, id)));
-                    stacks.push(stack);
-                }
-            }
+            let included: Vec<u32> = container_pids
+                .iter()
+                .copied()
+                .filter(|p| by_pid.contains_key(p))
+                .collect();
             if included.is_empty() {
                 continue;
             }
+            let mut raw: Vec<RawStack> = included
+                .iter()
+                .flat_map(|p| by_pid[p].iter().copied())
+                .collect();
+            let outstanding_bytes = raw.iter().map(|s| s.bytes).sum();
+            let outstanding_count = raw.iter().map(|s| s.count).sum();
+            let stacks_total = raw.len();
+            // The leak rate counts every growing stack, shown or not.
+            let growths: HashMap<(u32, u64), Growth> = raw
+                .iter()
+                .map(|s| {
+                    (
+                        (s.pid, s.stack_id),
+                        self.growth.growth(&(s.pid, s.stack_id)),
+                    )
+                })
+                .collect();
+            let leak_bytes_per_second = pod::leak_rate_of(growths.values());
+            let rate = |s: &RawStack| {
+                growths
+                    .get(&(s.pid, s.stack_id))
+                    .map_or(0.0, |g| g.bytes_per_second)
+            };
+            match sort_by {
+                SortBy::Bytes => raw.sort_unstable_by_key(|s| std::cmp::Reverse(s.bytes)),
+                SortBy::Growth => raw.sort_unstable_by(|a, b| rate(b).total_cmp(&rate(a))),
+            }
+            raw.truncate(candidates(top));
+            let mut stacks = self.tracer.symbolize_stacks(&raw);
+            for stack in &mut stacks {
+                let members: Vec<Growth> = stack
+                    .members
+                    .iter()
+                    .filter_map(|id| growths.get(&(stack.pid, *id)).copied())
+                    .collect();
+                stack.growth = growth::combine(&members);
+            }
             let memory = container.and_then(node::Container::memory);
-            let leak_bytes_per_second = pod::leak_rate(&stacks);
             containers.push(ContainerReport {
                 name: container.and_then(|c| c.name.clone()),
                 id: container_id.clone(),
-                outstanding_bytes: stacks.iter().map(|s| s.bytes).sum(),
-                outstanding_count: stacks.iter().map(|s| s.count).sum(),
+                outstanding_bytes,
+                outstanding_count,
                 leak_bytes_per_second,
                 time_to_limit_ns: pod::time_to_limit_ns(memory.as_ref(), leak_bytes_per_second),
                 memory,
-                stacks_total: stacks.len(),
+                stacks_total,
                 stacks: pod::rank_stacks(stacks, sort_by, top),
                 pids: included,
                 estimated: self.tracer.sample_bytes() > 0,

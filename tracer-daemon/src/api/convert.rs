@@ -365,6 +365,7 @@ impl From<&pb::StackReport> for StackReport {
                 span_ns: 0,
             }),
             frames: s.frames.iter().map(Frame::from).collect::<Vec<_>>().into(),
+            members: Vec::new(),
         }
     }
 }
@@ -724,6 +725,7 @@ mod tests {
                         inlined: false,
                     }]
                     .into(),
+                    members: vec![0xff],
                 }],
                 stacks_total: 1,
                 pids: vec![42],

@@ -298,8 +298,10 @@ fn fill_sampling_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         let r = f64::from(k) / SAMPLING_WEIGHT_STEPS as f64;
         fixed(if k == 0 { 1.0 } else { r / (1.0 - (-r).exp()) })
     };
-    let tables: [(&'static str, &dyn Fn(u32) -> u32); 2] =
-        [(names::SAMPLE_DISTANCES, &distance), (names::SAMPLE_WEIGHTS, &weight)];
+    let tables: [(&'static str, &dyn Fn(u32) -> u32); 2] = [
+        (names::SAMPLE_DISTANCES, &distance),
+        (names::SAMPLE_WEIGHTS, &weight),
+    ];
     for (name, value) in tables {
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap { name })?;
         let mut array: aya::maps::Array<&mut aya::maps::MapData, u32> =

@@ -173,7 +173,7 @@ impl Session {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         tracer.poll();
         tracer.refresh_ages()?;
-        let mut processes = tracer.process_reports(&tracer.pids(), options)?;
+        let mut processes = tracer.process_reports(&tracer.pids(), options, self.top)?;
         self.sequence += 1;
         for process in &mut processes {
             let pid = process.pid;

@@ -294,6 +294,37 @@ fn offset(value: u64, origin: u64) -> f64 {
     (i128::from(value) - i128::from(origin)) as f64
 }
 
+/// The growth of stacks merged into one call site: rates add up; the class is the most telling
+/// of theirs (any growing member makes the call site growing, then levelling off, then
+/// shrinking when all shrink, insufficient data when all lack it, else stable). `None` for no
+/// members.
+pub fn combine(members: &[Growth]) -> Option<Growth> {
+    let (first, rest) = members.split_first()?;
+    if rest.is_empty() {
+        return Some(*first);
+    }
+    let any = |class: GrowthClass| members.iter().any(|g| g.class == class);
+    let all = |class: GrowthClass| members.iter().all(|g| g.class == class);
+    let class = if any(GrowthClass::Growing) {
+        GrowthClass::Growing
+    } else if any(GrowthClass::LevellingOff) {
+        GrowthClass::LevellingOff
+    } else if all(GrowthClass::Shrinking) {
+        GrowthClass::Shrinking
+    } else if all(GrowthClass::InsufficientData) {
+        GrowthClass::InsufficientData
+    } else {
+        GrowthClass::Stable
+    };
+    Some(Growth {
+        bytes_per_second: members.iter().map(|g| g.bytes_per_second).sum(),
+        recent_bytes_per_second: members.iter().map(|g| g.recent_bytes_per_second).sum(),
+        class,
+        samples: members.iter().map(|g| g.samples).max().unwrap_or(0),
+        span_ns: members.iter().map(|g| g.span_ns).max().unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +550,38 @@ mod tests {
             serde_json::to_string(&classes).ok().as_deref(),
             Some(expected)
         );
+    }
+
+    #[test]
+    fn merged_call_sites_add_their_rates_and_take_the_most_telling_class() {
+        let growth = |rate: f64, class: GrowthClass| Growth {
+            bytes_per_second: rate,
+            recent_bytes_per_second: rate,
+            class,
+            samples: 5,
+            span_ns: 10,
+        };
+        assert_eq!(combine(&[]), None);
+        let merged = combine(&[
+            growth(10.0, GrowthClass::Stable),
+            growth(5.0, GrowthClass::Growing),
+        ])
+        .expect("two");
+        assert_eq!(
+            (merged.bytes_per_second, merged.class),
+            (15.0, GrowthClass::Growing)
+        );
+        let merged = combine(&[
+            growth(-1.0, GrowthClass::Shrinking),
+            growth(-2.0, GrowthClass::Shrinking),
+        ])
+        .expect("two");
+        assert_eq!(merged.class, GrowthClass::Shrinking);
+        let merged = combine(&[
+            growth(0.0, GrowthClass::Stable),
+            growth(-2.0, GrowthClass::Shrinking),
+        ])
+        .expect("two");
+        assert_eq!(merged.class, GrowthClass::Stable);
     }
 }

@@ -64,6 +64,9 @@ pub struct StackReport {
     pub growth: Option<Growth>,
     /// Frames, innermost (the allocation's call site) first.
     pub frames: Arc<[Frame]>,
+    /// Ids of the raw stacks merged into this one (for growth lookups).
+    #[serde(skip)]
+    pub members: Vec<u64>,
 }
 
 /// One traced process.
@@ -130,6 +133,7 @@ pub fn merge_same_call_sites(stacks: Vec<StackReport>) -> Vec<StackReport> {
                     into.stack_id.clone_from(&stack.stack_id);
                 }
                 into.bytes += stack.bytes;
+                into.members.extend_from_slice(&stack.members);
                 into.count += stack.count;
                 into.oldest_age_ns = into.oldest_age_ns.max(stack.oldest_age_ns);
                 into.growth_bytes = into.growth_bytes.saturating_add(stack.growth_bytes);
@@ -196,6 +200,7 @@ mod tests {
             growth_bytes: 0,
             growth: None,
             frames: Arc::from(Vec::new()),
+            members: Vec::new(),
         }
     }
 

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     collect::stats::BpfStats,
     discover::memory::MemoryFigures,
-    report::{StackReport, growth::GrowthClass},
+    report::{
+        StackReport,
+        growth::{Growth, GrowthClass},
+    },
 };
 
 /// Stack order.
@@ -93,9 +96,13 @@ pub fn rank_stacks(mut stacks: Vec<StackReport>, sort_by: SortBy, top: usize) ->
 
 /// Sum of the growth rates of the stacks classed as growing.
 pub fn leak_rate(stacks: &[StackReport]) -> f64 {
-    stacks
-        .iter()
-        .filter_map(|s| s.growth)
+    leak_rate_of(stacks.iter().filter_map(|s| s.growth.as_ref()))
+}
+
+/// Sum of the rates of the growths classed as growing.
+pub fn leak_rate_of<'a>(growths: impl IntoIterator<Item = &'a Growth>) -> f64 {
+    growths
+        .into_iter()
         .filter(|g| g.class == GrowthClass::Growing && g.bytes_per_second > 0.0)
         .map(|g| g.bytes_per_second)
         .sum()
@@ -141,6 +148,7 @@ mod tests {
                 span_ns: 1,
             }),
             frames: Arc::from(Vec::new()),
+            members: Vec::new(),
         }
     }
 

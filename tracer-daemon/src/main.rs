@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => tracer_daemon::cli::trace::run(args).await,
             Command::Run(args) => tracer_daemon::cli::run::run(*args).await,
+            Command::ProbeCost(args) => tracer_daemon::cli::probe_cost::run(args).await,
         }
     });
     match result {

@@ -7,14 +7,18 @@ use std::{
     sync::Arc,
 };
 
-use tracer_common::{StackKey, UNKNOWN_STACK_ID};
+use tracer_common::UNKNOWN_STACK_ID;
 use tracing::{info, warn};
 
 use crate::{
     attach::{self, AttachError, Attachment, ProgramSet, placement::PlacementMode},
     bpf::{LoadError, MapSizes, Probes},
     collect::{
-        self, AgeSummary, BpfMaps, CollectError, mappings::MappingTracker, oom::OomKill,
+        self, BpfMaps, CollectError,
+        ages::{self, OldestByStack},
+        mappings::MappingTracker,
+        oom::OomKill,
+        scanner::{Scanner, Snapshot},
         stats::BpfStats,
     },
     discover::process::{self, Liveness, ProcessInfo},
@@ -46,8 +50,9 @@ pub struct RawStack {
     pub bytes: u64,
     /// Outstanding allocations (estimated in sampled mode).
     pub count: u64,
-    /// Age of the oldest outstanding allocation, ns.
-    pub oldest_age_ns: u64,
+    /// Age of the oldest outstanding allocation, ns; `None` until looked up (see
+    /// [`Tracer::symbolize_stacks`]).
+    pub oldest_age_ns: Option<u64>,
 }
 
 /// A traced process and its stacks holding memory.
@@ -63,6 +68,17 @@ pub struct ProcessStacks {
     pub allocator: String,
     /// Every stack holding memory.
     pub stacks: Vec<RawStack>,
+}
+
+/// Keeps the `n` stacks with the most bytes (ties by id), in that order; O(stacks).
+pub fn keep_largest(stacks: &mut Vec<RawStack>, n: usize) {
+    let order =
+        |a: &RawStack, b: &RawStack| b.bytes.cmp(&a.bytes).then(a.stack_id.cmp(&b.stack_id));
+    if stacks.len() > n {
+        let _ = stacks.select_nth_unstable_by(n, order);
+        stacks.truncate(n);
+    }
+    stacks.sort_unstable_by(order);
 }
 
 /// Stacks symbolized for a report of `top`: a margin for stacks that merge at one call site.
@@ -108,8 +124,10 @@ pub struct Tracer {
     mappings: MappingTracker,
     symbolizer: Symbolizer,
     processes: BTreeMap<u32, TracedProcess>,
-    /// Ages from the last full scan of outstanding allocations.
-    ages: HashMap<StackKey, AgeSummary>,
+    /// Oldest allocation per stack, from the last full scan.
+    ages: Arc<OldestByStack>,
+    /// The node agent's background scans (ages, largest stacks).
+    scanner: Option<Scanner>,
     /// OOM kills seen and not yet taken by the caller.
     oom_kills: Vec<OomKill>,
     placement: PlacementMode,
@@ -132,7 +150,8 @@ impl Tracer {
             mappings: MappingTracker::default(),
             symbolizer: Symbolizer::new(),
             processes: BTreeMap::new(),
-            ages: HashMap::new(),
+            ages: Arc::new(OldestByStack::new()),
+            scanner: None,
             oom_kills: Vec::new(),
             oom_victims: HashSet::new(),
             reattach: HashMap::new(),
@@ -327,19 +346,50 @@ impl Tracer {
         self.maps.stats()
     }
 
-    /// Rescans every outstanding allocation of the traced processes for ages (O(allocations));
-    /// reports without a minimum age use the result until the next scan.
+    /// Rescans every outstanding allocation for ages (O(allocations)); reports without a minimum
+    /// age use the result until the next scan. With a background scanner, takes its latest.
     pub fn refresh_ages(&mut self) -> Result<(), CollectError> {
-        let tgids: HashSet<u32> = self.processes.keys().copied().collect();
-        self.ages =
-            self.maps
-                .scan_ages(&tgids, collect::monotonic_now_ns(), 0, self.sample_bytes)?;
+        if let Some(scanner) = &self.scanner {
+            self.ages = Arc::new(scanner.latest().oldest.clone());
+            return Ok(());
+        }
+        let ages = ages::scan(
+            self.maps.allocs_fd(),
+            None,
+            collect::monotonic_now_ns(),
+            0,
+            0,
+        )
+        .map_err(|source| CollectError::Read {
+            name: tracer_common::names::ALLOCS,
+            source,
+        })?;
+        self.ages = Arc::new(ages.into_iter().map(|(k, a)| (k, a.oldest_ns)).collect());
         Ok(())
+    }
+
+    /// Moves the periodic scans (ages of every allocation, the largest stacks for growth) to a
+    /// thread of their own, every `interval` (for the node agent: queries never wait for them).
+    pub fn start_scanner(
+        &mut self,
+        interval: std::time::Duration,
+        keep_largest: usize,
+    ) -> std::io::Result<()> {
+        let allocs = self.maps.allocs_fd().try_clone_to_owned()?;
+        let totals = self.maps.totals_fd().try_clone_to_owned()?;
+        self.scanner = Some(Scanner::spawn(allocs, totals, interval, keep_largest)?);
+        Ok(())
+    }
+
+    /// The last background scan (`None` without a scanner).
+    pub fn latest_scan(&self) -> Option<Arc<Snapshot>> {
+        self.scanner.as_ref().map(Scanner::latest)
     }
 
     /// Every stack holding memory in these traced processes (unknown pids are skipped), with
     /// bytes, counts and ages, not yet symbolized. Bytes and counts come from the kernel's
-    /// per-stack totals (O(stacks)); with a minimum age, from a scan of the allocations.
+    /// per-stack totals, streamed (O(stacks), nothing kept for other processes); with a minimum
+    /// age, from a scan of the allocations instead.
     pub fn process_stacks(
         &mut self,
         pids: &[u32],
@@ -352,47 +402,74 @@ impl Tracer {
             .collect();
         let wanted: HashSet<u32> = pids.iter().copied().collect();
         let now_ns = collect::monotonic_now_ns();
-        let fresh_ages = if options.min_age_ns > 0 {
-            Some(
-                self.maps
-                    .scan_ages(&wanted, now_ns, options.min_age_ns, self.sample_bytes)?,
+        let aged = if options.min_age_ns > 0 {
+            let scan = ages::scan(
+                self.maps.allocs_fd(),
+                Some(&wanted),
+                now_ns,
+                options.min_age_ns,
+                self.sample_bytes,
             )
+            .map_err(|source| CollectError::Read {
+                name: tracer_common::names::ALLOCS,
+                source,
+            })?;
+            Some(scan)
         } else {
             None
         };
-        let ages = fresh_ages.as_ref().unwrap_or(&self.ages);
+        // Counts are kept in thousandths in sampled mode.
+        let scale = if self.sample_bytes > 0 {
+            tracer_common::SAMPLED_COUNT_SCALE
+        } else {
+            1
+        };
+        // This loop runs once per stack on the node: one process is the common case, so it
+        // avoids hashing for it; ages are looked up later, for the stacks a report shows.
+        let single = (pids.len() == 1).then(|| pids[0]);
         let mut by_pid: HashMap<u32, Vec<RawStack>> = HashMap::new();
-        for (key, totals) in self.maps.stack_totals()? {
-            if !wanted.contains(&key.tgid) {
-                continue;
+        let mut only: Vec<RawStack> = Vec::new();
+        self.maps.for_each_total(|key, totals| {
+            let wanted_here = match single {
+                Some(pid) => key.tgid == pid,
+                None => wanted.contains(&key.tgid),
+            };
+            if !wanted_here {
+                return;
             }
-            let age = ages.get(&key).copied().unwrap_or(AgeSummary {
-                oldest_ns: u64::MAX,
-                ..AgeSummary::default()
-            });
-            let (bytes, count) = if options.min_age_ns > 0 {
-                (age.aged_bytes.round() as u64, age.aged_count.round() as u64)
-            } else if self.sample_bytes > 0 {
-                // Counts are kept in thousandths in sampled mode.
-                let scale = tracer_common::SAMPLED_COUNT_SCALE;
-                (
+            let (bytes, count, oldest_age_ns) = match &aged {
+                Some(aged) => {
+                    let Some(age) = aged.get(&key) else { return };
+                    (
+                        age.aged_bytes.round() as u64,
+                        age.aged_count.round() as u64,
+                        Some(oldest_age(age.oldest_ns, now_ns)),
+                    )
+                }
+                None => (
                     totals.outstanding_bytes,
                     (totals.outstanding_count + scale / 2) / scale,
-                )
-            } else {
-                (totals.outstanding_bytes, totals.outstanding_count)
+                    None,
+                ),
             };
             if bytes == 0 && count == 0 {
-                continue;
+                return;
             }
-            by_pid.entry(key.tgid).or_default().push(RawStack {
+            let raw = RawStack {
                 pid: key.tgid,
                 stack_id: key.stack_id,
                 kind: MemoryKind::Heap,
                 bytes,
                 count,
-                oldest_age_ns: oldest_age(age.oldest_ns, now_ns),
-            });
+                oldest_age_ns,
+            };
+            match single {
+                Some(_) => only.push(raw),
+                None => by_pid.entry(key.tgid).or_default().push(raw),
+            }
+        })?;
+        if let Some(pid) = single {
+            let _ = by_pid.insert(pid, only);
         }
         let mut out = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -408,7 +485,7 @@ impl Tracer {
                     kind: MemoryKind::Mmap,
                     bytes: mapped.bytes,
                     count: mapped.count,
-                    oldest_age_ns,
+                    oldest_age_ns: Some(oldest_age_ns),
                 });
             }
             let Some(traced) = self.processes.get(&pid) else {
@@ -429,6 +506,20 @@ impl Tracer {
     /// [`report::merge_same_call_sites`]). Only call this on the stacks a report shows: it is
     /// the expensive step, and its cache is bounded.
     pub fn symbolize_stacks(&mut self, stacks: &[RawStack]) -> Vec<StackReport> {
+        if let Some(scanner) = &self.scanner {
+            let snapshot = scanner.latest();
+            return self.symbolize_with_ages(stacks, &snapshot.oldest);
+        }
+        let ages = Arc::clone(&self.ages);
+        self.symbolize_with_ages(stacks, &ages)
+    }
+
+    fn symbolize_with_ages(
+        &mut self,
+        stacks: &[RawStack],
+        oldest: &OldestByStack,
+    ) -> Vec<StackReport> {
+        let now_ns = collect::monotonic_now_ns();
         let reports: Vec<StackReport> = stacks
             .iter()
             .map(|raw| StackReport {
@@ -437,7 +528,14 @@ impl Tracer {
                 kind: raw.kind,
                 bytes: raw.bytes,
                 count: raw.count,
-                oldest_age_ns: raw.oldest_age_ns,
+                oldest_age_ns: raw.oldest_age_ns.unwrap_or_else(|| {
+                    let key = tracer_common::StackKey {
+                        tgid: raw.pid,
+                        _pad: 0,
+                        stack_id: raw.stack_id,
+                    };
+                    oldest_age(oldest.get(&key).copied().unwrap_or(u64::MAX), now_ns)
+                }),
                 growth_bytes: 0,
                 growth: None,
                 frames: self.frames(raw.pid, raw.stack_id),
@@ -461,10 +559,7 @@ impl Tracer {
             let outstanding_bytes = process.stacks.iter().map(|s| s.bytes).sum();
             let outstanding_count = process.stacks.iter().map(|s| s.count).sum();
             let stacks_total = process.stacks.len();
-            process
-                .stacks
-                .sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack_id.cmp(&b.stack_id)));
-            process.stacks.truncate(candidates(top));
+            keep_largest(&mut process.stacks, candidates(top));
             let stacks = self.symbolize_stacks(&process.stacks);
             reports.push(ProcessReport {
                 pid: process.pid,
@@ -495,7 +590,6 @@ impl Tracer {
         }
         self.mappings.forget(pid);
         self.symbolizer.forget(pid);
-        self.ages.retain(|key, _| key.tgid != pid);
     }
 }
 

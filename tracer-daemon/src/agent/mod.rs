@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    collect::{CollectError, monotonic_now_ns},
+    collect::CollectError,
     discover::{
         memory::{self, CgroupMounts},
         node::{self, NodePaths, NodeView},
@@ -32,7 +32,7 @@ use crate::{
         pod::{PodReport, SortBy},
     },
     select::{Explicit, Selection, SelectionConfig},
-    tracer::{ReportOptions, Tracer, TracerConfig, TracerError},
+    tracer::{Tracer, TracerConfig, TracerError},
 };
 use selector::{Selector, Target};
 use targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess};
@@ -298,6 +298,8 @@ struct Agent {
     /// Containers with an OOM kill seen at the kernel hook recently (counter-based sightings of
     /// the same kill are then not recorded twice).
     recent_kernel_ooms: HashMap<String, Instant>,
+    /// The background scan round last fed to the growth windows.
+    last_sample_ns: u64,
 }
 
 impl Agent {
@@ -305,7 +307,10 @@ impl Agent {
         let selection = Selection::new(&config.selection)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let store = EvidenceStore::open(&config.state_dir, config.retention)?;
-        let tracer = Tracer::new(&config.tracer)?;
+        let mut tracer = Tracer::new(&config.tracer)?;
+        tracer
+            .start_scanner(config.sample_interval, GROWTH_TRACKED_STACKS)
+            .map_err(|e| AgentError::Unavailable(format!("cannot start the age scanner: {e}")))?;
         let mounts = memory::read_cgroup_mounts();
         info!(?mounts, "cgroup filesystems");
         Ok(Self {
@@ -320,6 +325,7 @@ impl Agent {
             failures: HashMap::new(),
             store,
             recent_kernel_ooms: HashMap::new(),
+            last_sample_ns: 0,
         })
     }
 
@@ -472,28 +478,24 @@ impl Agent {
         self.growth.forget(|&(p, _)| p == pid);
     }
 
-    /// Samples the largest stacks' bytes into the growth windows (and refreshes ages). Only
-    /// the top [`GROWTH_TRACKED_STACKS`] by bytes are tracked, so memory stays bounded however
-    /// many distinct stacks the node has; nothing is symbolized here.
+    /// Feeds the background scanner's latest round of the largest stacks' bytes into the
+    /// growth windows (only the top [`GROWTH_TRACKED_STACKS`] by bytes are tracked, so memory
+    /// stays bounded however many stacks the node has).
     fn sample(&mut self) {
-        if let Err(error) = self.tracer.refresh_ages() {
-            warn!(%error, "age scan failed");
+        let Some(snapshot) = self.tracer.latest_scan() else {
+            return;
+        };
+        if snapshot.taken_ns == 0 || snapshot.taken_ns <= self.last_sample_ns {
+            return;
         }
-        let pids = self.tracer.pids();
-        match self.tracer.process_stacks(&pids, &ReportOptions::default()) {
-            Ok(processes) => {
-                let mut stacks: Vec<((u32, u64), u64)> = processes
-                    .iter()
-                    .flat_map(|p| p.stacks.iter().map(|s| ((s.pid, s.stack_id), s.bytes)))
-                    .collect();
-                if stacks.len() > GROWTH_TRACKED_STACKS {
-                    stacks.select_nth_unstable_by(GROWTH_TRACKED_STACKS, |a, b| b.1.cmp(&a.1));
-                    stacks.truncate(GROWTH_TRACKED_STACKS);
-                }
-                self.growth.record(monotonic_now_ns(), stacks);
-            }
-            Err(error) => warn!(%error, "growth sampling failed"),
-        }
+        self.last_sample_ns = snapshot.taken_ns;
+        let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
+        let largest = snapshot
+            .largest
+            .iter()
+            .copied()
+            .filter(|((pid, _), _)| traced.contains(pid));
+        self.growth.record(snapshot.taken_ns, largest);
     }
 
     fn start(&mut self, selector: &Selector) -> Result<Vec<TargetProcess>, AgentError> {

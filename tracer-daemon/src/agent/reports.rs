@@ -16,7 +16,7 @@ use crate::{
         growth::{self, Growth},
         pod::{self, ContainerReport, PodReport, SortBy},
     },
-    tracer::{RawStack, ReportOptions, candidates},
+    tracer::{RawStack, ReportOptions, candidates, keep_largest},
 };
 
 /// What a selector resolved to: the pod (if any) and pids per container id.
@@ -134,33 +134,44 @@ impl Agent {
             let outstanding_bytes = raw.iter().map(|s| s.bytes).sum();
             let outstanding_count = raw.iter().map(|s| s.count).sum();
             let stacks_total = raw.len();
-            // The leak rate counts every growing stack, shown or not.
-            let growths: HashMap<(u32, u64), Growth> = raw
-                .iter()
-                .map(|s| {
-                    (
-                        (s.pid, s.stack_id),
-                        self.growth.growth(&(s.pid, s.stack_id)),
-                    )
-                })
+            // Only tracked stacks (the largest node-wide) have a growth: look those up, not
+            // every stack the container has.
+            let pid_set: HashSet<u32> = included.iter().copied().collect();
+            let tracked: HashMap<(u32, u64), Growth> = self
+                .growth
+                .keys()
+                .filter(|(pid, _)| pid_set.contains(pid))
+                .map(|key| (*key, self.growth.growth(key)))
                 .collect();
-            let leak_bytes_per_second = pod::leak_rate_of(growths.values());
-            let rate = |s: &RawStack| {
-                growths
-                    .get(&(s.pid, s.stack_id))
-                    .map_or(0.0, |g| g.bytes_per_second)
-            };
+            // The leak rate counts every growing stack, shown or not.
+            let leak_bytes_per_second = pod::leak_rate_of(tracked.values());
             match sort_by {
-                SortBy::Bytes => raw.sort_unstable_by_key(|s| std::cmp::Reverse(s.bytes)),
-                SortBy::Growth => raw.sort_unstable_by(|a, b| rate(b).total_cmp(&rate(a))),
+                SortBy::Bytes => keep_largest(&mut raw, candidates(top)),
+                SortBy::Growth => {
+                    let rate = |s: &RawStack| {
+                        tracked
+                            .get(&(s.pid, s.stack_id))
+                            .map_or(0.0, |g| g.bytes_per_second)
+                    };
+                    let by_rate = |a: &RawStack, b: &RawStack| rate(b).total_cmp(&rate(a));
+                    if raw.len() > candidates(top) {
+                        let _ = raw.select_nth_unstable_by(candidates(top), by_rate);
+                        raw.truncate(candidates(top));
+                    }
+                }
             }
-            raw.truncate(candidates(top));
+            let growths = |pid: u32, id: u64| {
+                tracked
+                    .get(&(pid, id))
+                    .copied()
+                    .unwrap_or_else(|| self.growth.growth(&(pid, id)))
+            };
             let mut stacks = self.tracer.symbolize_stacks(&raw);
             for stack in &mut stacks {
                 let members: Vec<Growth> = stack
                     .members
                     .iter()
-                    .filter_map(|id| growths.get(&(stack.pid, *id)).copied())
+                    .map(|id| growths(stack.pid, *id))
                     .collect();
                 stack.growth = growth::combine(&members);
             }

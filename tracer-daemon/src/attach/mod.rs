@@ -353,7 +353,7 @@ pub fn explain(library: &AllocatorLibrary) -> String {
 }
 
 /// Defined function symbols of an ELF file, by name, as file offsets.
-fn defined_functions(data: &[u8]) -> Result<HashMap<String, u64>, object::Error> {
+pub(crate) fn defined_functions(data: &[u8]) -> Result<HashMap<String, u64>, object::Error> {
     let file = object::File::parse(data)?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()

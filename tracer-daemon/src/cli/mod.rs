@@ -1,5 +1,6 @@
 //! Command line of `tracer-daemon`.
 
+pub mod probe_cost;
 pub mod run;
 pub mod trace;
 
@@ -25,4 +26,7 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Run as the node agent: trace selected pods and serve the gRPC API.
     Run(Box<run::RunArgs>),
+    /// Attach empty probes to a binary's functions (benchmark helper).
+    #[command(hide = true)]
+    ProbeCost(probe_cost::ProbeCostArgs),
 }

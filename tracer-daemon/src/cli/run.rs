@@ -174,7 +174,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .max_allocations
                     .or(file.limits.max_allocations)
                     .unwrap_or(1 << 19),
-                stack_totals: max_stacks.saturating_mul(2),
+                stack_totals: max_stacks,
                 stack_traces: max_stacks,
                 ..MapSizes::default()
             },

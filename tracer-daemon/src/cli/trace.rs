@@ -91,7 +91,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let sizes = MapSizes {
         allocations: args.max_allocations,
-        stack_totals: args.max_stacks.saturating_mul(2),
+        stack_totals: args.max_stacks,
         stack_traces: args.max_stacks,
         ..MapSizes::default()
     };

@@ -7,7 +7,7 @@
 use std::{
     io,
     mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
 };
 
 use aya::{Pod, maps::MapData};
@@ -36,11 +36,38 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
 
 /// Calls `visit` with every (key, value) of a hash map. Elements inserted or deleted during
 /// the scan may or may not be seen, as with any map iteration.
-pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(K, V)) -> io::Result<()> {
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
+pub fn for_each<K: Pod, V: Pod>(map: &MapData, visit: impl FnMut(K, V)) -> io::Result<()> {
+    for_each_fd(map.fd().as_fd(), visit)
+}
+
+/// [`for_each`] on a map descriptor (a duplicate can scan from another thread).
+pub fn for_each_fd<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    mut visit: impl FnMut(K, V),
+) -> io::Result<()> {
+    let fd = map.as_raw_fd() as u32;
     let mut chunk = CHUNK;
-    let mut keys = vec![0u8; chunk * size_of::<K>()];
-    let mut values = vec![0u8; chunk * size_of::<V>()];
+    // Per-thread buffers, reused across scans: a report reads ~100k entries; fresh multi-page
+    // buffers every time would cost page faults on every query.
+    let (mut keys, mut values) = BUFFERS.with_borrow_mut(std::mem::take);
+    keys.resize(chunk * size_of::<K>(), 0);
+    values.resize(chunk * size_of::<V>(), 0);
+    let result = scan_chunks(fd, &mut chunk, &mut keys, &mut values, &mut visit);
+    BUFFERS.with_borrow_mut(|buffers| *buffers = (keys, values));
+    result
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn scan_chunks<K: Pod, V: Pod>(
+    fd: u32,
+    chunk: &mut usize,
+    keys: &mut Vec<u8>,
+    values: &mut Vec<u8>,
+    visit: &mut impl FnMut(K, V),
+) -> io::Result<()> {
     let mut in_batch = 0u64;
     let mut out_batch = 0u64;
     let mut first = true;
@@ -55,12 +82,12 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(K, V)) -> i
         attr.batch.out_batch = std::ptr::from_mut(&mut out_batch) as u64;
         attr.batch.keys = keys.as_mut_ptr() as u64;
         attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = chunk as u32;
+        attr.batch.count = *chunk as u32;
         attr.batch.map_fd = fd;
         let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
         // SAFETY: the kernel wrote back how many elements it copied.
         let count = unsafe { attr.batch.count } as usize;
-        for i in 0..count.min(chunk) {
+        for i in 0..count.min(*chunk) {
             // SAFETY: the kernel wrote `count` keys and values of these sizes; Pod types are
             // valid for any bytes, and read_unaligned needs no alignment.
             let (key, value) = unsafe {
@@ -84,9 +111,9 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(K, V)) -> i
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             // One bucket holds more elements than the buffer: grow it and retry the bucket.
             Err(error) if error.raw_os_error() == Some(libc::ENOSPC) && count == 0 => {
-                chunk *= 2;
-                keys.resize(chunk * size_of::<K>(), 0);
-                values.resize(chunk * size_of::<V>(), 0);
+                *chunk *= 2;
+                keys.resize(*chunk * size_of::<K>(), 0);
+                values.resize(*chunk * size_of::<V>(), 0);
                 continue;
             }
             Err(error) => return Err(error),

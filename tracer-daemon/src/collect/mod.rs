@@ -1,9 +1,12 @@
 //! Reading what the BPF programs recorded: per-stack totals, outstanding allocations (for
 //! ages), stacks, loss counters, and the mmap/munmap ring buffer.
 
+pub mod ages;
+pub use ages::AgeSummary;
 pub mod batch;
 pub mod mappings;
 pub mod oom;
+pub mod scanner;
 pub mod stats;
 
 use std::{
@@ -40,17 +43,6 @@ pub enum CollectError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Ages of one stack's outstanding allocations, from a scan of every allocation.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct AgeSummary {
-    /// Timestamp of the oldest outstanding allocation (CLOCK_MONOTONIC ns).
-    pub oldest_ns: u64,
-    /// Bytes of allocations at least the minimum age old (an estimate in sampled mode).
-    pub aged_bytes: f64,
-    /// Count of allocations at least the minimum age old (an estimate in sampled mode).
-    pub aged_count: f64,
 }
 
 /// The maps, taken out of the loaded object.
@@ -101,41 +93,27 @@ impl BpfMaps {
         Ok(out)
     }
 
-    /// Scans every outstanding allocation of these processes and summarises ages per stack:
-    /// the oldest one, and what is at least `min_age_ns` old at `now_ns`.
-    pub fn scan_ages(
+    /// Calls `visit` with every per-stack total (O(stacks), streamed: nothing is kept).
+    pub fn for_each_total(
         &self,
-        tgids: &HashSet<u32>,
-        now_ns: u64,
-        min_age_ns: u64,
-        sample_bytes: u64,
-    ) -> Result<HashMap<StackKey, AgeSummary>, CollectError> {
-        let mut out: HashMap<StackKey, AgeSummary> = HashMap::new();
-        batch::for_each(self.allocs.map(), |key: AllocKey, info: AllocInfo| {
-            if !tgids.contains(&key.tgid) {
-                return;
-            }
-            let stack = StackKey {
-                tgid: key.tgid,
-                _pad: 0,
-                stack_id: info.stack_id,
-            };
-            let summary = out.entry(stack).or_insert(AgeSummary {
-                oldest_ns: u64::MAX,
-                ..AgeSummary::default()
-            });
-            summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
-            if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
-                let (bytes, count) = sampling_weight(info.size_bytes, sample_bytes);
-                summary.aged_bytes += bytes;
-                summary.aged_count += count;
-            }
-        })
-        .map_err(|source| CollectError::Read {
-            name: names::ALLOCS,
+        visit: impl FnMut(StackKey, StackTotals),
+    ) -> Result<(), CollectError> {
+        batch::for_each(self.totals.map(), visit).map_err(|source| CollectError::Read {
+            name: names::STACK_TOTALS,
             source,
-        })?;
-        Ok(out)
+        })
+    }
+
+    /// The per-stack totals map's descriptor, for scans.
+    pub fn totals_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.totals.map().fd().as_fd()
+    }
+
+    /// The allocation map's descriptor, for scans.
+    pub fn allocs_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.allocs.map().fd().as_fd()
     }
 
     /// A stack's return addresses, innermost first.

@@ -158,6 +158,11 @@ impl<K: Eq + Hash + Copy> GrowthTracker<K> {
         self.series.retain(|key, _| !f(key));
     }
 
+    /// The keys currently tracked.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.series.keys()
+    }
+
     /// Number of keys tracked (for bounded-memory checks).
     pub fn len(&self) -> usize {
         self.series.len()

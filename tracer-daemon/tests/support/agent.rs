@@ -31,14 +31,7 @@ impl Agent {
             .arg(root.join("pods"))
             .arg("--container-log-root")
             .arg(root.join("containers"))
-            .args([
-                "--discovery-interval",
-                "200ms",
-                "--sample-interval",
-                "200ms",
-                "--growth-window",
-                "4s",
-            ])
+            .args(defaults_unless_given(extra))
             .args(extra)
             .args(if extra.contains(&"--state-dir") {
                 Vec::new()
@@ -81,6 +74,11 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
+    }
+
+    /// The agent's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn stderr(&self) -> String {
@@ -199,6 +197,21 @@ impl Agent {
         }
     }
 }
+/// Fast discovery and sampling for tests, unless the test sets them itself.
+fn defaults_unless_given(extra: &[&str]) -> Vec<&'static str> {
+    let mut args = Vec::new();
+    for (flag, value) in [
+        ("--discovery-interval", "200ms"),
+        ("--sample-interval", "200ms"),
+        ("--growth-window", "4s"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args
+}
+
 /// A fresh temp root for one test.
 pub(crate) fn temp_root(name: &str) -> PathBuf {
     let root =

@@ -1,0 +1,54 @@
+//! `tracer-daemon probe-cost` (hidden, for `cargo xtask bench --suite instructions`): attaches
+//! the empty program at offset 0 of every function of a binary whose name has a prefix, for
+//! one process, and waits. The bench measures what a uprobe costs on each instruction kind.
+
+use std::{num::NonZeroU32, path::PathBuf};
+
+use anyhow::Context as _;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use clap::Args;
+
+use crate::bpf::{MapSizes, Probes};
+
+/// Arguments of `probe-cost`.
+#[derive(Debug, Args)]
+pub struct ProbeCostArgs {
+    /// The process whose calls are probed.
+    #[arg(long)]
+    pub pid: u32,
+    /// The ELF file holding the functions.
+    #[arg(long)]
+    pub binary: PathBuf,
+    /// Probe every function whose name starts with this.
+    #[arg(long)]
+    pub symbol_prefix: String,
+}
+
+/// Runs `probe-cost` until Ctrl-C.
+pub async fn run(args: ProbeCostArgs) -> anyhow::Result<()> {
+    let mut probes = Probes::load(&MapSizes::default(), 0)?;
+    let data = std::fs::read(&args.binary)
+        .with_context(|| format!("cannot read {}", args.binary.display()))?;
+    let functions = crate::attach::defined_functions(&data).context("not an ELF file")?;
+    let pid = NonZeroU32::new(args.pid).context("pid 0")?;
+    let program = probes
+        .uprobe("floor_enter")
+        .context("no empty program in the object")?;
+    let mut attached = 0;
+    for (name, offset) in &functions {
+        if !name.starts_with(&args.symbol_prefix) {
+            continue;
+        }
+        let _link = program
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(*offset),
+                &args.binary,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(|| format!("cannot probe {name}"))?;
+        attached += 1;
+    }
+    tracing::info!(attached, "attached; probing until interrupted");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Ages of outstanding allocations, per stack. Only a scan of every allocation gives them
+//! (O(allocations)); the node agent runs it in the background (see `scanner`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    os::fd::BorrowedFd,
+};
+
+use tracer_common::{AllocInfo, AllocKey, StackKey};
+
+use super::{batch, sampling_weight};
+
+/// Ages of one stack's outstanding allocations.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AgeSummary {
+    /// Timestamp of the oldest outstanding allocation (CLOCK_MONOTONIC ns).
+    pub oldest_ns: u64,
+    /// Bytes of allocations at least the minimum age old (an estimate in sampled mode).
+    pub aged_bytes: f64,
+    /// Count of allocations at least the minimum age old (an estimate in sampled mode).
+    pub aged_count: f64,
+}
+
+/// Scans every outstanding allocation (of these processes, when given) and summarises ages per
+/// stack: the oldest one, and what is at least `min_age_ns` old at `now_ns`.
+pub fn scan(
+    allocs: BorrowedFd<'_>,
+    tgids: Option<&HashSet<u32>>,
+    now_ns: u64,
+    min_age_ns: u64,
+    sample_bytes: u64,
+) -> io::Result<HashMap<StackKey, AgeSummary>> {
+    let mut out: HashMap<StackKey, AgeSummary> = HashMap::new();
+    batch::for_each_fd(allocs, |key: AllocKey, info: AllocInfo| {
+        if tgids.is_some_and(|t| !t.contains(&key.tgid)) {
+            return;
+        }
+        let stack = StackKey {
+            tgid: key.tgid,
+            _pad: 0,
+            stack_id: info.stack_id,
+        };
+        let summary = out.entry(stack).or_insert(AgeSummary {
+            oldest_ns: u64::MAX,
+            ..AgeSummary::default()
+        });
+        summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
+        if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
+            let (bytes, count) = sampling_weight(info.size_bytes, sample_bytes);
+            summary.aged_bytes += bytes;
+            summary.aged_count += count;
+        }
+    })?;
+    Ok(out)
+}
+
+/// Oldest outstanding allocation per stack (CLOCK_MONOTONIC ns).
+pub type OldestByStack = HashMap<StackKey, u64>;

@@ -25,6 +25,9 @@ pub mod names {
     pub const THREAD_STATE: &str = "THREAD_STATE";
     /// Per-CPU counters indexed by [`Stat`](crate::Stat).
     pub const STATS: &str = "STATS";
+    /// Per process: where its allocator library's code is, `u32` tgid ->
+    /// [`AllocatorText`](crate::AllocatorText).
+    pub const ALLOCATOR_TEXT: &str = "ALLOCATOR_TEXT";
     /// Ring buffer of [`MmapEvent`](crate::MmapEvent) and [`MunmapEvent`](crate::MunmapEvent).
     pub const EVENTS: &str = "EVENTS";
     /// Global: the daemon's own tgid, whose allocator calls are never recorded.
@@ -158,8 +161,23 @@ pub struct ThreadState {
     pub sampled: u32,
     /// Sampled mode: bytes this thread may still allocate before the next sample.
     pub bytes_until_sample: i64,
+    /// Uprobe sessions: the stack pointer at the outermost call's entry (its return comes back
+    /// with it 8 bytes higher).
+    pub session_sp: u64,
 }
-const _: () = assert!(size_of::<ThreadState>() == 80);
+const _: () = assert!(size_of::<ThreadState>() == 88);
+
+/// The address range of a process's allocator library code: mmap and munmap called from
+/// there are the allocator's own (arenas, large chunks), never the program's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocatorText {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+}
+const _: () = assert!(size_of::<AllocatorText>() == 16);
 
 /// Ring-buffer record kinds (the first field of every record).
 pub mod event_kind {
@@ -348,4 +366,5 @@ mod user {
     unsafe impl aya::Pod for StackTrace {}
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for AllocatorText {}
 }

@@ -90,7 +90,7 @@ pub fn candidates(top: usize) -> usize {
 const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How the tracer runs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TracerConfig {
     /// BPF map sizes.
     pub sizes: MapSizes,
@@ -98,6 +98,19 @@ pub struct TracerConfig {
     pub placement: PlacementMode,
     /// Mean bytes between sampled allocations; 0 records every allocation (exact mode).
     pub sample_bytes: u64,
+    /// Use uprobe sessions where the kernel has them.
+    pub sessions: bool,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        Self {
+            sizes: MapSizes::default(),
+            placement: PlacementMode::default(),
+            sample_bytes: 0,
+            sessions: true,
+        }
+    }
 }
 
 /// Largest sampling mean accepted (the BPF side's fixed-point arithmetic relies on it).
@@ -142,7 +155,11 @@ pub struct Tracer {
 impl Tracer {
     /// Loads and verifies the BPF programs (nothing is attached yet).
     pub fn new(config: &TracerConfig) -> Result<Self, TracerError> {
-        let mut probes = Probes::load(&config.sizes, config.sample_bytes.min(MAX_SAMPLE_BYTES))?;
+        let mut probes = Probes::load(
+            &config.sizes,
+            config.sample_bytes.min(MAX_SAMPLE_BYTES),
+            config.sessions,
+        )?;
         let maps = BpfMaps::take(&mut probes)?;
         Ok(Self {
             probes,

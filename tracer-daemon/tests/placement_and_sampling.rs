@@ -9,12 +9,11 @@ use std::collections::BTreeMap;
 use support::*;
 
 /// Every function of the alloc_kinds workload, with its exact (bytes, count).
-fn alloc_kinds_totals(placement: &str) -> BTreeMap<String, (u64, u64)> {
+fn alloc_kinds_totals(extra: &[&str]) -> BTreeMap<String, (u64, u64)> {
     let mut workload = Workload::start(&workload("alloc_kinds"), &[]);
-    let mut trace = Trace::start(
-        &[workload.pid],
-        &["--top", "100", "--probe-placement", placement],
-    );
+    let mut args = vec!["--top", "100"];
+    args.extend_from_slice(extra);
+    let mut trace = Trace::start(&[workload.pid], &args);
     let done = workload.run_to_done();
     let report = trace.report_after(done);
     let mut totals = BTreeMap::new();
@@ -37,8 +36,8 @@ fn alloc_kinds_totals(placement: &str) -> BTreeMap<String, (u64, u64)> {
 #[test]
 fn smart_and_entry_placement_give_identical_exact_reports() {
     require_root();
-    let smart = alloc_kinds_totals("smart");
-    let entry = alloc_kinds_totals("entry");
+    let smart = alloc_kinds_totals(&["--probe-placement", "smart"]);
+    let entry = alloc_kinds_totals(&["--probe-placement", "entry"]);
     assert_eq!(smart, entry, "placement changed what was recorded");
     assert_eq!(smart.get("leak_memalign"), Some(&(160, 4)), "{smart:?}");
     assert_eq!(
@@ -50,6 +49,29 @@ fn smart_and_entry_placement_give_identical_exact_reports() {
         smart.get("mmap_with_holes"),
         Some(&(7 * 4096, 2)),
         "{smart:?}"
+    );
+}
+
+#[test]
+fn uprobe_sessions_and_classic_return_probes_give_identical_exact_reports() {
+    require_root();
+    // This kernel (6.18) has sessions: the tracer must say it uses them.
+    let mut workload = Workload::start(&workload("one_leak_site"), &[]);
+    let trace = Trace::start(&[workload.pid], &[]);
+    assert!(
+        trace.stderr().contains("uprobe sessions available"),
+        "{}",
+        trace.stderr()
+    );
+    drop(trace);
+    workload.send("exit");
+    let sessions = alloc_kinds_totals(&["--uprobe-sessions", "auto"]);
+    let classic = alloc_kinds_totals(&["--uprobe-sessions", "off"]);
+    assert_eq!(sessions, classic, "sessions changed what was recorded");
+    assert_eq!(
+        sessions.get("leak_malloc"),
+        Some(&(7000, 7)),
+        "{sessions:?}"
     );
 }
 
@@ -128,6 +150,13 @@ fn sampled_estimates_are_within_ten_percent_of_the_truth() {
     assert!(
         recorded < 50_000,
         "{recorded} allocations recorded: sampling did not sample"
+    );
+    // Nothing in this workload nests allocator calls. With uprobe sessions an unsampled malloc
+    // declines its return run; a return run that came anyway would look like a nested call.
+    let nested = report["stats"]["nested_calls"].as_u64().expect("stat");
+    assert!(
+        nested < 1_000,
+        "{nested} nested calls: unsampled mallocs still ran their return probes"
     );
     workload.finish();
 }

@@ -28,6 +28,7 @@ mod mmap;
 mod oom;
 mod probes;
 mod sampling;
+mod session;
 mod stack;
 mod stats;
 mod thread_state;

@@ -8,7 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocInfo, AllocKey, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace, Stat, ThreadState,
+    AllocInfo, AllocKey, AllocatorText, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace,
+    Stat, ThreadState,
 };
 
 #[map]
@@ -42,3 +43,7 @@ pub(crate) static SAMPLE_DISTANCES: Array<u32> = Array::with_max_entries(SAMPLIN
 /// Sampled mode: weight table (filled by the daemon).
 #[map]
 pub(crate) static SAMPLE_WEIGHTS: Array<u32> = Array::with_max_entries(SAMPLING_TABLE_LEN, 0);
+
+/// Where each traced process's allocator code is (filled by the daemon at attach).
+#[map]
+pub(crate) static ALLOCATOR_TEXT: HashMap<u32, AllocatorText> = HashMap::with_max_entries(4096, 0);

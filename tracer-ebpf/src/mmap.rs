@@ -8,11 +8,39 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    bindings::pt_regs,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user},
 };
 use tracer_common::{MmapEvent, MunmapEvent, Stat, event_kind};
 
-use crate::{config::page_size, maps::EVENTS, stack, stats::bump};
+use crate::{
+    config::page_size,
+    maps::{ALLOCATOR_TEXT, EVENTS},
+    stack,
+    stats::bump,
+};
+
+/// True when the function at whose entry this probe sits was called from the process's
+/// allocator code (read from the return address on top of the stack: the probe must sit
+/// where the stack pointer is still the entry's). Those mmaps and munmaps are the allocator's
+/// own, made inside a malloc whose return probe may not run (sampled mode declines it).
+pub(crate) fn called_from_allocator<C: EbpfContext>(ctx: &C, tgid: u32) -> bool {
+    let Some(text) = ALLOCATOR_TEXT.get_ptr(&tgid) else {
+        return false;
+    };
+    // SAFETY: uprobe programs get the user registers as their context.
+    let sp = unsafe { (*ctx.as_ptr().cast::<pt_regs>()).rsp };
+    // SAFETY: a checked user-memory read.
+    let Ok(return_address) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
+        return false;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let text = unsafe { &*text };
+    return_address >= text.start && return_address < text.end
+}
+
+/// Marks a pending mmap as the allocator's own (no process flag uses bit 63).
+pub(crate) const ALLOCATOR_OWN: u64 = 1 << 63;
 
 /// `MAP_ANONYMOUS` on x86-64 and arm64.
 pub(crate) const MAP_ANONYMOUS: u64 = 0x20;

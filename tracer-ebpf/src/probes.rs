@@ -5,11 +5,12 @@
 //! instruction pointer is the call site, so the direct caller is always the first frame.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_user,
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{AllocFn, Stat};
+use tracer_common::{AllocFn, Stat, ThreadState};
 
 use crate::{
     config::daemon_tgid,
@@ -19,7 +20,7 @@ use crate::{
     thread_state::{self, current},
 };
 
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+pub(crate) fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
@@ -235,7 +236,11 @@ fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
     let Some(state) = thread_state::exit(func) else {
         return;
     };
-    let ptr: u64 = ctx.ret();
+    record_returned(ctx, ctx.ret(), state);
+}
+
+/// Records the block an outermost call returned (classic return probe or session return).
+pub(crate) fn record_returned<C: EbpfContext>(ctx: &C, ptr: u64, state: &ThreadState) {
     if ptr == 0 {
         bump(Stat::FAILED_CALLS);
         return;
@@ -251,7 +256,12 @@ fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    let _ = thread_state::enter(&ctx, AllocFn::MMAP, arg(&ctx, 1), arg(&ctx, 3));
+    let (tgid, _) = current();
+    let mut flags = arg(&ctx, 3);
+    if mmap::called_from_allocator(&ctx, tgid) {
+        flags |= mmap::ALLOCATOR_OWN;
+    }
+    let _ = thread_state::enter(&ctx, AllocFn::MMAP, arg(&ctx, 1), flags);
     0
 }
 
@@ -265,7 +275,7 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
         bump(Stat::FAILED_CALLS);
         return 0;
     }
-    if state.arg & MAP_ANONYMOUS != 0 {
+    if state.arg & MAP_ANONYMOUS != 0 && state.arg & mmap::ALLOCATOR_OWN == 0 {
         let (tgid, _) = current();
         mmap::mapped(&ctx, tgid, addr, state.size_bytes);
     }
@@ -275,7 +285,10 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     let (tgid, tid) = current();
-    if tgid == daemon_tgid() || thread_state::inside_allocator(tid) {
+    if tgid == daemon_tgid()
+        || thread_state::inside_allocator(tid)
+        || mmap::called_from_allocator(&ctx, tgid)
+    {
         return 0;
     }
     mmap::unmapped(tgid, arg(&ctx, 0), arg(&ctx, 1));

@@ -10,7 +10,9 @@
 //! collision, so a half-full map loses stacks; exact keys here make a lost stack a full map,
 //! counted.
 
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user};
+use aya_ebpf::{
+    EbpfContext, bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user,
+};
 use tracer_common::{MAX_STACK_DEPTH, Stat, UNKNOWN_STACK_ID};
 
 use crate::{

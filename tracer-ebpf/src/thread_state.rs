@@ -81,6 +81,49 @@ pub(crate) fn enter<C: EbpfContext>(
     Some(state)
 }
 
+/// What a session entry decided.
+pub(crate) enum Session {
+    /// The outermost call, sampled: its return must run.
+    Outermost,
+    /// Nested, unsampled or untracked: no return run (and nothing to undo).
+    Declined,
+}
+
+/// Entry of a uprobe session. Unlike [`enter`], a nested call leaves the depth alone (it will
+/// not get a return run), and an unsampled outermost call leaves no state behind.
+pub(crate) fn enter_session<C: EbpfContext>(
+    ctx: &C,
+    func: AllocFn,
+    size_bytes: u64,
+    arg: u64,
+    sp: u64,
+) -> Session {
+    let (tgid, tid) = current();
+    if tgid == daemon_tgid() {
+        return Session::Declined;
+    }
+    if THREAD_STATE.get_ptr(&tid).is_some_and(|state| {
+        // SAFETY: entries of this map are only touched by their own thread.
+        let state = unsafe { &*state };
+        // SAFETY: the helper has no preconditions.
+        state.depth > 0
+            && unsafe { bpf_ktime_get_ns() }.wrapping_sub(state.entry_ns) < STALE_CALL_NS
+    }) {
+        bump(Stat::NESTED_CALLS);
+        return Session::Declined;
+    }
+    let Some(state) = enter(ctx, func, size_bytes, arg) else {
+        return Session::Declined;
+    };
+    if state.sampled == 0 {
+        state.depth = 0;
+        state.func = AllocFn::NONE.0;
+        return Session::Declined;
+    }
+    state.session_sp = sp;
+    Session::Outermost
+}
+
 /// Called at every traced return. Returns the state of the outermost call when this is its
 /// return, `None` for a nested return or a return without a matching entry.
 pub(crate) fn exit(func: AllocFn) -> Option<&'static mut ThreadState> {

@@ -79,13 +79,34 @@ struct Mode {
 }
 
 const MODES: &[Mode] = &[
-    Mode { name: "untraced", tracing: Tracing::None },
-    Mode { name: "naive placement (offset 0, uretprobes)", tracing: Tracing::Daemon(&["--probe-placement", "entry"]) },
-    Mode { name: "floor (empty programs, smart points)", tracing: Tracing::Daemon(&["--empty-programs"]) },
-    Mode { name: "exact (this tracer)", tracing: Tracing::Daemon(&[]) },
-    Mode { name: "sampled (--sample-bytes 524288)", tracing: Tracing::Daemon(&["--sample-bytes", "524288"]) },
-    Mode { name: "bpftrace, same hooks", tracing: Tracing::Bpftrace },
-    Mode { name: "untraced, next to a traced process", tracing: Tracing::Neighbour },
+    Mode {
+        name: "untraced",
+        tracing: Tracing::None,
+    },
+    Mode {
+        name: "naive placement (offset 0, uretprobes)",
+        tracing: Tracing::Daemon(&["--probe-placement", "entry"]),
+    },
+    Mode {
+        name: "floor (empty programs, smart points)",
+        tracing: Tracing::Daemon(&["--empty-programs"]),
+    },
+    Mode {
+        name: "exact (this tracer)",
+        tracing: Tracing::Daemon(&[]),
+    },
+    Mode {
+        name: "sampled (--sample-bytes 524288)",
+        tracing: Tracing::Daemon(&["--sample-bytes", "524288"]),
+    },
+    Mode {
+        name: "bpftrace, same hooks",
+        tracing: Tracing::Bpftrace,
+    },
+    Mode {
+        name: "untraced, next to a traced process",
+        tracing: Tracing::Neighbour,
+    },
 ];
 
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -149,10 +170,13 @@ fn overhead(args: &BenchArgs) -> anyhow::Result<()> {
                 samples[index].push(sample);
             }
         }
-        let medians: Vec<f64> =
-            samples.iter().map(|s| median(&mut s.iter().map(|x| x.ns_per_pair).collect::<Vec<_>>())).collect();
-        let (untraced, naive, floor, exact, sampled, neighbour) =
-            (medians[0], medians[1], medians[2], medians[3], medians[4], medians[6]);
+        let medians: Vec<f64> = samples
+            .iter()
+            .map(|s| median(&mut s.iter().map(|x| x.ns_per_pair).collect::<Vec<_>>()))
+            .collect();
+        let (untraced, naive, floor, exact, sampled, neighbour) = (
+            medians[0], medians[1], medians[2], medians[3], medians[4], medians[6],
+        );
         let workload = if threads == 1 {
             "one thread, malloc(16..1039)/free".to_owned()
         } else {
@@ -162,11 +186,25 @@ fn overhead(args: &BenchArgs) -> anyhow::Result<()> {
             "\n### {workload}\n\n| mode | ns per pair | added ns per pair |\n|---|---:|---:|\n"
         ));
         for (mode, &ns) in MODES.iter().zip(&medians) {
-            text.push_str(&format!("| {} | {:.0} | {:.0} |\n", mode.name, ns, ns - untraced));
+            text.push_str(&format!(
+                "| {} | {:.0} | {:.0} |\n",
+                mode.name,
+                ns,
+                ns - untraced
+            ));
         }
         let exact_samples = &samples[3];
-        let peak_kib = exact_samples.iter().filter_map(|s| s.tracer_peak_kib).max().unwrap_or(0);
-        let cpu = median(&mut exact_samples.iter().filter_map(|s| s.tracer_cpu).collect::<Vec<_>>());
+        let peak_kib = exact_samples
+            .iter()
+            .filter_map(|s| s.tracer_peak_kib)
+            .max()
+            .unwrap_or(0);
+        let cpu = median(
+            &mut exact_samples
+                .iter()
+                .filter_map(|s| s.tracer_cpu)
+                .collect::<Vec<_>>(),
+        );
         text.push_str(&format!(
             "\nexact / floor = **{:.2}×** (target ≤ 1.10); naive / exact = **{:.1}×** cheaper per \
              pair (target ≥ 4); sampled / exact = **{:.2}×** (target ≤ 0.5); bpftrace / exact = \
@@ -218,7 +256,13 @@ fn start_paused(program: &Path, args: &[String]) -> anyhow::Result<Paused> {
 }
 
 /// Runs the churn workload once; returns ns per pair and the tracer's footprint.
-fn run_once(churn: &Path, daemon: &Path, pairs: u64, threads: u32, tracing: Tracing) -> anyhow::Result<Sample> {
+fn run_once(
+    churn: &Path,
+    daemon: &Path,
+    pairs: u64,
+    threads: u32,
+    tracing: Tracing,
+) -> anyhow::Result<Sample> {
     let mut workload = start_paused(churn, &[pairs.to_string(), threads.to_string()])?;
     let mut neighbour = None;
     let tracer = match tracing {
@@ -236,14 +280,24 @@ fn run_once(churn: &Path, daemon: &Path, pairs: u64, threads: u32, tracing: Trac
     let started = Instant::now();
     let mut stdin = workload.child.stdin.take().context("stdin")?;
     writeln!(stdin, "go")?;
-    let elapsed_ns: f64 = workload.lines.next().context("workload printed no time")??.trim().parse()?;
+    let elapsed_ns: f64 = workload
+        .lines
+        .next()
+        .context("workload printed no time")??
+        .trim()
+        .parse()?;
     let wall = started.elapsed().as_secs_f64();
     let _ = workload.child.wait();
-    let mut sample = Sample { ns_per_pair: elapsed_ns / pairs as f64, tracer_peak_kib: None, tracer_cpu: None };
+    let mut sample = Sample {
+        ns_per_pair: elapsed_ns / pairs as f64,
+        tracer_peak_kib: None,
+        tracer_cpu: None,
+    };
     if let Some(mut tracer) = tracer {
         if matches!(tracing, Tracing::Daemon(_)) {
             sample.tracer_peak_kib = status_kib(tracer.id(), "VmHWM:");
-            sample.tracer_cpu = ticks_before.map(|before| (cpu_ticks(tracer.id()) - before) as f64 / 100.0 / wall);
+            sample.tracer_cpu =
+                ticks_before.map(|before| (cpu_ticks(tracer.id()) - before) as f64 / 100.0 / wall);
         }
         stop(&mut tracer);
     }
@@ -256,7 +310,14 @@ fn run_once(churn: &Path, daemon: &Path, pairs: u64, threads: u32, tracing: Trac
 
 fn start_tracer(daemon: &Path, pid: u32, extra: &[&str]) -> anyhow::Result<Child> {
     let mut child = Command::new(daemon)
-        .args(["trace", "--pid", &pid.to_string(), "--interval", "1h", "--json"])
+        .args([
+            "trace",
+            "--pid",
+            &pid.to_string(),
+            "--interval",
+            "1h",
+            "--json",
+        ])
         .args(extra)
         .env("TRACER_LOG", "info")
         .stdout(Stdio::null())
@@ -324,11 +385,19 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 /// Probe cost per instruction kind: the microbenchmark untraced, then with an empty uprobe at
@@ -353,9 +422,17 @@ fn instructions(args: &BenchArgs) -> anyhow::Result<()> {
         base.len()
     );
     for (i, (name, _)) in base[0].iter().enumerate() {
-        let mut costs: Vec<f64> = base.iter().zip(&probed).map(|(b, p)| p[i].1 - b[i].1).collect();
+        let mut costs: Vec<f64> = base
+            .iter()
+            .zip(&probed)
+            .map(|(b, p)| p[i].1 - b[i].1)
+            .collect();
         let cost = median(&mut costs);
-        let verdict = if cost < 2_000.0 { "emulates" } else { "single-steps" };
+        let verdict = if cost < 2_000.0 {
+            "emulates"
+        } else {
+            "single-steps"
+        };
         text.push_str(&format!("| `{name}` | {cost:.0} | {verdict} |\n"));
     }
     println!("{text}");
@@ -365,12 +442,23 @@ fn instructions(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_instructions(program: &Path, calls: u64, daemon: Option<&Path>) -> anyhow::Result<Vec<(String, f64)>> {
+fn run_instructions(
+    program: &Path,
+    calls: u64,
+    daemon: Option<&Path>,
+) -> anyhow::Result<Vec<(String, f64)>> {
     let mut workload = start_paused(program, &[calls.to_string()])?;
     let tracer = match daemon {
         Some(daemon) => {
             let mut child = Command::new(daemon)
-                .args(["probe-cost", "--pid", &workload.child.id().to_string(), "--symbol-prefix", "k_", "--binary"])
+                .args([
+                    "probe-cost",
+                    "--pid",
+                    &workload.child.id().to_string(),
+                    "--symbol-prefix",
+                    "k_",
+                    "--binary",
+                ])
                 .arg(program)
                 .env("TRACER_LOG", "info")
                 .stdout(Stdio::null())
@@ -397,7 +485,9 @@ fn run_instructions(program: &Path, calls: u64, daemon: Option<&Path>) -> anyhow
     let mut out = Vec::new();
     for line in workload.lines.by_ref() {
         let line = line?;
-        let Some((name, ns)) = line.split_once('\t') else { continue };
+        let Some((name, ns)) = line.split_once('\t') else {
+            continue;
+        };
         out.push((name.to_owned(), ns.trim().parse()?));
     }
     let _ = workload.child.wait();
@@ -410,7 +500,17 @@ fn run_instructions(program: &Path, calls: u64, daemon: Option<&Path>) -> anyhow
 /// Runs an ignored benchmark test and returns the line it printed after `BENCH <name> `.
 fn bench_test(test: &str, prefix: &str, envs: &[(&str, String)]) -> anyhow::Result<String> {
     let output = crate::cargo()
-        .args(["test", "--release", "--package", "tracer-daemon", "--test", test, "--", "--ignored", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tracer-daemon",
+            "--test",
+            test,
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(Stdio::inherit())
         .output()
@@ -459,8 +559,15 @@ fn scale(args: &BenchArgs) -> anyhow::Result<()> {
 /// OOM kill → durable evidence: the ignored benchmark test kills processes for real and prints
 /// the agent's measured latencies.
 fn oom(args: &BenchArgs) -> anyhow::Result<()> {
-    let line = bench_test("bench_oom", "BENCH oom_durable_ms ", &[("TRACER_BENCH_OOM_ROUNDS", args.oom_rounds.to_string())])?;
-    let mut values: Vec<f64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let line = bench_test(
+        "bench_oom",
+        "BENCH oom_durable_ms ",
+        &[("TRACER_BENCH_OOM_ROUNDS", args.oom_rounds.to_string())],
+    )?;
+    let mut values: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
     if values.is_empty() {
         bail!("the OOM benchmark measured nothing");
     }
@@ -490,7 +597,11 @@ fn median(samples: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
 }
 
 fn today() -> String {

@@ -16,9 +16,11 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use tracing::{debug, warn};
 
+use tracer_common::{AllocatorText, names};
+
 use crate::{
     attach::placement::{Placement, PlacementMode, ProbeNeeds},
-    bpf::Probes,
+    bpf::{Probes, session::SessionLink},
     discover::process::{self, ProcessError},
 };
 
@@ -40,11 +42,13 @@ pub struct AllocatorFunction {
 }
 
 impl AllocatorFunction {
-    /// What its probes need, for placement.
+    /// What its probes need, for placement. mmap and munmap read their return address (to
+    /// tell the allocator's own calls from the program's), so like functions with a return
+    /// probe they need the stack pointer untouched before the probe.
     pub fn needs(&self) -> ProbeNeeds {
         ProbeNeeds {
             reads: self.reads,
-            has_return: self.exit.is_some(),
+            has_return: self.exit.is_some() || matches!(self.symbol, "mmap" | "munmap"),
             null_first_arg_needs_no_record: self.null_first_arg_needs_no_record,
         }
     }
@@ -213,6 +217,8 @@ pub struct AllocatorLibrary {
     pub host_path: PathBuf,
     /// Functions found, with their file offsets.
     pub functions: Vec<PlannedProbe>,
+    /// The library's code in the process (start, end), when its mapping was found.
+    pub text_range: Option<(u64, u64)>,
 }
 
 /// One function to probe.
@@ -241,6 +247,8 @@ pub struct Attachment {
     /// What was probed.
     pub library: AllocatorLibrary,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// Session links (dropping one detaches it).
+    sessions: Vec<SessionLink>,
 }
 
 /// Finds the allocator a process uses, the offsets of its functions and where to probe them.
@@ -310,16 +318,40 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
                 placement,
             });
         }
+        // The library's code: its executable mappings (usually one).
+        let text = mappings.iter().filter(|m| m.path == mapping.path);
+        let text_range = text.fold(None, |range: Option<(u64, u64)>, m| match range {
+            None => Some((m.start, m.end)),
+            Some((start, end)) => Some((start.min(m.start), end.max(m.end))),
+        });
         return Ok(AllocatorLibrary {
             path: mapping.path.clone(),
             host_path,
             functions,
+            text_range,
         });
     }
     Err(AttachError::NoAllocator {
         pid,
         checked: checked.join(", "),
     })
+}
+
+/// Records (or forgets) where a process's allocator code is, for the BPF side.
+fn allocator_text(probes: &mut Probes, pid: u32, text: Option<AllocatorText>) {
+    let Some(map) = probes.ebpf.map_mut(names::ALLOCATOR_TEXT) else {
+        return;
+    };
+    let Ok(mut map) = aya::maps::HashMap::<_, u32, AllocatorText>::try_from(map) else {
+        return;
+    };
+    let result = match text {
+        Some(text) => map.insert(pid, text, 0),
+        None => map.remove(&pid),
+    };
+    if let (Err(error), Some(_)) = (result, text) {
+        warn!(pid, %error, "cannot record the allocator's code range; its own mmaps may show");
+    }
 }
 
 /// Bytes of each function decoded for placement.
@@ -417,12 +449,39 @@ pub fn attach(
         pid,
         library,
         links: Vec::new(),
+        sessions: Vec::new(),
     };
     let Some(scope_pid) = NonZeroU32::new(pid) else {
         return Err(ProcessError::NotFound { pid }.into());
     };
+    if let Some((start, end)) = attachment.library.text_range {
+        allocator_text(probes, pid, Some(AllocatorText { start, end }));
+    }
+    // malloc as one session program where the kernel has sessions (see bpf::session).
+    let mut session_functions: Vec<&'static str> = Vec::new();
+    if programs == ProgramSet::Tracing
+        && let Some(session) = &probes.malloc_session
+        && let Some(malloc) = attachment
+            .library
+            .functions
+            .iter()
+            .find(|p| p.function.symbol == "malloc")
+    {
+        match session.attach(&attachment.library.host_path, malloc.probe_offset(), pid) {
+            Ok(link) => {
+                attachment.sessions.push(link);
+                session_functions.push("malloc");
+            }
+            Err(error) => warn!(pid, %error, "malloc session link refused; using classic probes"),
+        }
+    }
     let planned: Vec<(&'static str, u64)> = {
-        let functions = &attachment.library.functions;
+        let functions: Vec<&PlannedProbe> = attachment
+            .library
+            .functions
+            .iter()
+            .filter(|p| !session_functions.contains(&p.function.symbol))
+            .collect();
         let exits = functions
             .iter()
             .filter_map(|p| programs.exit(p.function).map(|e| (e, p.probe_offset())));
@@ -462,7 +521,14 @@ pub fn attach(
 
 /// Detaches a process's probes: entries first, then returns (the reverse of attaching).
 pub fn detach(probes: &mut Probes, attachment: Attachment) {
-    let Attachment { pid, links, .. } = attachment;
+    let Attachment {
+        pid,
+        links,
+        sessions,
+        ..
+    } = attachment;
+    drop(sessions);
+    allocator_text(probes, pid, None);
     let (entries, exits): (Vec<_>, Vec<_>) = links
         .into_iter()
         .partition(|(name, _)| name.ends_with("_enter"));

@@ -5,6 +5,7 @@
 //! clear error, not an EPERM from deep inside a syscall.
 
 pub mod kernel_layout;
+pub mod session;
 
 use std::{
     fs,
@@ -55,6 +56,15 @@ pub const KERNEL_FEATURES: &[KernelFeature] = &[
         needed_by: "the OOM-kill hook (tp_btf/mark_victim) and the kernel structure offsets it reads",
         without: "refuses to start (needs CONFIG_DEBUG_INFO_BTF)",
         required: true,
+    },
+    KernelFeature {
+        name: "uprobe sessions",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "malloc as one session program (BPF_TRACE_UPROBE_SESSION, Linux 6.10+), so an \
+                    unsampled allocation skips its return probe",
+        without: "runs without them (checked by loading): classic entry and return probes, \
+                  identical reports, sampled mode a little dearer",
+        required: false,
     },
     KernelFeature {
         name: "tp_btf/mark_victim",
@@ -195,13 +205,17 @@ pub struct Probes {
     pub(crate) ebpf: Ebpf,
     /// Whether OOM kills are seen at the kernel hook.
     pub oom_hook: OomHook,
+    /// malloc as a uprobe session, where the kernel has them (see [`session`]).
+    pub(crate) malloc_session: Option<session::SessionProgram>,
+    /// Why sessions are not used, when they are not.
+    pub sessions_unavailable: Option<String>,
     /// Forwards the programs' rare log lines (aya-log) to this process's log.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probes {
     /// Checks privileges and kernel features, then loads the object and every program.
-    pub fn load(sizes: &MapSizes, sample_bytes: u64) -> Result<Self, LoadError> {
+    pub fn load(sizes: &MapSizes, sample_bytes: u64, sessions: bool) -> Result<Self, LoadError> {
         check_capabilities()?;
         check_kernel_features()?;
         if OBJECT.is_empty() {
@@ -263,9 +277,29 @@ impl Probes {
                 OomHook::Unavailable(reason)
             }
         };
+        let (malloc_session, sessions_unavailable) = if sessions {
+            let logs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = logger
+                .as_ref()
+                .map(|l| vec![("AYA_LOGS", std::os::fd::AsFd::as_fd(l))])
+                .unwrap_or_default();
+            match session::load(OBJECT, &ebpf, &logs, "malloc_session") {
+                Ok(program) => {
+                    info!("uprobe sessions available: an unsampled malloc skips its return probe");
+                    (Some(program), None)
+                }
+                Err(reason) => {
+                    warn!(%reason, "uprobe sessions unavailable; using classic return probes");
+                    (None, Some(reason))
+                }
+            }
+        } else {
+            (None, Some("disabled (--uprobe-sessions off)".to_owned()))
+        };
         Ok(Self {
             ebpf,
             oom_hook,
+            malloc_session,
+            sessions_unavailable,
             logger,
         })
     }

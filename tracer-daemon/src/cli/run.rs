@@ -92,6 +92,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1u64 << 40))]
     pub sample_bytes: u64,
 
+    /// Uprobe sessions where the kernel has them (auto) or never (off).
+    #[arg(long, value_enum, default_value_t = crate::cli::trace::Sessions::Auto)]
+    pub uprobe_sessions: crate::cli::trace::Sessions,
+
     /// Where evidence is persisted (a hostPath in the DaemonSet).
     #[arg(long, env = "TRACER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -180,6 +184,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             placement: args.probe_placement,
             sample_bytes: args.sample_bytes,
+            sessions: args.uprobe_sessions == crate::cli::trace::Sessions::Auto,
         },
         paths: NodePaths {
             pod_log_root: args.pod_log_root.clone(),

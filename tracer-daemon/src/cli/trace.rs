@@ -62,6 +62,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1u64 << 40))]
     pub sample_bytes: u64,
 
+    /// Uprobe sessions (Linux 6.10+) let an unsampled malloc skip its return probe: auto uses
+    /// them where the kernel has them, off never does.
+    #[arg(long, value_enum, default_value_t = Sessions::Auto)]
+    pub uprobe_sessions: Sessions,
+
     /// Print where each probe goes in each target's allocator, and why, then exit.
     #[arg(long)]
     pub explain_probes: bool,
@@ -74,6 +79,15 @@ pub struct TraceArgs {
     /// Capacity for distinct stacks (about 600 bytes each).
     #[arg(long, default_value_t = 1 << 15)]
     pub max_stacks: u32,
+}
+
+/// Whether to use uprobe sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sessions {
+    /// Where the kernel has them.
+    Auto,
+    /// Never.
+    Off,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -107,6 +121,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         sizes,
         placement: args.probe_placement,
         sample_bytes: args.sample_bytes,
+        sessions: args.uprobe_sessions == Sessions::Auto,
     })?;
     for &pid in &args.pids {
         let programs = if args.empty_programs {

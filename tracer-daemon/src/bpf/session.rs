@@ -1,0 +1,173 @@
+//! Uprobe sessions (`BPF_TRACE_UPROBE_SESSION`, Linux 6.10+): one program at a function's entry
+//! that can decline its own return run. aya 0.14 cannot load a program with that attach type
+//! nor create the link, so this module does both with raw `bpf()` calls: it relocates the
+//! program's map references with aya-obj against the maps aya already created (the same
+//! kernel maps the other programs use), loads it with the session attach type, and creates
+//! one uprobe_multi link per process. Where the kernel refuses, the daemon keeps the classic
+//! entry and return programs (see `KERNEL_FEATURES`).
+
+use std::{
+    collections::HashSet,
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use aya::{Ebpf, maps::Map};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+
+/// `BPF_TRACE_UPROBE_SESSION` (not in aya-obj's bindings yet).
+const BPF_TRACE_UPROBE_SESSION: u32 = 57;
+
+/// A session program loaded in the kernel.
+#[derive(Debug)]
+pub struct SessionProgram {
+    fd: OwnedFd,
+}
+
+/// A session link: the program attached to one function of one process; dropping it detaches.
+#[derive(Debug)]
+pub struct SessionLink {
+    _fd: OwnedFd,
+}
+
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<RawFd> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr whose pointers outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as RawFd)
+    }
+}
+
+/// The descriptor of a map aya created, for the map kinds this object uses.
+fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
+    let data = match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data)
+        | Map::RingBuf(data) => data,
+        _ => return None,
+    };
+    Some(data.fd().as_fd())
+}
+
+/// Loads `name` from `object` as a session program. `ebpf` holds the maps aya created;
+/// `extra` gives descriptors of maps already taken out of it (by name).
+pub fn load(
+    object: &[u8],
+    ebpf: &Ebpf,
+    extra: &[(&str, BorrowedFd<'_>)],
+    name: &str,
+) -> Result<SessionProgram, String> {
+    let mut obj =
+        aya_obj::Object::parse(object).map_err(|e| format!("cannot parse the BPF object: {e}"))?;
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    let mut maps: Vec<(String, RawFd, aya_obj::Map)> = Vec::new();
+    for (map_name, map) in &obj.maps {
+        let fd = extra
+            .iter()
+            .find(|(n, _)| n == map_name)
+            .map(|(_, fd)| fd.as_raw_fd())
+            .or_else(|| ebpf.map(map_name).and_then(map_fd).map(|fd| fd.as_raw_fd()))
+            .ok_or_else(|| format!("no descriptor for map {map_name}"))?;
+        maps.push((map_name.clone(), fd, map.clone()));
+    }
+    obj.relocate_maps(
+        maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(|e| format!("cannot relocate maps: {e}"))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| format!("cannot relocate calls: {e}"))?;
+    let program = obj
+        .programs
+        .get(name)
+        .ok_or_else(|| format!("the object has no program {name}"))?;
+    let function = obj
+        .functions
+        .get(&program.function_key())
+        .ok_or_else(|| format!("the object has no code for {name}"))?;
+    let license = CString::new("GPL").map_err(|e| e.to_string())?;
+    // First without a log (a verbose log of a large program overflows any small buffer, which
+    // the kernel reports as ENOSPC); on failure again with one, for the reason.
+    let mut log = vec![0u8; 1 << 20];
+    let mut last_error = None;
+    for log_level in [0, 1] {
+        // SAFETY: bpf_attr is plain data; all-zero is its initial state.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the prog-load member of the union, which BPF_PROG_LOAD reads.
+        unsafe {
+            let load = &mut attr.__bindgen_anon_3;
+            load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+            load.expected_attach_type = BPF_TRACE_UPROBE_SESSION;
+            load.insn_cnt = function.instructions.len() as u32;
+            load.insns = function.instructions.as_ptr() as u64;
+            load.license = license.as_ptr() as u64;
+            if log_level > 0 {
+                load.log_level = log_level;
+                load.log_size = log.len() as u32;
+                load.log_buf = log.as_mut_ptr() as u64;
+            }
+            for (slot, byte) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
+                *slot = byte as libc::c_char;
+            }
+        }
+        match sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+            // SAFETY: the kernel returned a new descriptor we own.
+            Ok(fd) => {
+                return Ok(SessionProgram {
+                    fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                });
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let tail = String::from_utf8_lossy(&log[end.saturating_sub(400)..end]).into_owned();
+    let error = last_error.map_or_else(|| "unknown error".to_owned(), |e| e.to_string());
+    Err(format!(
+        "the kernel refused {name} as a session program: {error}; {tail}"
+    ))
+}
+
+impl SessionProgram {
+    /// Attaches the program at `offset` of `path` for one process.
+    pub fn attach(&self, path: &Path, offset: u64, pid: u32) -> io::Result<SessionLink> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
+        let offsets = [offset];
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the link-create member, which BPF_LINK_CREATE reads.
+        unsafe {
+            let link = &mut attr.link_create;
+            link.__bindgen_anon_1.prog_fd = self.fd.as_raw_fd() as u32;
+            link.attach_type = BPF_TRACE_UPROBE_SESSION;
+            let multi = &mut link.__bindgen_anon_3.uprobe_multi;
+            multi.path = path.as_ptr() as u64;
+            multi.offsets = offsets.as_ptr() as u64;
+            multi.cnt = 1;
+            multi.pid = pid;
+        }
+        let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor we own.
+        Ok(SessionLink {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+}

@@ -17,8 +17,14 @@ pub const UNKNOWN_STACK_ID: u64 = 0;
 pub mod names {
     /// Outstanding allocations: [`AllocKey`](crate::AllocKey) -> [`AllocInfo`](crate::AllocInfo).
     pub const ALLOCS: &str = "ALLOCS";
-    /// Per-stack totals: [`StackKey`](crate::StackKey) -> [`StackTotals`](crate::StackTotals).
+    /// Per-stack totals: a memory-mappable array of [`StackTotals`](crate::StackTotals), one
+    /// slot per stack, so the daemon reads every total without a syscall.
     pub const STACK_TOTALS: &str = "STACK_TOTALS";
+    /// Which slot of `STACK_TOTALS` holds a stack: [`StackKey`](crate::StackKey) -> `u32`.
+    pub const STACK_SLOTS: &str = "STACK_SLOTS";
+    /// Free slots of `STACK_TOTALS`, a queue of `u32`: the daemon fills it with every slot at
+    /// start and gives back the slots of processes that ended.
+    pub const FREE_STACK_SLOTS: &str = "FREE_STACK_SLOTS";
     /// Stack frames by stack id: `u64` -> [`StackTrace`](crate::StackTrace).
     pub const STACK_TRACES: &str = "STACK_TRACES";
     /// Per-thread allocator-call state: `u32` tid -> [`ThreadState`](crate::ThreadState).
@@ -114,10 +120,13 @@ pub struct StackKey {
 const _: () = assert!(size_of::<StackKey>() == 16);
 
 /// Running totals of one stack, maintained by the BPF programs with atomic adds on every
-/// allocation and free, so a report costs O(stacks).
+/// allocation and free, so a report costs O(stacks). One slot of the `STACK_TOTALS` array;
+/// `key.tgid == 0` marks a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackTotals {
+    /// The stack this slot holds.
+    pub key: StackKey,
     /// Bytes allocated from this stack and not yet freed.
     pub outstanding_bytes: u64,
     /// Allocations from this stack not yet freed.
@@ -125,7 +134,7 @@ pub struct StackTotals {
     /// Allocations ever recorded from this stack (freed or not).
     pub allocations_total: u64,
 }
-const _: () = assert!(size_of::<StackTotals>() == 24);
+const _: () = assert!(size_of::<StackTotals>() == 40);
 
 /// A captured user stack: `len` return addresses, innermost first.
 #[repr(C)]

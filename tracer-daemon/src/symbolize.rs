@@ -84,7 +84,7 @@ pub struct Symbolizer {
     blaze: symbolize::Symbolizer,
     modules: HashMap<u32, Vec<ModuleMapping>>,
     files: HashMap<(u64, u64), Arc<File>>,
-    stacks: HashMap<(u32, u64), Arc<[Frame]>>,
+    stacks: foldhash::HashMap<(u32, u64), Arc<[Frame]>>,
 }
 
 impl Default for Symbolizer {
@@ -105,7 +105,7 @@ impl Symbolizer {
             blaze,
             modules: HashMap::new(),
             files: HashMap::new(),
-            stacks: HashMap::new(),
+            stacks: foldhash::HashMap::default(),
         }
     }
 

@@ -167,7 +167,7 @@ impl Tracer {
             mappings: MappingTracker::default(),
             symbolizer: Symbolizer::new(),
             processes: BTreeMap::new(),
-            ages: Arc::new(OldestByStack::new()),
+            ages: Arc::new(OldestByStack::default()),
             scanner: None,
             oom_kills: Vec::new(),
             oom_victims: HashSet::new(),
@@ -367,21 +367,14 @@ impl Tracer {
     /// age use the result until the next scan. With a background scanner, takes its latest.
     pub fn refresh_ages(&mut self) -> Result<(), CollectError> {
         if let Some(scanner) = &self.scanner {
-            self.ages = Arc::new(scanner.latest().oldest.clone());
+            self.ages = Arc::clone(&scanner.latest().oldest);
             return Ok(());
         }
-        let ages = ages::scan(
-            self.maps.allocs_fd(),
-            None,
-            collect::monotonic_now_ns(),
-            0,
-            0,
-        )
-        .map_err(|source| CollectError::Read {
+        let ages = ages::oldest(self.maps.allocs_fd()).map_err(|source| CollectError::Read {
             name: tracer_common::names::ALLOCS,
             source,
         })?;
-        self.ages = Arc::new(ages.into_iter().map(|(k, a)| (k, a.oldest_ns)).collect());
+        self.ages = Arc::new(ages);
         Ok(())
     }
 
@@ -393,7 +386,7 @@ impl Tracer {
         keep_largest: usize,
     ) -> std::io::Result<()> {
         let allocs = self.maps.allocs_fd().try_clone_to_owned()?;
-        let totals = self.maps.totals_fd().try_clone_to_owned()?;
+        let totals = self.maps.stack_table();
         self.scanner = Some(Scanner::spawn(allocs, totals, interval, keep_largest)?);
         Ok(())
     }
@@ -484,7 +477,7 @@ impl Tracer {
                 Some(_) => only.push(raw),
                 None => by_pid.entry(key.tgid).or_default().push(raw),
             }
-        })?;
+        });
         if let Some(pid) = single {
             let _ = by_pid.insert(pid, only);
         }

@@ -225,3 +225,51 @@ fn a_process_that_execs_another_program_is_followed_into_it() {
     );
     workload.finish();
 }
+
+#[test]
+fn a_full_stack_table_counts_what_it_lost_and_an_ended_process_gives_its_slots_back() {
+    require_root();
+    // 1000 leaking stacks (10 x 16 bytes each) into a table of 600 stacks: 600 are recorded
+    // exactly, the 4000 allocations of the other 400 are counted as lost.
+    let mut many = Workload::start(&workload("many_stacks"), &["1000"]);
+    let mut one = Workload::start(&workload("one_leak_site"), &[]);
+    let mut trace = Trace::start(
+        &[many.pid, one.pid],
+        &["--max-stacks", "600", "--top", "1000"],
+    );
+    let done = many.run_to_done();
+    let report = trace.report_after(done);
+    let stacks = process(&report, many.pid)["stacks"]
+        .as_array()
+        .expect("stacks");
+    assert_eq!(stacks.len(), 600, "{:#}", report["stats"]);
+    assert!(stacks.iter().all(|s| bytes_count(s) == (160, 10)));
+    assert_eq!(
+        report["stats"]["stack_totals_map_full"], 4000,
+        "{:#}",
+        report["stats"]
+    );
+    // Once that process has ended and been reported, its 600 slots are free again: the other
+    // process's leak gets one and is recorded exactly.
+    let many_pid = many.pid;
+    many.finish();
+    loop {
+        let report = trace.next_report();
+        let gone = report["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .all(|p| p["pid"].as_u64() != Some(u64::from(many_pid)));
+        if gone {
+            break;
+        }
+    }
+    let done = one.run_to_done();
+    let report = trace.report_after(done);
+    assert_eq!(
+        function_totals(&report, one.pid, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
+    one.finish();
+}

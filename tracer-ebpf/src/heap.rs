@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, Stat};
 
 use crate::{
-    maps::{ALLOCS, STACK_TOTALS},
+    maps::{ALLOCS, FREE_STACK_SLOTS, STACK_SLOTS, STACK_TOTALS},
     sampling, stack,
     stats::bump,
 };
@@ -58,7 +58,11 @@ pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
         _pad: 0,
         stack_id: info.stack_id,
     };
-    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&stack_key) {
+    if let Some(totals) = STACK_SLOTS
+        .get_ptr(&stack_key)
+        // SAFETY: a copy of a map value.
+        .and_then(|slot| STACK_TOTALS.get_ptr_mut(unsafe { *slot }))
+    {
         // The same weights as when it was added (sampled mode), so adds and frees cancel.
         let (bytes, count) = sampling::weights(info.size_bytes);
         // SAFETY: totals entries are never deleted while their process lives.
@@ -107,21 +111,46 @@ fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
     true
 }
 
+/// The totals of a stack, giving it a slot when it is new.
 fn totals_of(tgid: u32, stack_id: u64) -> Option<*mut StackTotals> {
     let key = StackKey {
         tgid,
         _pad: 0,
         stack_id,
     };
-    if let Some(totals) = STACK_TOTALS.get_ptr_mut(&key) {
-        return Some(totals);
+    if let Some(slot) = STACK_SLOTS.get_ptr(&key) {
+        // SAFETY: a copy of a map value.
+        return STACK_TOTALS.get_ptr_mut(unsafe { *slot });
     }
-    let _ignored = STACK_TOTALS.insert(&key, &StackTotals::default(), u64::from(BPF_NOEXIST));
-    let totals = STACK_TOTALS.get_ptr_mut(&key);
+    let totals = new_slot(&key);
     if totals.is_none() {
         bump(Stat::STACK_TOTALS_MAP_FULL);
     }
     totals
+}
+
+/// Takes a free slot for a new stack (none left: the table is full).
+fn new_slot(key: &StackKey) -> Option<*mut StackTotals> {
+    let slot = FREE_STACK_SLOTS.pop().ok()??;
+    let totals = STACK_TOTALS.get_ptr_mut(slot)?;
+    // SAFETY: the slot is ours alone until it is published in STACK_SLOTS below; its counts
+    // are zero (never used, or zeroed by the daemon before it recycled the slot).
+    unsafe { (*totals).key = *key };
+    match STACK_SLOTS.insert(key, &slot, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Some(totals),
+        Err(err) => {
+            // SAFETY: as above.
+            unsafe { (*totals).key = StackKey::default() };
+            let _ignored = FREE_STACK_SLOTS.push(slot, 0);
+            if err != -EEXIST {
+                return None;
+            }
+            // Another CPU published the same stack first: use its slot.
+            let slot = STACK_SLOTS.get_ptr(key)?;
+            // SAFETY: a copy of a map value.
+            STACK_TOTALS.get_ptr_mut(unsafe { *slot })
+        }
+    }
 }
 
 /// Atomic add (wrapping, so adding `x.wrapping_neg()` subtracts).

@@ -4,8 +4,9 @@
 //! holds per-thread call state, which is only ever stale for threads that have gone.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tracer_common::{
     AllocInfo, AllocKey, AllocatorText, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace,
@@ -15,9 +16,21 @@ use tracer_common::{
 #[map]
 pub(crate) static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 19, 0);
 
+/// Per-stack totals, one array slot per stack: the daemon maps the array into its memory and
+/// reads every total without a syscall (a hash map's batch read costs ~250 ns per entry).
 #[map]
-pub(crate) static STACK_TOTALS: HashMap<StackKey, StackTotals> =
-    HashMap::with_max_entries(1 << 16, 0);
+pub(crate) static STACK_TOTALS: Array<StackTotals> =
+    Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+
+/// The slot of each stack in `STACK_TOTALS`.
+#[map]
+pub(crate) static STACK_SLOTS: HashMap<StackKey, u32> = HashMap::with_max_entries(1 << 16, 0);
+
+/// Free slots of `STACK_TOTALS` (the daemon puts every slot here at start, and gives back the
+/// slots of ended processes). A queue needs no atomic fetch-add, which BPF's v1 instruction set
+/// (what bpf-linker targets here) lacks.
+#[map]
+pub(crate) static FREE_STACK_SLOTS: Queue<u32> = Queue::with_max_entries(1 << 16, 0);
 
 #[map]
 pub(crate) static STACK_TRACES: HashMap<u64, StackTrace> = HashMap::with_max_entries(1 << 15, 0);

@@ -137,7 +137,7 @@ impl Agent {
             // Only tracked stacks (the largest node-wide) have a growth: look those up, not
             // every stack the container has.
             let pid_set: HashSet<u32> = included.iter().copied().collect();
-            let tracked: HashMap<(u32, u64), Growth> = self
+            let tracked: foldhash::HashMap<(u32, u64), Growth> = self
                 .growth
                 .keys()
                 .filter(|(pid, _)| pid_set.contains(pid))

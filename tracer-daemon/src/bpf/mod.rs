@@ -236,6 +236,8 @@ impl Probes {
             .override_global(names::GLOBAL_SAMPLE_BYTES, &sample_bytes, true)
             .map_max_entries(names::ALLOCS, sizes.allocations)
             .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
+            .map_max_entries(names::STACK_SLOTS, sizes.stack_totals)
+            .map_max_entries(names::FREE_STACK_SLOTS, sizes.stack_totals)
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
             .map_max_entries(names::THREAD_STATE, sizes.threads)
             .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());

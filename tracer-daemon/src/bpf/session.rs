@@ -60,6 +60,7 @@ fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
         | Map::LruHashMap(data)
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data)
+        | Map::Queue(data)
         | Map::RingBuf(data) => data,
         _ => return None,
     };

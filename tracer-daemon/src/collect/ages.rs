@@ -1,11 +1,9 @@
 //! Ages of outstanding allocations, per stack. Only a scan of every allocation gives them
 //! (O(allocations)); the node agent runs it in the background (see `scanner`).
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    os::fd::BorrowedFd,
-};
+use std::{collections::HashSet, io, os::fd::BorrowedFd};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use tracer_common::{AllocInfo, AllocKey, StackKey};
 
@@ -57,3 +55,19 @@ pub fn scan(
 
 /// Oldest outstanding allocation per stack (CLOCK_MONOTONIC ns).
 pub type OldestByStack = HashMap<StackKey, u64>;
+
+/// Scans every outstanding allocation for the oldest one per stack: the background scan, so
+/// it keeps nothing else.
+pub fn oldest(allocs: BorrowedFd<'_>) -> io::Result<OldestByStack> {
+    let mut out = OldestByStack::new();
+    batch::for_each_fd(allocs, |key: AllocKey, info: AllocInfo| {
+        let stack = StackKey {
+            tgid: key.tgid,
+            _pad: 0,
+            stack_id: info.stack_id,
+        };
+        let oldest = out.entry(stack).or_insert(u64::MAX);
+        *oldest = (*oldest).min(info.timestamp_ns);
+    })?;
+    Ok(out)
+}

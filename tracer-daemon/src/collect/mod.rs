@@ -7,14 +7,14 @@ pub mod batch;
 pub mod mappings;
 pub mod oom;
 pub mod scanner;
+pub mod stack_table;
 pub mod stats;
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-};
+use std::{collections::HashSet, io, sync::Arc};
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray, Queue, RingBuf,
+};
 use tracer_common::{
     AllocInfo, AllocKey, MmapEvent, MunmapEvent, OomKillEvent, StackKey, StackTotals, StackTrace,
     event_kind, names,
@@ -22,6 +22,7 @@ use tracer_common::{
 
 use crate::bpf::Probes;
 use mappings::{Mapping, MappingTracker};
+use stack_table::StackTable;
 use stats::BpfStats;
 
 /// Why the maps could not be read.
@@ -48,7 +49,10 @@ pub enum CollectError {
 /// The maps, taken out of the loaded object.
 pub struct BpfMaps {
     allocs: BpfHashMap<MapData, AllocKey, AllocInfo>,
-    totals: BpfHashMap<MapData, StackKey, StackTotals>,
+    /// `STACK_TOTALS`, mapped into memory.
+    totals: Arc<StackTable>,
+    slots: BpfHashMap<MapData, StackKey, u32>,
+    free_slots: Queue<MapData, u32>,
     traces: BpfHashMap<MapData, u64, StackTrace>,
     stats: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
@@ -71,43 +75,38 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 impl BpfMaps {
     /// Takes the maps out of the object (once).
     pub fn take(probes: &mut Probes) -> Result<Self, CollectError> {
+        let totals: Array<MapData, StackTotals> = take(probes, names::STACK_TOTALS)?;
+        let table = StackTable::map(&totals).map_err(|source| CollectError::Read {
+            name: names::STACK_TOTALS,
+            source,
+        })?;
+        // Every slot starts free, in order (so a small workload touches only the first pages).
+        let mut free_slots: Queue<MapData, u32> = take(probes, names::FREE_STACK_SLOTS)?;
+        for slot in 0..table.capacity() {
+            free_slots.push(slot, 0).map_err(|e| CollectError::Read {
+                name: names::FREE_STACK_SLOTS,
+                source: io::Error::other(e),
+            })?;
+        }
         Ok(Self {
             allocs: take(probes, names::ALLOCS)?,
-            totals: take(probes, names::STACK_TOTALS)?,
+            totals: Arc::new(table),
+            slots: take(probes, names::STACK_SLOTS)?,
+            free_slots,
             traces: take(probes, names::STACK_TRACES)?,
             stats: take(probes, names::STATS)?,
             events: take(probes, names::EVENTS)?,
         })
     }
 
-    /// Every per-stack total (O(stacks)).
-    pub fn stack_totals(&self) -> Result<HashMap<StackKey, StackTotals>, CollectError> {
-        let mut out = HashMap::new();
-        batch::for_each(self.totals.map(), |key: StackKey, totals: StackTotals| {
-            let _ = out.insert(key, totals);
-        })
-        .map_err(|source| CollectError::Read {
-            name: names::STACK_TOTALS,
-            source,
-        })?;
-        Ok(out)
-    }
-
     /// Calls `visit` with every per-stack total (O(stacks), streamed: nothing is kept).
-    pub fn for_each_total(
-        &self,
-        visit: impl FnMut(StackKey, StackTotals),
-    ) -> Result<(), CollectError> {
-        batch::for_each(self.totals.map(), visit).map_err(|source| CollectError::Read {
-            name: names::STACK_TOTALS,
-            source,
-        })
+    pub fn for_each_total(&self, mut visit: impl FnMut(StackKey, StackTotals)) {
+        self.totals.for_each(|_, totals| visit(totals.key, totals));
     }
 
-    /// The per-stack totals map's descriptor, for scans.
-    pub fn totals_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd as _;
-        self.totals.map().fd().as_fd()
+    /// The per-stack totals, shareable with the background scans.
+    pub fn stack_table(&self) -> Arc<StackTable> {
+        Arc::clone(&self.totals)
     }
 
     /// The allocation map's descriptor, for scans.
@@ -150,7 +149,7 @@ impl BpfMaps {
     }
 
     /// Drops every record of an ended process, and the stacks no other process uses.
-    pub fn forget_process(&self, tgid: u32) -> Result<(), CollectError> {
+    pub fn forget_process(&mut self, tgid: u32) -> Result<(), CollectError> {
         let mut alloc_keys = Vec::new();
         batch::for_each(self.allocs.map(), |key: AllocKey, _: AllocInfo| {
             if key.tgid == tgid {
@@ -166,15 +165,26 @@ impl BpfMaps {
             source,
         })?;
 
-        let totals = self.stack_totals()?;
-        let (ended, alive): (Vec<StackKey>, Vec<StackKey>) =
-            totals.keys().partition(|key| key.tgid == tgid);
-        batch::delete(self.totals.map(), &ended).map_err(|source| CollectError::Read {
-            name: names::STACK_TOTALS,
+        // Unpublish the process's stacks, empty their slots, then hand the slots back.
+        let ended = self.totals.slots_of(tgid);
+        let keys: Vec<StackKey> = ended.iter().map(|(_, key)| *key).collect();
+        batch::delete(self.slots.map(), &keys).map_err(|source| CollectError::Read {
+            name: names::STACK_SLOTS,
             source,
         })?;
-        let still_used: HashSet<u64> = alive.iter().map(|key| key.stack_id).collect();
-        let unused: Vec<u64> = ended
+        for (slot, _) in &ended {
+            self.totals.clear(*slot);
+            if let Err(error) = self.free_slots.push(slot, 0) {
+                // The queue holds as many slots as the array: this cannot fill; if it did,
+                // the slot is only lost until the daemon restarts.
+                tracing::warn!(%error, slot, "could not recycle a stack slot");
+            }
+        }
+        let mut still_used: HashSet<u64> = HashSet::new();
+        self.totals.for_each(|_, totals| {
+            let _ = still_used.insert(totals.key.stack_id);
+        });
+        let unused: Vec<u64> = keys
             .iter()
             .map(|key| key.stack_id)
             .filter(|id| !still_used.contains(id))

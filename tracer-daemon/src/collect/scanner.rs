@@ -2,7 +2,8 @@
 //! duplicate map descriptors, it scans every outstanding allocation for ages (O(allocations))
 //! and reads every per-stack total to keep the largest stacks' bytes for the growth windows
 //! (O(stacks)). The agent's actor only picks up the results, so a report query never waits
-//! behind a scan of a million allocations.
+//! behind a scan of a million allocations. The scans take at most a tenth of a core: after a
+//! round that took t, the next starts no sooner than 10·t later, however large the maps are.
 
 use std::{
     os::fd::{AsFd as _, OwnedFd},
@@ -10,16 +11,19 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use tracer_common::{StackKey, StackTotals};
 use tracing::warn;
 
 use super::{
     ages::{self, OldestByStack},
-    batch, monotonic_now_ns,
+    monotonic_now_ns,
+    stack_table::StackTable,
 };
+
+/// The pause after a round, in multiples of the round's own duration (at most 10% of a core).
+const PAUSE_PER_SCAN: u32 = 9;
 
 /// One round of background scans.
 #[derive(Debug, Default)]
@@ -27,7 +31,7 @@ pub struct Snapshot {
     /// When the totals were read (CLOCK_MONOTONIC ns); 0 before the first round.
     pub taken_ns: u64,
     /// Oldest outstanding allocation per stack.
-    pub oldest: OldestByStack,
+    pub oldest: Arc<OldestByStack>,
     /// The largest stacks by outstanding bytes: ((pid, stack id), bytes), at most `keep`.
     pub largest: Vec<((u32, u64), u64)>,
 }
@@ -43,7 +47,7 @@ impl Scanner {
     /// Starts scanning every `interval`, keeping the `keep` largest stacks.
     pub fn spawn(
         allocs: OwnedFd,
-        totals: OwnedFd,
+        totals: Arc<StackTable>,
         interval: Duration,
         keep: usize,
     ) -> std::io::Result<Self> {
@@ -57,38 +61,37 @@ impl Scanner {
                 // SAFETY: setpriority on this thread (tid 0 with PRIO_PROCESS means the caller).
                 let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 while !stopping.load(Ordering::Relaxed) {
+                    let started = Instant::now();
                     let mut largest = Vec::new();
-                    let read =
-                        batch::for_each_fd(totals.as_fd(), |key: StackKey, value: StackTotals| {
-                            if value.outstanding_bytes > 0 {
-                                largest.push(((key.tgid, key.stack_id), value.outstanding_bytes));
-                            }
-                        });
+                    totals.for_each(|_, value| {
+                        if value.outstanding_bytes > 0 {
+                            largest.push((
+                                (value.key.tgid, value.key.stack_id),
+                                value.outstanding_bytes,
+                            ));
+                        }
+                    });
                     let taken_ns = monotonic_now_ns();
                     if largest.len() > keep {
                         let _ = largest.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1));
                         largest.truncate(keep);
                     }
-                    let oldest = ages::scan(allocs.as_fd(), None, taken_ns, 0, 0);
-                    match (read, oldest) {
-                        (Ok(()), Ok(oldest)) => {
-                            let oldest =
-                                oldest.into_iter().map(|(k, a)| (k, a.oldest_ns)).collect();
+                    match ages::oldest(allocs.as_fd()) {
+                        Ok(oldest) => {
                             *shared.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Arc::new(Snapshot {
                                     taken_ns,
-                                    oldest,
+                                    oldest: Arc::new(oldest),
                                     largest,
                                 });
                         }
-                        (Err(error), _) | (_, Err(error)) => {
-                            warn!(%error, "background scan failed")
-                        }
+                        Err(error) => warn!(%error, "background scan failed"),
                     }
                     // Sleep in short steps so stopping is prompt.
+                    let pause = interval.max(started.elapsed() * PAUSE_PER_SCAN);
                     let mut slept = Duration::ZERO;
-                    while slept < interval && !stopping.load(Ordering::Relaxed) {
-                        let step = Duration::from_millis(100).min(interval - slept);
+                    while slept < pause && !stopping.load(Ordering::Relaxed) {
+                        let step = Duration::from_millis(100).min(pause - slept);
                         std::thread::sleep(step);
                         slept += step;
                     }

@@ -3,7 +3,9 @@
 //! Tells a leak (still growing) from a cache levelling off, churn (stable) or memory being
 //! freed; rates are bytes per second, so a memory limit can be turned into a time-to-limit.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +100,7 @@ impl<K: Eq + Hash + Copy> GrowthTracker<K> {
     pub fn new(config: GrowthConfig) -> Self {
         Self {
             config,
-            series: HashMap::new(),
+            series: HashMap::default(),
             newest_round_ns: None,
         }
     }

@@ -1,10 +1,11 @@
 /* A million outstanding allocations across 100000 distinct stacks: a binary tree of calls 17
- * levels deep (left or right at each level); the first 100000 leaves leak 10 x 16 bytes each. */
+ * levels deep (left or right at each level); the first 100000 leaves leak 10 x 16 bytes each.
+ * `many_stacks N` leaks from the first N leaves only (N stacks, 10 N allocations). */
 #include "harness.h"
 
 #define DEPTH 17
 #define PER_LEAF 10
-#define LEAVES 100000
+static unsigned leaves = 100000;
 
 __attribute__((noinline)) void node(int depth, unsigned path);
 
@@ -14,7 +15,7 @@ __attribute__((noinline)) void right(int depth, unsigned path) { node(depth + 1,
 
 __attribute__((noinline)) void node(int depth, unsigned path) {
     if (depth == DEPTH) {
-        if (path < LEAVES)
+        if (path < leaves)
             for (int i = 0; i < PER_LEAF; i++) sink = malloc(16);
         return;
     }
@@ -22,7 +23,9 @@ __attribute__((noinline)) void node(int depth, unsigned path) {
     right(depth, path);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1)
+        leaves = (unsigned)atoi(argv[1]);
     say("ready");
     wait_for("go");
     node(0, 0);

@@ -19,17 +19,76 @@ use crate::{cmd_output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the demo need (gcc for the C workloads is on the machine;
-/// these are the ones a fresh machine lacks): Go for `go tool pprof` on exported profiles.
-const APT_PACKAGES: &[&str] = &["golang-go"];
+/// these are the ones a fresh machine lacks): Go for `go tool pprof` on exported profiles,
+/// Docker's engine for the container-image test, musl's gcc wrapper for the static build.
+const APT_PACKAGES: &[&str] = &["golang-go", "docker.io", "musl-tools"];
 
-/// Python packages the tests use as a client that is not ours (pinned).
-const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.3", "grpcio-tools==1.85.1", "protobuf==7.36.2"];
+/// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the
+/// Kubernetes schema validator for the rendered manifests, Prometheus' text-format parser.
+const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio==1.85.3",
+    "grpcio-tools==1.85.1",
+    "protobuf==7.36.2",
+    "kubernetes-validate==1.37.0",
+    "prometheus-client==0.26.0",
+];
+
+/// The Rust target of the container image's static binaries.
+pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub(crate) fn setup() -> anyhow::Result<()> {
     nightly_components()?;
     bpf_linker()?;
     apt_packages(APT_PACKAGES)?;
     python_env()?;
+    musl_target()?;
+    cargo_fuzz()?;
+    kubectl()?;
+    Ok(())
+}
+
+fn musl_target() -> anyhow::Result<()> {
+    let installed = cmd_output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|line| line == MUSL_TARGET) {
+        run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    }
+    Ok(())
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if !installed {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// `kubectl kustomize` renders the manifests offline. This kind of machine ships kubectl; where
+/// it does not, Debian's kubernetes-client provides one.
+fn kubectl() -> anyhow::Result<()> {
+    let present = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !present {
+        apt_packages(&["kubernetes-client"])?;
+    }
     Ok(())
 }
 

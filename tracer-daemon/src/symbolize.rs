@@ -85,6 +85,20 @@ pub struct Symbolizer {
     modules: HashMap<u32, Vec<ModuleMapping>>,
     files: HashMap<(u64, u64), Arc<File>>,
     stacks: foldhash::HashMap<(u32, u64), Arc<[Frame]>>,
+    /// Stacks answered from the cache, and symbolized afresh.
+    hits: u64,
+    misses: u64,
+}
+
+/// The symbol cache's figures (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Stacks held.
+    pub entries: usize,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that symbolized.
+    pub misses: u64,
 }
 
 impl Default for Symbolizer {
@@ -106,6 +120,8 @@ impl Symbolizer {
             modules: HashMap::new(),
             files: HashMap::new(),
             stacks: foldhash::HashMap::default(),
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -157,11 +173,22 @@ impl Symbolizer {
         Some(Arc::clone(file))
     }
 
+    /// The cache's size and hit counts.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.stacks.len(),
+            hits: self.hits,
+            misses: self.misses,
+        }
+    }
+
     /// The frames of a stack (cached per process and stack).
     pub fn symbolize(&mut self, pid: u32, stack_id: u64, addrs: &[u64]) -> Arc<[Frame]> {
         if let Some(frames) = self.stacks.get(&(pid, stack_id)) {
+            self.hits += 1;
             return Arc::clone(frames);
         }
+        self.misses += 1;
         if addrs
             .iter()
             .any(|&addr| self.mapping_of(pid, addr).is_none())

@@ -150,6 +150,28 @@ pub struct Tracer {
     /// Traced pids named as OOM victims, so their end is reported as an OOM kill.
     oom_victims: HashSet<u32>,
     page_size: u64,
+    sizes: MapSizes,
+}
+
+/// What the tracer holds now, for the agent's health metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracerHealth {
+    /// Processes traced.
+    pub processes: usize,
+    /// Of those, processes with probes attached now (the others wait for a re-attach).
+    pub attached: usize,
+    /// Outstanding allocations in the kernel map at the last background scan.
+    pub allocations: u64,
+    /// Capacity of that map.
+    pub allocation_slots: u64,
+    /// Stack slots holding a stack.
+    pub stacks: u64,
+    /// Capacity of the per-stack totals.
+    pub stack_slots: u64,
+    /// The symbol cache.
+    pub symbol_cache: crate::symbolize::CacheStats,
+    /// Whether OOM kills are seen at the kernel hook.
+    pub oom_hook_attached: bool,
 }
 
 impl Tracer {
@@ -175,7 +197,28 @@ impl Tracer {
             page_size: crate::bpf::page_size(),
             placement: config.placement,
             sample_bytes: config.sample_bytes.min(MAX_SAMPLE_BYTES),
+            sizes: config.sizes,
         })
+    }
+
+    /// Figures for health metrics (O(stack slots), no syscall).
+    pub fn health(&self) -> TracerHealth {
+        let mut stacks = 0u64;
+        self.maps.for_each_total(|_, _| stacks += 1);
+        TracerHealth {
+            processes: self.processes.len(),
+            attached: self
+                .processes
+                .values()
+                .filter(|p| p.attachment.is_some())
+                .count(),
+            allocations: self.latest_scan().map_or(0, |s| s.allocations),
+            allocation_slots: u64::from(self.sizes.allocations),
+            stacks,
+            stack_slots: u64::from(self.sizes.stack_totals),
+            symbol_cache: self.symbolizer.cache_stats(),
+            oom_hook_attached: matches!(self.probes.oom_hook, crate::bpf::OomHook::Attached),
+        }
     }
 
     /// Starts tracing a process.

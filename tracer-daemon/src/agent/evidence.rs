@@ -205,10 +205,12 @@ impl Agent {
         };
         match self.store.put(evidence.meta(), &payload) {
             Ok(id) => {
+                self.evidence_saved += 1;
                 info!(evidence = id, kind = evidence.trigger.kind(), summary = %evidence.summary(), "evidence saved");
                 Some(id)
             }
             Err(error) => {
+                self.evidence_failed += 1;
                 warn!(%error, "cannot save evidence");
                 None
             }

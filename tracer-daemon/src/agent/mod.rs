@@ -3,6 +3,7 @@
 //! its own thread so symbolization and map scans never stall the gRPC server.
 
 mod evidence;
+pub mod metrics;
 mod reports;
 pub mod selector;
 pub mod targets;
@@ -156,6 +157,7 @@ enum Command {
     ),
     GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
     Profile(ProfileSource, oneshot::Sender<Result<Vec<u8>, AgentError>>),
+    Metrics(usize, oneshot::Sender<metrics::NodeMetrics>),
 }
 
 /// Which evidence to list.
@@ -237,6 +239,13 @@ impl AgentHandle {
         self.ask(|reply| Command::GetEvidence(id, reply)).await?
     }
 
+    /// Health and per-container leak figures for the metrics endpoint, at most
+    /// `max_containers` containers.
+    pub async fn metrics(&self, max_containers: usize) -> Result<metrics::NodeMetrics, AgentError> {
+        self.ask(|reply| Command::Metrics(max_containers, reply))
+            .await
+    }
+
     /// A gzipped pprof profile.
     pub async fn profile(&self, source: ProfileSource) -> Result<Vec<u8>, AgentError> {
         self.ask(|reply| Command::Profile(source, reply)).await?
@@ -300,6 +309,10 @@ struct Agent {
     recent_kernel_ooms: HashMap<String, Instant>,
     /// The background scan round last fed to the growth windows.
     last_sample_ns: u64,
+    /// Evidence records saved since start.
+    evidence_saved: u64,
+    /// Evidence saves that failed since start.
+    evidence_failed: u64,
 }
 
 impl Agent {
@@ -326,6 +339,8 @@ impl Agent {
             store,
             recent_kernel_ooms: HashMap::new(),
             last_sample_ns: 0,
+            evidence_saved: 0,
+            evidence_failed: 0,
         })
     }
 
@@ -404,6 +419,9 @@ impl Agent {
             }
             Command::Profile(source, reply) => {
                 let _ = reply.send(self.profile(&source));
+            }
+            Command::Metrics(max_containers, reply) => {
+                let _ = reply.send(self.metrics(max_containers));
             }
         }
     }

@@ -91,7 +91,8 @@ impl Agent {
     }
 
     /// Per-container reports of what a selector resolved to (containers with nothing traced are
-    /// left out). Only the stacks a report can show are symbolized.
+    /// left out). Only the stacks a report can show are symbolized; `top` 0 gives the totals
+    /// alone.
     pub(super) fn container_reports(
         &mut self,
         resolved: &Resolved,
@@ -166,6 +167,9 @@ impl Agent {
                     .copied()
                     .unwrap_or_else(|| self.growth.growth(&(pid, id)))
             };
+            if top == 0 {
+                raw.clear();
+            }
             let mut stacks = self.tracer.symbolize_stacks(&raw);
             for stack in &mut stacks {
                 let members: Vec<Growth> = stack

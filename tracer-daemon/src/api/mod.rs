@@ -3,6 +3,7 @@
 //! grpc.health.v1 and server reflection, and the listeners (Unix socket by default).
 
 pub mod convert;
+pub mod metrics;
 pub mod server;
 
 use std::{pin::Pin, sync::Arc, time::Duration};

@@ -4,7 +4,16 @@ pub mod probe_cost;
 pub mod run;
 pub mod trace;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
 
 /// eBPF memory-leak tracer: names the call sites that hold memory in a process or pod.
 #[derive(Debug, Parser)]
@@ -13,6 +22,10 @@ pub struct Cli {
     /// Log filter (tracing's env-filter syntax, e.g. `info`, `tracer_daemon=debug`).
     #[arg(long, env = "TRACER_LOG", default_value = "info", global = true)]
     pub log: String,
+
+    /// Log lines as text for people or JSON for log collectors.
+    #[arg(long, env = "TRACER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 
     /// What to do.
     #[command(subcommand)]

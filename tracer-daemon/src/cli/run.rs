@@ -9,7 +9,10 @@ use tracing::info;
 
 use crate::{
     agent::{self, AgentConfig, DEFAULT_STATE_DIR},
-    api::server::{self, DEFAULT_SOCKET, Listen},
+    api::{
+        metrics,
+        server::{self, DEFAULT_SOCKET, Listen, ServeOptions, TlsFiles},
+    },
     attach::placement::PlacementMode,
     bpf::MapSizes,
     config,
@@ -25,6 +28,38 @@ pub struct RunArgs {
     /// Where to serve the API: unix:PATH or tcp:HOST:PORT.
     #[arg(long, env = "TRACER_LISTEN", default_value_t = format!("unix:{DEFAULT_SOCKET}"))]
     pub listen: String,
+
+    /// Group (name or gid) allowed to use the Unix socket: mode 0660 instead of 0600.
+    #[arg(long, env = "TRACER_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// PEM certificate chain of a tcp: listener (TLS is required on TCP).
+    #[arg(long, env = "TRACER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of that certificate.
+    #[arg(long, env = "TRACER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate it signed.
+    #[arg(long, env = "TRACER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve a tcp: listener without TLS (leak reports in plain text to anyone who can reach it).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Also serve grpc.health.v1 alone on this plain TCP address (for kubelet gRPC probes).
+    #[arg(long, env = "TRACER_HEALTH_LISTEN", value_name = "HOST:PORT")]
+    pub health_listen: Option<std::net::SocketAddr>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, env = "TRACER_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Most containers given their own metric series (those holding the most bytes).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub metrics_max_containers: u64,
 
     /// Config file (TOML: [selection], [growth], [limits]).
     #[arg(long, env = "TRACER_CONFIG")]
@@ -137,6 +172,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(anyhow::Error::msg)
         .context("invalid --listen")?;
+    let serve_options = ServeOptions {
+        listen,
+        socket_group: args
+            .socket_group
+            .as_deref()
+            .map(server::resolve_group)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("invalid --socket-group")?,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca.clone(),
+        }),
+        insecure: args.insecure,
+        health_listen: args.health_listen,
+    };
+    // Refuse a bad combination before loading anything.
+    serve_options.prepare()?;
     let file = match &args.config {
         Some(path) => config::load(path)?,
         None => config::ConfigFile::default(),
@@ -208,9 +262,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch_interval: args.memory_watch_interval,
         ..AgentConfig::default()
     };
+    // A metrics port already taken is a startup error, not a silent gap in monitoring.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (handle, _agent_thread) = agent::spawn(config)?;
     info!("agent started");
-    server::serve(&listen, handle, shutdown_signal()).await?;
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    if let Some(listener) = metrics_listener {
+        let mut stopped = stop.subscribe();
+        let metrics = metrics::serve(
+            listener,
+            handle.clone(),
+            usize::try_from(args.metrics_max_containers).unwrap_or(usize::MAX),
+            async move {
+                let _ = stopped.recv().await;
+            },
+        );
+        let _task = tokio::spawn(async move {
+            if let Err(error) = metrics.await {
+                tracing::error!(error = %format!("{error:#}"), "the metrics server stopped");
+            }
+        });
+    }
+    server::serve(&serve_options, handle, async move {
+        shutdown_signal().await;
+        let _ = stop.send(());
+    })
+    .await?;
     info!("stopped");
     Ok(())
 }

@@ -59,8 +59,15 @@ pub type OldestByStack = HashMap<StackKey, u64>;
 /// Scans every outstanding allocation for the oldest one per stack: the background scan, so
 /// it keeps nothing else.
 pub fn oldest(allocs: BorrowedFd<'_>) -> io::Result<OldestByStack> {
+    oldest_and_count(allocs).map(|(oldest, _)| oldest)
+}
+
+/// Like [`oldest`], also counting the outstanding allocations read.
+pub fn oldest_and_count(allocs: BorrowedFd<'_>) -> io::Result<(OldestByStack, u64)> {
     let mut out = OldestByStack::new();
+    let mut count = 0u64;
     batch::for_each_fd(allocs, |key: AllocKey, info: AllocInfo| {
+        count += 1;
         let stack = StackKey {
             tgid: key.tgid,
             _pad: 0,
@@ -69,5 +76,5 @@ pub fn oldest(allocs: BorrowedFd<'_>) -> io::Result<OldestByStack> {
         let oldest = out.entry(stack).or_insert(u64::MAX);
         *oldest = (*oldest).min(info.timestamp_ns);
     })?;
-    Ok(out)
+    Ok((out, count))
 }

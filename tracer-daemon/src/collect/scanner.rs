@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub oldest: Arc<OldestByStack>,
     /// The largest stacks by outstanding bytes: ((pid, stack id), bytes), at most `keep`.
     pub largest: Vec<((u32, u64), u64)>,
+    /// Outstanding allocations in the kernel's map when it was read.
+    pub allocations: u64,
 }
 
 /// Runs the scans periodically.
@@ -76,13 +78,14 @@ impl Scanner {
                         let _ = largest.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1));
                         largest.truncate(keep);
                     }
-                    match ages::oldest(allocs.as_fd()) {
-                        Ok(oldest) => {
+                    match ages::oldest_and_count(allocs.as_fd()) {
+                        Ok((oldest, allocations)) => {
                             *shared.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Arc::new(Snapshot {
                                     taken_ns,
                                     oldest: Arc::new(oldest),
                                     largest,
+                                    allocations,
                                 });
                         }
                         Err(error) => warn!(%error, "background scan failed"),

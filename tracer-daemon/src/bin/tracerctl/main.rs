@@ -6,11 +6,13 @@
 
 mod format;
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tracer_daemon::{
     agent::{
         selector::{Selector, Target},
@@ -25,9 +27,26 @@ use tracer_proto::v1::{self as pb, leak_tracer_client::LeakTracerClient};
 #[derive(Debug, Parser)]
 #[command(name = "tracerctl", version)]
 struct Cli {
-    /// The agent's API: unix:PATH or http://HOST:PORT.
+    /// The agent's API: unix:PATH, https://HOST:PORT (TLS) or http://HOST:PORT (an agent run
+    /// with --insecure).
     #[arg(long, global = true, env = "TRACER_SERVER", default_value_t = format!("unix:{DEFAULT_SOCKET}"))]
     server: String,
+
+    /// PEM CA bundle that signed the agent's certificate (https:// servers).
+    #[arg(long, global = true, env = "TRACER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for agents that require one (with --tls-key).
+    #[arg(long, global = true, env = "TRACER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM key of the client certificate.
+    #[arg(long, global = true, env = "TRACER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Name the agent's certificate must carry, when it differs from the server's host.
+    #[arg(long, global = true, env = "TRACER_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -177,7 +196,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.server).await?;
+    let mut client = connect(&cli).await?;
     match cli.command {
         Command::Pods => {
             let response = client
@@ -398,7 +417,33 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<LeakTracerClient<Channel>> {
+/// The client's TLS settings from its flags, for an https:// server.
+fn client_tls(cli: &Cli) -> anyhow::Result<ClientTlsConfig> {
+    let read = |what: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &cli.tls_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
+        None => anyhow::bail!(
+            "--server {} uses TLS: give --tls-ca with the CA that signed the agent's certificate",
+            cli.server
+        ),
+    };
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+    }
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<LeakTracerClient<Channel>> {
+    let server = cli.server.as_str();
     let channel = if let Some(path) = server.strip_prefix("unix:") {
         let path = path.to_owned();
         Endpoint::from_static("http://localhost")
@@ -413,17 +458,37 @@ async fn connect(server: &str) -> anyhow::Result<LeakTracerClient<Channel>> {
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot connect to {server}: {e} (is tracer-daemon run listening there?)"
+                    "cannot connect to {server}: {} (is tracer-daemon run listening there, and \
+                     may this user use its socket?)",
+                    error_chain(&e)
                 )
             })?
-    } else if server.starts_with("http://") || server.starts_with("https://") {
+    } else if server.starts_with("https://") {
+        Endpoint::from_shared(server.to_owned())?
+            .tls_config(client_tls(cli)?)?
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {}", error_chain(&e)))?
+    } else if server.starts_with("http://") {
         Endpoint::from_shared(server.to_owned())?
             .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))?
+            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {}", error_chain(&e)))?
     } else {
-        anyhow::bail!("--server {server:?}: expected unix:PATH or http://HOST:PORT");
+        anyhow::bail!("--server {server:?}: expected unix:PATH, https://HOST:PORT or http://HOST:PORT");
     };
     Ok(LeakTracerClient::new(channel)
         .max_decoding_message_size(tracer_daemon::api::server::MAX_RESPONSE_BYTES))
+}
+
+/// An error and its sources on one line (TLS failures hide the reason in the sources).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -1,0 +1,118 @@
+//! The agent's figures for Prometheus: its own health and, per traced container, how much
+//! memory its leak sites hold and how fast that grows. Label cardinality is bounded: at most
+//! `max_containers` containers (those holding the most bytes) get their own series.
+
+use std::collections::BTreeMap;
+
+use super::{Agent, reports::Resolved};
+use crate::{
+    collect::stats::BpfStats,
+    report::pod::SortBy,
+    tracer::TracerHealth,
+};
+
+/// A traced container's leak figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerLeak {
+    /// Namespace ("" when the kubelet's records do not name it).
+    pub namespace: String,
+    /// Pod name (the uid when unnamed).
+    pub pod: String,
+    /// Container name ("" when unknown).
+    pub container: String,
+    /// Outstanding bytes over its traced processes.
+    pub outstanding_bytes: u64,
+    /// Outstanding allocations.
+    pub outstanding_count: u64,
+    /// Leak rate of its growing stacks, bytes per second.
+    pub leak_bytes_per_second: f64,
+    /// Time until its memory limit at that rate, seconds (`None`: no limit or no growth).
+    pub time_to_limit_seconds: Option<f64>,
+    /// Its memory limit, bytes.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Everything the metrics endpoint shows, read in one go on the agent's thread.
+#[derive(Clone, Debug, Default)]
+pub struct NodeMetrics {
+    /// The tracer's processes, maps and caches.
+    pub tracer: TracerHealth,
+    /// The BPF programs' counters.
+    pub bpf: BpfStats,
+    /// Whether bytes and counts are sampled estimates.
+    pub estimated: bool,
+    /// Evidence records saved since start, and saves that failed.
+    pub evidence_saved: u64,
+    /// Saves that failed.
+    pub evidence_failed: u64,
+    /// Records and payload bytes in the store now.
+    pub evidence_records: u64,
+    /// Payload bytes in the store now.
+    pub evidence_bytes: u64,
+    /// Selected processes that could not be traced.
+    pub trace_failures: u64,
+    /// Per container, most bytes first, at most `max_containers`.
+    pub containers: Vec<ContainerLeak>,
+    /// Containers left out by that bound.
+    pub containers_not_shown: u64,
+}
+
+impl Agent {
+    /// Reads every figure; per-container totals come from the per-stack totals (nothing is
+    /// symbolized).
+    pub(super) fn metrics(&mut self, max_containers: usize) -> NodeMetrics {
+        self.tracer.poll();
+        let (evidence_records, evidence_bytes) = self.store.usage().unwrap_or((0, 0));
+        let mut containers = Vec::new();
+        let traced: std::collections::HashSet<u32> = self.tracer.pids().into_iter().collect();
+        let pods: Vec<_> = self.view.pods.values().cloned().collect();
+        for pod in pods {
+            let resolved = Resolved {
+                containers: pod
+                    .containers
+                    .values()
+                    .filter(|c| c.pids.iter().any(|p| traced.contains(p)))
+                    .map(|c| (Some(c.id.clone()), c.pids.iter().copied().collect()))
+                    .collect::<BTreeMap<_, Vec<u32>>>(),
+                pod: Some(pod.clone()),
+            };
+            if resolved.containers.is_empty() {
+                continue;
+            }
+            let Ok(reports) = self.container_reports(&resolved, 0, SortBy::Bytes, 0) else {
+                continue;
+            };
+            for report in reports {
+                containers.push(ContainerLeak {
+                    namespace: pod.namespace.clone().unwrap_or_default(),
+                    pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
+                    container: report.name.clone().unwrap_or_default(),
+                    outstanding_bytes: report.outstanding_bytes,
+                    outstanding_count: report.outstanding_count,
+                    leak_bytes_per_second: report.leak_bytes_per_second,
+                    time_to_limit_seconds: report.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
+                    memory_limit_bytes: report.memory.as_ref().and_then(|m| m.limit_bytes),
+                });
+            }
+        }
+        containers.sort_by(|a, b| {
+            b.outstanding_bytes
+                .cmp(&a.outstanding_bytes)
+                .then_with(|| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)))
+        });
+        let containers_not_shown = containers.len().saturating_sub(max_containers) as u64;
+        containers.truncate(max_containers);
+        NodeMetrics {
+            tracer: self.tracer.health(),
+            bpf: self.tracer.stats(),
+            estimated: self.tracer.sample_bytes() > 0,
+            evidence_saved: self.evidence_saved,
+            evidence_failed: self.evidence_failed,
+            evidence_records: evidence_records as u64,
+            evidence_bytes,
+            trace_failures: self.failures.len() as u64,
+            containers,
+            containers_not_shown,
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Prometheus metrics at `--metrics ADDR` (`GET /metrics`, OpenMetrics text made by
+//! prometheus-client): the agent's health (programs and probes, processes, BPF events and losses,
+//! map fill, symbol cache, evidence, RSS) and per traced container its outstanding bytes, leak
+//! rate and time to its memory limit. Per-container series are bounded (`--metrics-max-containers`,
+//! the containers holding the most bytes), so a node with many pods cannot blow up cardinality.
+
+use std::{net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::{Registry, Unit},
+};
+use tracing::{info, warn};
+
+use crate::{
+    agent::{AgentHandle, metrics::NodeMetrics},
+    api::server::ServeError,
+};
+
+/// The OpenMetrics content type prometheus-client's text encoder writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long a scrape waits for the agent before answering 503.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct Scrape {
+    agent: AgentHandle,
+    max_containers: usize,
+}
+
+/// Binds the metrics address (before the agent starts, so a taken port is a startup error).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            what: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    agent: AgentHandle,
+    max_containers: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Scrape {
+            agent,
+            max_containers,
+        });
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    info!(%addr, "serving Prometheus metrics at /metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServeError::Listen {
+            what: addr.to_string(),
+            source,
+        })
+}
+
+async fn scrape(State(scrape): State<Scrape>) -> Response {
+    let figures =
+        tokio::time::timeout(SCRAPE_TIMEOUT, scrape.agent.metrics(scrape.max_containers)).await;
+    let figures = match figures {
+        Ok(Ok(figures)) => figures,
+        Ok(Err(error)) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response();
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent did not answer within 5 s\n",
+            )
+                .into_response();
+        }
+    };
+    match render(&figures) {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            warn!(%error, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabels {
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn gauge(value: u64) -> Gauge {
+    let gauge = Gauge::default();
+    let _ = gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::default();
+    let _ = counter.inc_by(value);
+    counter
+}
+
+/// BPF counters that count work done, by their `event` label.
+const EVENTS: &[(&str, &str)] = &[
+    ("allocations_recorded", "allocation"),
+    ("frees_matched", "free"),
+    ("frees_unknown", "free_of_unknown_block"),
+];
+
+/// BPF counters that count something lost, by their `reason` label.
+const LOSSES: &[(&str, &str)] = &[
+    ("allocs_map_full", "allocations_map_full"),
+    ("stack_totals_map_full", "stack_totals_full"),
+    ("stacks_lost", "stack_not_captured"),
+    ("stack_traces_map_full", "stack_traces_map_full"),
+    ("thread_state_full", "thread_state_full"),
+    ("events_dropped", "ring_buffer_full"),
+];
+
+/// Renders the figures as OpenMetrics text.
+pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("tracer");
+    registry.register(
+        "build",
+        "The agent's version",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    let health = &figures.tracer;
+    registry.register(
+        "processes_traced",
+        "Processes traced now",
+        gauge(health.processes as u64),
+    );
+    registry.register(
+        "processes_attached",
+        "Traced processes with their allocator probes attached now",
+        gauge(health.attached as u64),
+    );
+    registry.register(
+        "trace_failures",
+        "Selected processes that could not be traced (see the agent's log)",
+        gauge(figures.trace_failures),
+    );
+    registry.register(
+        "oom_hook_attached",
+        "1 when OOM kills are seen at the kernel's hook, 0 when only through cgroup counters",
+        gauge(u64::from(health.oom_hook_attached)),
+    );
+    registry.register(
+        "sampled",
+        "1 when bytes and counts are sampled estimates (--sample-bytes), 0 when exact",
+        gauge(u64::from(figures.estimated)),
+    );
+    let events = Family::<EventLabels, Counter>::default();
+    for &(stat, event) in EVENTS {
+        let _ = events
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc_by(figures.bpf.0.get(stat).copied().unwrap_or(0));
+    }
+    registry.register(
+        "bpf_events",
+        "Allocator calls the BPF programs recorded (rate() gives events per second)",
+        events,
+    );
+    let lost = Family::<ReasonLabels, Counter>::default();
+    for &(stat, reason) in LOSSES {
+        let _ = lost
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(figures.bpf.0.get(stat).copied().unwrap_or(0));
+    }
+    registry.register(
+        "lost",
+        "Allocations, stacks or events the tracer could not record, by reason; reports are exact for what was recorded",
+        lost,
+    );
+    let entries = Family::<MapLabels, Gauge>::default();
+    let capacity = Family::<MapLabels, Gauge>::default();
+    let fill = Family::<MapLabels, FloatGauge>::default();
+    for (map, used, slots) in [
+        ("allocations", health.allocations, health.allocation_slots),
+        ("stack_totals", health.stacks, health.stack_slots),
+    ] {
+        let labels = MapLabels {
+            map: map.to_owned(),
+        };
+        let _ = entries
+            .get_or_create(&labels)
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        let _ = capacity
+            .get_or_create(&labels)
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
+        let ratio = if slots == 0 { 0.0 } else { used as f64 / slots as f64 };
+        let _ = fill.get_or_create(&labels).set(ratio);
+    }
+    registry.register("map_entries", "Entries in the BPF map", entries);
+    registry.register("map_capacity", "Capacity of the BPF map (preallocated)", capacity);
+    registry.register(
+        "map_fill_ratio",
+        "Entries over capacity; at 1 new allocations are lost (see tracer_lost_total)",
+        fill,
+    );
+    let cache = &health.symbol_cache;
+    registry.register(
+        "symbol_cache_entries",
+        "Symbolized stacks held",
+        gauge(cache.entries as u64),
+    );
+    registry.register(
+        "symbol_cache_hits",
+        "Stacks symbolized from the cache",
+        counter(cache.hits),
+    );
+    registry.register(
+        "symbol_cache_misses",
+        "Stacks symbolized afresh",
+        counter(cache.misses),
+    );
+    registry.register(
+        "evidence_saved",
+        "Evidence records saved since the agent started",
+        counter(figures.evidence_saved),
+    );
+    registry.register(
+        "evidence_save_failures",
+        "Evidence records that could not be saved since the agent started",
+        counter(figures.evidence_failed),
+    );
+    registry.register(
+        "evidence_records",
+        "Evidence records in the store",
+        gauge(figures.evidence_records),
+    );
+    registry.register_with_unit(
+        "evidence_payload",
+        "Evidence payload in the store",
+        Unit::Bytes,
+        gauge(figures.evidence_bytes),
+    );
+    registry.register_with_unit(
+        "resident_memory",
+        "The agent's resident set size",
+        Unit::Bytes,
+        gauge(resident_bytes()),
+    );
+
+    let outstanding = Family::<ContainerLabels, Gauge>::default();
+    let allocations = Family::<ContainerLabels, Gauge>::default();
+    let rate = Family::<ContainerLabels, FloatGauge>::default();
+    let time_to_limit = Family::<ContainerLabels, FloatGauge>::default();
+    let limit = Family::<ContainerLabels, Gauge>::default();
+    for container in &figures.containers {
+        let labels = ContainerLabels {
+            namespace: container.namespace.clone(),
+            pod: container.pod.clone(),
+            container: container.container.clone(),
+        };
+        let _ = outstanding
+            .get_or_create(&labels)
+            .set(i64::try_from(container.outstanding_bytes).unwrap_or(i64::MAX));
+        let _ = allocations
+            .get_or_create(&labels)
+            .set(i64::try_from(container.outstanding_count).unwrap_or(i64::MAX));
+        let _ = rate
+            .get_or_create(&labels)
+            .set(container.leak_bytes_per_second);
+        if let Some(seconds) = container.time_to_limit_seconds {
+            let _ = time_to_limit.get_or_create(&labels).set(seconds);
+        }
+        if let Some(bytes) = container.memory_limit_bytes {
+            let _ = limit
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register_with_unit(
+        "container_outstanding",
+        "Bytes allocated by the container's traced processes and not freed (estimated when tracer_sampled is 1)",
+        Unit::Bytes,
+        outstanding,
+    );
+    registry.register(
+        "container_outstanding_allocations",
+        "Allocations of the container's traced processes not freed",
+        allocations,
+    );
+    registry.register(
+        "container_leak_rate_bytes_per_second",
+        "Growth rate of the container's growing leak sites over the growth window",
+        rate,
+    );
+    registry.register_with_unit(
+        "container_time_to_limit",
+        "Time until the container reaches its memory limit at the current leak rate (absent: no limit or no growth)",
+        Unit::Seconds,
+        time_to_limit,
+    );
+    registry.register_with_unit(
+        "container_memory_limit",
+        "The container's memory limit",
+        Unit::Bytes,
+        limit,
+    );
+    registry.register(
+        "containers_not_shown",
+        "Traced containers left out of the per-container series (--metrics-max-containers)",
+        gauge(figures.containers_not_shown),
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// This process's resident set size, bytes (0 when /proc cannot say).
+fn resident_bytes() -> u64 {
+    procfs::process::Process::myself()
+        .and_then(|me| me.statm())
+        .map_or(0, |statm| statm.resident * procfs::page_size())
+}

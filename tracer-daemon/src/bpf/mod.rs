@@ -125,12 +125,11 @@ pub enum LoadError {
     NoObject,
     /// The process lacks the capabilities to load and attach BPF programs.
     #[error(
-        "missing capabilities {missing}: loading BPF programs and attaching uprobes needs \
-         CAP_BPF and CAP_PERFMON; run as root or grant them (e.g. the DaemonSet's \
-         securityContext.capabilities.add)"
+        "missing capabilities: {missing}; run as root or grant them all (CAP_BPF, CAP_PERFMON, \
+         CAP_SYS_ADMIN, CAP_SYS_PTRACE; e.g. the DaemonSet's securityContext.capabilities.add)"
     )]
     MissingCapabilities {
-        /// The capability names, comma-separated.
+        /// Each missing capability with what it is needed for, `;`-separated.
         missing: String,
     },
     /// The kernel lacks a feature the tracer needs.
@@ -169,8 +168,25 @@ pub enum LoadError {
 }
 
 /// Linux capability numbers the tracer needs.
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// The capabilities the daemon needs, each with what needs it. Found by test on Linux 6.18 as
+/// a non-root user (tests/least_privilege.rs runs the daemon with exactly the DaemonSet's list
+/// and with each one dropped): CAP_DAC_READ_SEARCH, CAP_SYS_RESOURCE and the rest are not
+/// needed.
+pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "loading BPF programs and creating maps"),
+    (38, "CAP_PERFMON", "tracing programs and the OOM-kill tracepoint"),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "perf_event_open of the kernel's uprobe PMU, which attaches the allocator probes \
+         (the kernel refuses it with CAP_PERFMON alone)",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "reading other users' /proc/PID/maps and files under /proc/PID/root",
+    ),
+];
 
 /// Every uprobe program in the object, in the order they load.
 pub const UPROBE_PROGRAMS: &[&str] = &[
@@ -399,19 +415,20 @@ pub fn check_kernel_features() -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Fails when the effective capability set lacks CAP_BPF or CAP_PERFMON.
+/// Fails when the effective capability set lacks one of [`REQUIRED_CAPABILITIES`], naming each
+/// missing one and what needs it.
 pub fn check_capabilities() -> Result<(), LoadError> {
     let effective = effective_capabilities(Path::new("/proc/self/status")).unwrap_or(u64::MAX);
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|&(bit, _)| effective & (1 << bit) == 0)
-        .map(|(_, name)| name)
+    let missing: Vec<String> = REQUIRED_CAPABILITIES
+        .iter()
+        .filter(|&&(bit, _, _)| effective & (1 << bit) == 0)
+        .map(|(_, name, why)| format!("{name} (for {why})"))
         .collect();
     if missing.is_empty() {
         Ok(())
     } else {
         Err(LoadError::MissingCapabilities {
-            missing: missing.join(", "),
+            missing: missing.join("; "),
         })
     }
 }

@@ -20,13 +20,40 @@ pub(crate) struct Agent {
     stderr: Arc<Mutex<String>>,
 }
 
+/// How an agent process is started, beyond its arguments.
+#[derive(Default)]
+pub(crate) struct Launch {
+    /// A command the daemon runs under (e.g. setpriv with a user and capabilities).
+    pub(crate) wrapper: Vec<String>,
+    /// The socket path (default: ROOT/tracer.sock).
+    pub(crate) socket: Option<PathBuf>,
+    /// Where it listens instead of the socket (the socket is then not waited for).
+    pub(crate) listen: Option<String>,
+}
+
 impl Agent {
     pub(crate) fn start(root: &Path, extra: &[&str]) -> Self {
-        let socket = root.join("tracer.sock");
+        Self::start_with(root, Launch::default(), extra)
+    }
+
+    pub(crate) fn start_with(root: &Path, launch: Launch, extra: &[&str]) -> Self {
+        let socket = launch.socket.unwrap_or_else(|| root.join("tracer.sock"));
         // A socket left by an agent killed with -9: wait for the new one's, not this.
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(daemon_binary())
-            .args(["run", "--listen", &format!("unix:{}", socket.display())])
+        let listen = launch
+            .listen
+            .clone()
+            .unwrap_or_else(|| format!("unix:{}", socket.display()));
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                let _ = command.args(args).arg(daemon_binary());
+                command
+            }
+            None => Command::new(daemon_binary()),
+        };
+        let mut child = command
+            .args(["run", "--listen", &listen])
             .arg("--pod-log-root")
             .arg(root.join("pods"))
             .arg("--container-log-root")
@@ -65,7 +92,11 @@ impl Agent {
             stderr,
         };
         let deadline = Instant::now() + TIMEOUT;
-        while !agent.socket.exists() {
+        let listening = |agent: &Self| match &launch.listen {
+            None => agent.socket.exists(),
+            Some(_) => agent.stderr().contains("serving gRPC"),
+        };
+        while !listening(&agent) {
             assert!(
                 Instant::now() < deadline,
                 "agent never listened: {}",
@@ -74,6 +105,11 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
+    }
+
+    /// Whether the agent process has exited (and with what status).
+    pub(crate) fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// The agent's pid.

@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub(crate) mod agent;
+pub(crate) mod manifest;
 pub(crate) mod node;
 
 /// How long any single wait may take before the test fails with a message.

@@ -1,0 +1,158 @@
+//! The daemon as the DaemonSet runs it: a non-root user holding exactly the capabilities the
+//! manifest lists (read from the rendered manifest, so the two cannot drift), tracing a leaking
+//! process in a pod and serving its report; and, with each of those capabilities dropped in
+//! turn, failing at startup with a message that names the missing one.
+
+mod support;
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
+
+use support::{agent::*, node::*, *};
+
+/// The unprivileged user the daemon runs as here.
+const UID: u32 = 65534;
+
+/// setpriv's arguments for uid 65534 holding exactly `caps` (manifest names, e.g. "BPF").
+fn setpriv_with(caps: &[String]) -> Vec<String> {
+    let list = caps
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec![
+        "setpriv".to_owned(),
+        format!("--reuid={UID}"),
+        format!("--regid={UID}"),
+        "--clear-groups".to_owned(),
+        // Nothing beyond the list, even in the bounding set.
+        "--inh-caps=-all".to_owned() + if list.is_empty() { "" } else { "," } + &list,
+    ];
+    if !list.is_empty() {
+        args.push(format!("--ambient-caps={list}"));
+    }
+    args
+}
+
+fn owned_by_the_user(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::os::unix::fs::chown(dir, Some(UID), Some(UID)).expect("chown");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
+    require_root();
+    let caps = support::manifest::capabilities();
+    assert!(!caps.is_empty(), "the manifest lists no capabilities");
+    let root = temp_root("least-privilege");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let namespace = format!("lp-{}", std::process::id());
+    let pod = FakePod::create(
+        &namespace,
+        "api-0",
+        Driver::Systemd,
+        "burstable",
+        &["app"],
+        &root.join("pods"),
+        &root.join("containers"),
+    );
+    let mut leaker = Workload::start(&workload("one_leak_site"), &[]);
+    pod.place(leaker.pid, "app");
+    owned_by_the_user(&root.join("state"));
+    owned_by_the_user(&root.join("run"));
+
+    let agent = Agent::start_with(
+        &root,
+        Launch {
+            wrapper: setpriv_with(&caps),
+            socket: Some(root.join("run/tracer.sock")),
+            ..Launch::default()
+        },
+        &["--namespace", &namespace],
+    );
+    // Really unprivileged: not uid 0, and exactly the listed capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .expect("daemon status");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.contains(&UID.to_string())),
+        "{status}"
+    );
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapEff");
+    assert_eq!(
+        effective.count_ones() as usize,
+        caps.len(),
+        "the daemon holds exactly the manifest's capabilities: {caps:?}, CapEff {effective:x}"
+    );
+
+    agent.wait_traced(&[leaker.pid]);
+    let _ = leaker.run_to_done();
+    let report = agent.ctl_json(&["top", &pod.display(), "--top", "20"]);
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}\n{}",
+        agent.stderr()
+    );
+}
+
+#[test]
+fn each_capability_dropped_from_the_manifests_list_is_named_at_startup() {
+    require_root();
+    let caps = support::manifest::capabilities();
+    let root = temp_root("least-privilege-drop");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    owned_by_the_user(&root.join("state"));
+    owned_by_the_user(&root.join("run"));
+    for dropped in &caps {
+        let kept: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
+        let wrapper = setpriv_with(&kept);
+        let mut child = Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(daemon_binary())
+            .args([
+                "run",
+                "--listen",
+                &format!("unix:{}", root.join("run/tracer.sock").display()),
+                "--state-dir",
+                &root.join("state").display().to_string(),
+                "--pod-log-root",
+                &root.join("pods").display().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "without CAP_{dropped} the daemon must stop at startup, not run"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        let _ = std::io::Read::read_to_string(
+            &mut child.stderr.take().expect("stderr"),
+            &mut stderr,
+        );
+        assert_eq!(status.code(), Some(1), "without CAP_{dropped}: {stderr}");
+        assert!(
+            stderr.contains(&format!("CAP_{dropped} (for ")),
+            "the message must name CAP_{dropped}: {stderr}"
+        );
+        for other in &kept {
+            assert!(
+                !stderr.contains(&format!("CAP_{other} (for ")),
+                "CAP_{other} is held and must not be named: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -536,3 +536,89 @@ fn containers_started_after_the_agent_are_followed_up_to_the_process_cap() {
     first.finish();
     second.finish();
 }
+
+#[test]
+fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does() {
+    // containerd gives every pod its own cgroup namespace on cgroup v2: the agent's view of
+    // /proc/PID/cgroup and of its cgroup mounts is then relative to its own cgroup
+    // ("/../kubepods..."). Here the agent starts in a fresh cgroup namespace rooted at a
+    // sub-cgroup of each hierarchy, as in such a pod; it must still find the pod's memory
+    // limit (it joins the host's namespace at startup).
+    require_root();
+    let root = temp_root("cgroupns");
+    let namespace = format!("cgroupns-{}", std::process::id());
+    let pod = FakePod::create(
+        &namespace,
+        "limited-0",
+        Driver::Systemd,
+        "burstable",
+        &["app"],
+        &root.join("pods"),
+        &root.join("containers"),
+    );
+    let limit_file = if pod.memory_is_v1() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    std::fs::write(
+        pod.memory_dir("app").join(limit_file),
+        (192u64 << 20).to_string(),
+    )
+    .expect("set memory limit");
+    let mut workload = Workload::start(&workload("one_leak_site"), &[]);
+    pod.place(workload.pid, "app");
+
+    // The agent's own cgroup, one per hierarchy, as a pod's container would have.
+    let own: Vec<PathBuf> = Mounts::read()
+        .roots()
+        .into_iter()
+        .map(|r| r.join(format!("tracer-agent-{}", std::process::id())))
+        .collect();
+    let script = format!(
+        "for d in {}; do mkdir -p \"$d\" && echo $$ > \"$d/cgroup.procs\" || exit 1; done; \
+         exec unshare --cgroup \"$0\" \"$@\"",
+        own.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // PID 1 of this sandbox may not be inspected; this test process stands for the host.
+    let host_pid = format!("TRACER_HOST_PID={}", std::process::id());
+    let agent = Agent::start_with(
+        &root,
+        Launch {
+            wrapper: vec!["env".into(), host_pid, "sh".into(), "-c".into(), script],
+            ..Launch::default()
+        },
+        &["--namespace", &namespace],
+    );
+    // Really in another cgroup namespace, rooted elsewhere.
+    assert_ne!(
+        std::fs::read_link("/proc/self/ns/cgroup").expect("our cgroupns"),
+        std::fs::read_link(format!("/proc/{}/ns/cgroup", agent.pid())).expect("agent's"),
+        "the agent must start in its own cgroup namespace"
+    );
+    let agent_cgroup =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("agent cgroup");
+    assert!(agent_cgroup.contains("tracer-agent-"), "{agent_cgroup}");
+    assert!(
+        agent.stderr().contains("joined the host's cgroup namespace"),
+        "{}",
+        agent.stderr()
+    );
+
+    agent.wait_traced(&[workload.pid]);
+    let _ = workload.run_to_done();
+    let report = agent.ctl_json(&["top", &pod.display()]);
+    assert_eq!(report_totals(&report, "leak_here"), (409_600, 100), "{report:#}");
+    assert_eq!(
+        report["containers"][0]["memory"]["limit_bytes"],
+        192u64 << 20,
+        "{report:#}"
+    );
+    drop(agent);
+    for dir in own {
+        let _ = std::fs::remove_dir(dir);
+    }
+}

@@ -2,6 +2,7 @@
 //! to, from the node's own records (no API server needed).
 
 pub mod cgroup;
+pub mod cgroup_namespace;
 pub mod memory;
 pub mod node;
 pub mod pods;

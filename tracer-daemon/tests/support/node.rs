@@ -52,7 +52,7 @@ impl Mounts {
         mounts
     }
 
-    fn roots(&self) -> Vec<PathBuf> {
+    pub(crate) fn roots(&self) -> Vec<PathBuf> {
         self.unified
             .iter()
             .chain(self.memory_v1.iter())

@@ -48,7 +48,14 @@ struct PressureTrigger {
 
 impl PressureTrigger {
     fn register(path: &Path, trigger: &str) -> Option<Self> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(error) => {
+                // A read-only /sys/fs/cgroup (the DaemonSet mounts it so) refuses this.
+                warn!(path = %path.display(), %error, "cannot open memory.pressure for writing; memory pressure will not trigger snapshots (--pressure-trigger off silences this)");
+                return None;
+            }
+        };
         match file.write_all(trigger.as_bytes()) {
             Ok(()) => Some(Self { file }),
             Err(error) => {

@@ -255,3 +255,26 @@ fn a_full_allocation_map_shows_its_losses_in_the_api_and_the_metrics() {
         "metrics {metric_lost} vs API {lost} (the counter only grows)"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_and_message() {
+    require_root();
+    let root = temp_root("json-logs");
+    let agent = Agent::start(&root, &["--log-format", "json"]);
+    let (code, _, stderr) = agent.ctl(&["pods"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let logs = agent.stderr();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for line in &lines {
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["timestamp"].is_string(), "{line}");
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("serving gRPC")),
+        "{logs}"
+    );
+}

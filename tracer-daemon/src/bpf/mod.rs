@@ -179,7 +179,8 @@ pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
         21,
         "CAP_SYS_ADMIN",
         "perf_event_open of the kernel's uprobe PMU, which attaches the allocator probes \
-         (the kernel refuses it with CAP_PERFMON alone)",
+         (the kernel refuses it with CAP_PERFMON alone), and joining the host's cgroup \
+         namespace from a pod",
     ),
     (
         19,

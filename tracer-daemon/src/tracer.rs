@@ -11,7 +11,9 @@ use tracer_common::UNKNOWN_STACK_ID;
 use tracing::{info, warn};
 
 use crate::{
-    attach::{self, AttachError, Attachment, ProgramSet, placement::PlacementMode},
+    attach::{
+        self, AttachError, Attachment, ProgramSet, closer::LinkCloser, placement::PlacementMode,
+    },
     bpf::{LoadError, MapSizes, Probes},
     collect::{
         self, BpfMaps, CollectError,
@@ -151,6 +153,10 @@ pub struct Tracer {
     oom_victims: HashSet<u32>,
     page_size: u64,
     sizes: MapSizes,
+    /// Closes detached processes' links in the background.
+    closer: LinkCloser,
+    /// Processes untraced while alive whose records wait for their links to close.
+    closing: HashSet<u32>,
 }
 
 /// What the tracer holds now, for the agent's health metrics.
@@ -198,6 +204,8 @@ impl Tracer {
             placement: config.placement,
             sample_bytes: config.sample_bytes.min(MAX_SAMPLE_BYTES),
             sizes: config.sizes,
+            closer: LinkCloser::new(),
+            closing: HashSet::new(),
         })
     }
 
@@ -235,11 +243,24 @@ impl Tracer {
         {
             return Ok(());
         }
+        if self.closer.is_closing(pid) {
+            // Traced again right after being untraced: the old links must be gone first, or
+            // both sets would record the same calls.
+            self.closer.wait_for(pid);
+        }
+        self.forget_closed();
         let info = process::inspect(pid)?;
         let library = attach::find_allocator(pid, self.placement)?;
         let allocator = library.path.clone();
         self.symbolizer.refresh(pid);
-        let attachment = attach::attach(&mut self.probes, pid, library, programs)?;
+        let attachment = match attach::attach(&mut self.probes, pid, library, programs) {
+            Ok(attachment) => attachment,
+            Err(error) => {
+                // Probes attached before the failure may have recorded allocations.
+                self.drop_records(pid);
+                return Err(error);
+            }
+        };
         info!(pid, comm = %info.comm, allocator = %allocator, "tracing");
         let _ = self.processes.insert(
             pid,
@@ -253,14 +274,40 @@ impl Tracer {
         Ok(())
     }
 
-    /// Stops tracing a process and drops its records.
+    /// Stops tracing a process. Its links close in the background; its records go once they
+    /// are closed (see [`Tracer::poll`]).
     pub fn untrace(&mut self, pid: u32) {
         if let Some(mut traced) = self.processes.remove(&pid) {
+            match traced.attachment.take() {
+                Some(attachment) => {
+                    let links = attach::detach(&mut self.probes, attachment);
+                    self.closer.close(pid, links);
+                    let _ = self.closing.insert(pid);
+                }
+                None => self.drop_records(pid),
+            }
+        }
+    }
+
+    /// Stops tracing a process now: links closed and records dropped before returning.
+    fn untrace_now(&mut self, pid: u32) {
+        if let Some(mut traced) = self.processes.remove(&pid) {
             if let Some(attachment) = traced.attachment.take() {
-                attach::detach(&mut self.probes, attachment);
+                drop(attach::detach(&mut self.probes, attachment));
             }
             self.drop_records(pid);
         }
+    }
+
+    /// Drops the records of untraced processes whose links are now closed.
+    fn forget_closed(&mut self) {
+        let closed: Vec<u32> = self
+            .closer
+            .take_closed()
+            .into_iter()
+            .filter(|pid| self.closing.remove(pid) && !self.processes.contains_key(pid))
+            .collect();
+        self.drop_records_of(&closed);
     }
 
     /// Applies pending mmap records, notices exited processes (detaching them; their records
@@ -268,6 +315,7 @@ impl Tracer {
     pub fn poll(&mut self) {
         self.probes.flush_log();
         self.drain_events();
+        self.forget_closed();
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
             let Some(traced) = self.processes.get_mut(&pid) else {
@@ -285,8 +333,10 @@ impl Tracer {
                     } else {
                         ProcessState::Ended
                     };
+                    // No probe can fire for a process that has gone: close in the background.
                     if let Some(attachment) = traced.attachment.take() {
-                        attach::detach(&mut self.probes, attachment);
+                        let links = attach::detach(&mut self.probes, attachment);
+                        self.closer.close(pid, links);
                     }
                 }
                 Liveness::Execed => {
@@ -294,7 +344,9 @@ impl Tracer {
                     // whatever allocator the new program uses (retried while its dynamic
                     // loader is still mapping libraries).
                     info!(pid, old = %traced.info.comm, "process exec'd another program; re-attaching");
-                    self.untrace(pid);
+                    // At once: the new program may map the same library, where the old links
+                    // would still fire.
+                    self.untrace_now(pid);
                     let _ = self.reattach.insert(pid, std::time::Instant::now());
                 }
             }
@@ -371,8 +423,8 @@ impl Tracer {
         for &pid in &ended {
             let _ = self.oom_victims.remove(&pid);
             let _ = self.processes.remove(&pid);
-            self.drop_records(pid);
         }
+        self.drop_records_of(&ended);
         ended
     }
 
@@ -638,11 +690,22 @@ impl Tracer {
     }
 
     fn drop_records(&mut self, pid: u32) {
-        if let Err(error) = self.maps.forget_process(pid) {
-            warn!(pid, %error, "failed to drop the records of an ended process");
+        self.drop_records_of(&[pid]);
+    }
+
+    /// Drops several processes' records in one pass over the maps.
+    fn drop_records_of(&mut self, pids: &[u32]) {
+        if pids.is_empty() {
+            return;
         }
-        self.mappings.forget(pid);
-        self.symbolizer.forget(pid);
+        let set: HashSet<u32> = pids.iter().copied().collect();
+        if let Err(error) = self.maps.forget_processes(&set) {
+            warn!(?pids, %error, "failed to drop the records of ended processes");
+        }
+        for &pid in pids {
+            self.mappings.forget(pid);
+            self.symbolizer.forget(pid);
+        }
     }
 }
 
@@ -655,7 +718,7 @@ impl Drop for Tracer {
                 .get_mut(&pid)
                 .and_then(|p| p.attachment.take())
             {
-                attach::detach(&mut self.probes, attachment);
+                drop(attach::detach(&mut self.probes, attachment));
             }
         }
     }

@@ -20,8 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the demo need (gcc for the C workloads is on the machine;
 /// these are the ones a fresh machine lacks): Go for `go tool pprof` on exported profiles,
-/// Docker's engine for the container-image test, musl's gcc wrapper for the static build.
-const APT_PACKAGES: &[&str] = &["golang-go", "docker.io", "musl-tools"];
+/// Docker's engine for the container-image test, musl's gcc wrapper for the static build,
+/// bpftool for the tests that check no BPF link outlives a killed agent.
+const APT_PACKAGES: &[&str] = &["golang-go", "docker.io", "musl-tools", "bpftool"];
 
 /// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the
 /// Kubernetes schema validator for the rendered manifests, Prometheus' text-format parser.

@@ -191,6 +191,10 @@ pub struct AgentHandle {
 }
 
 /// Commands queued at most; beyond, callers wait (their deadline bounds the wait).
+/// Longest stretch the agent spends attaching newly found processes before it serves what
+/// waits (requests, OOM kills, memory checks).
+const ATTACH_BUDGET: Duration = Duration::from_millis(200);
+
 const COMMAND_QUEUE: usize = 256;
 
 impl AgentHandle {
@@ -309,6 +313,8 @@ struct Agent {
     recent_kernel_ooms: HashMap<String, Instant>,
     /// The background scan round last fed to the growth windows.
     last_sample_ns: u64,
+    /// Selected processes discovery found and not yet attached (see `attach_pending`).
+    pending_attach: Vec<u32>,
     /// Evidence records saved since start.
     evidence_saved: u64,
     /// Evidence saves that failed since start.
@@ -339,6 +345,7 @@ impl Agent {
             store,
             recent_kernel_ooms: HashMap::new(),
             last_sample_ns: 0,
+            pending_attach: Vec::new(),
             evidence_saved: 0,
             evidence_failed: 0,
         })
@@ -390,6 +397,9 @@ impl Agent {
                 },
                 _ = poll.tick() => self.poll(),
                 _ = discovery.tick() => self.discover(),
+                () = std::future::ready(()), if !self.pending_attach.is_empty() => {
+                    self.attach_pending();
+                }
                 _ = sample.tick() => self.sample(),
                 _ = watch.tick() => self.watch_memory(),
             }
@@ -468,7 +478,25 @@ impl Agent {
             self.untrace(pid);
             let _ = traced.remove(&pid);
         }
-        for pid in wanted {
+        self.pending_attach = wanted
+            .into_iter()
+            .filter(|pid| !traced.contains(pid) && !self.failures.contains_key(pid))
+            .collect();
+        self.attach_pending();
+    }
+
+    /// Attaches selected processes found by discovery, for at most [`ATTACH_BUDGET`] per turn:
+    /// attaching takes tens of milliseconds a process, and a burst of new processes must not
+    /// keep requests, OOM capture and memory watching waiting (the event loop calls this again
+    /// at once while some are left).
+    fn attach_pending(&mut self) {
+        let started = Instant::now();
+        let mut traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
+        while let Some(pid) = self.pending_attach.pop() {
+            if started.elapsed() > ATTACH_BUDGET {
+                self.pending_attach.push(pid);
+                break;
+            }
             if traced.contains(&pid) || self.failures.contains_key(&pid) {
                 continue;
             }

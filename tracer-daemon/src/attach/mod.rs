@@ -6,6 +6,7 @@
 //! its file offset in that file, opened through /proc/PID/root so a container's own libc is
 //! hooked. Probes are per process: only the traced process pays for them.
 
+pub mod closer;
 pub mod placement;
 
 use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf};
@@ -20,6 +21,7 @@ use tracer_common::{AllocatorText, names};
 
 use crate::{
     attach::placement::{Placement, PlacementMode, ProbeNeeds},
+    attach::closer::DetachedLinks,
     bpf::{Probes, session::SessionLink},
     discover::process::{self, ProcessError},
 };
@@ -505,7 +507,8 @@ pub fn attach(
         match result {
             Ok(link) => attachment.links.push((program_name, link)),
             Err(source) => {
-                detach(probes, attachment);
+                // Closed here, before the caller drops the records they may have written.
+                drop(detach(probes, attachment));
                 return Err(AttachError::Uprobe {
                     pid,
                     program: program_name,
@@ -520,24 +523,33 @@ pub fn attach(
 }
 
 /// Detaches a process's probes: entries first, then returns (the reverse of attaching).
-pub fn detach(probes: &mut Probes, attachment: Attachment) {
+/// Takes a process's links out of their programs, entries first, then returns (the reverse of
+/// attaching); dropping the result detaches them (see [`closer::LinkCloser`] to do that off the
+/// agent's thread).
+pub fn detach(probes: &mut Probes, attachment: Attachment) -> DetachedLinks {
     let Attachment {
         pid,
         links,
         sessions,
         ..
     } = attachment;
-    drop(sessions);
     allocator_text(probes, pid, None);
     let (entries, exits): (Vec<_>, Vec<_>) = links
         .into_iter()
         .partition(|(name, _)| name.ends_with("_enter"));
+    let mut detached = DetachedLinks {
+        uprobes: Vec::new(),
+        sessions,
+    };
     for (program_name, link) in entries.into_iter().chain(exits) {
-        let detached = probes
+        let taken = probes
             .uprobe(program_name)
-            .map(|program| program.detach(link));
-        if let Some(Err(error)) = detached {
-            warn!(pid, program = program_name, %error, "failed to detach");
+            .map(|program| program.take_link(link));
+        match taken {
+            Some(Ok(link)) => detached.uprobes.push(link),
+            Some(Err(error)) => warn!(pid, program = program_name, %error, "failed to detach"),
+            None => {}
         }
     }
+    detached
 }

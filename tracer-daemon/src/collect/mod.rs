@@ -150,9 +150,18 @@ impl BpfMaps {
 
     /// Drops every record of an ended process, and the stacks no other process uses.
     pub fn forget_process(&mut self, tgid: u32) -> Result<(), CollectError> {
+        self.forget_processes(&HashSet::from([tgid]))
+    }
+
+    /// Like [`BpfMaps::forget_process`] for several processes in one pass over each map
+    /// (reading the allocation map costs the same for one process as for many).
+    pub fn forget_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError> {
+        if tgids.is_empty() {
+            return Ok(());
+        }
         let mut alloc_keys = Vec::new();
         batch::for_each(self.allocs.map(), |key: AllocKey, _: AllocInfo| {
-            if key.tgid == tgid {
+            if tgids.contains(&key.tgid) {
                 alloc_keys.push(key);
             }
         })
@@ -166,7 +175,12 @@ impl BpfMaps {
         })?;
 
         // Unpublish the process's stacks, empty their slots, then hand the slots back.
-        let ended = self.totals.slots_of(tgid);
+        let mut ended = Vec::new();
+        self.totals.for_each(|slot, totals| {
+            if tgids.contains(&totals.key.tgid) {
+                ended.push((slot, totals.key));
+            }
+        });
         let keys: Vec<StackKey> = ended.iter().map(|(_, key)| *key).collect();
         batch::delete(self.slots.map(), &keys).map_err(|source| CollectError::Read {
             name: names::STACK_SLOTS,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 
 use std::{
@@ -36,6 +37,8 @@ enum Task {
     },
     /// Run the benchmarks side by side and print the ratios (needs root).
     Bench(bench::BenchArgs),
+    /// Build the container image: static musl binaries in a `FROM scratch` image.
+    Image(image::ImageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,10 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Bench(args) => {
             setup::setup()?;
             bench::bench(&args)
+        }
+        Task::Image(args) => {
+            setup::setup()?;
+            image::image(&args)
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 
@@ -131,7 +132,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--no-fail-fast"])
         .args(args)
-        .env("TRACER_TEST_PYTHON", setup::python()))
+        .env("TRACER_TEST_PYTHON", setup::python()))?;
+    fuzz::run_all(20)
 }
 
 pub(crate) fn is_root() -> bool {

@@ -7,3 +7,5 @@ pub mod memory;
 pub mod node;
 pub mod pods;
 pub mod process;
+#[cfg(test)]
+mod test_log;

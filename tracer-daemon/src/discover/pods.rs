@@ -39,10 +39,10 @@ pub struct PodIdentity {
 pub fn read_pod_log_dirs(root: &Path) -> HashMap<String, PodIdentity> {
     let mut pods = HashMap::new();
     for (entry_path, name) in list_root(root, EntryKind::Directory) {
-        let identity = match split_pod_dir_name(&name) {
+        let identity = match parse_pod_dir_name(&name) {
             Ok(identity) => identity,
             Err(reason) => {
-                warn!(entry = %entry_path.display(), reason, "skipping pod log directory");
+                warn!(entry = %entry_path.display(), %reason, "skipping pod log directory");
                 continue;
             }
         };
@@ -86,12 +86,12 @@ pub struct ContainerLogName {
 pub fn read_container_log_names(root: &Path) -> HashMap<String, ContainerLogName> {
     let mut containers = HashMap::new();
     for (entry_path, name) in list_root(root, EntryKind::NotDirectory) {
-        match split_container_log_name(&name) {
+        match parse_container_log_name(&name) {
             Ok(container) => {
                 containers.insert(container.container_id.clone(), container);
             }
             Err(reason) => {
-                warn!(entry = %entry_path.display(), reason, "skipping container log name");
+                warn!(entry = %entry_path.display(), %reason, "skipping container log name");
             }
         }
     }
@@ -170,17 +170,43 @@ fn read_container_dirs(pod_dir: &Path) -> io::Result<Vec<String>> {
     Ok(containers)
 }
 
-/// `<namespace>_<name>_<uid>` into a pod identity without containers, or why not.
-fn split_pod_dir_name(name: &str) -> Result<PodIdentity, &'static str> {
+/// Why a kubelet log name is not a pod's or a container's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogNameError {
+    /// Not exactly three `_`-separated parts (Kubernetes names never hold `_`).
+    #[error("the name does not split into exactly three '_'-separated parts")]
+    NotThreeParts,
+    /// The namespace is not a DNS-1123 label.
+    #[error("the namespace is not a DNS-1123 label")]
+    Namespace,
+    /// The pod name is not a DNS-1123 subdomain.
+    #[error("the pod name is not a DNS-1123 subdomain")]
+    PodName,
+    /// The container name is not a DNS-1123 label.
+    #[error("the container name is not a DNS-1123 label")]
+    ContainerName,
+    /// The pod uid is neither a UUID nor a static pod's hash.
+    #[error("the uid is neither a UUID nor a static pod's 32-hex hash")]
+    PodUid,
+    /// A container log name lacks its `.log` suffix.
+    #[error("the name does not end in .log")]
+    NoLogSuffix,
+    /// A container log name does not end in `-<64 hex digits>`.
+    #[error("the name does not end in a '-' and a 64-hex-digit container id")]
+    ContainerId,
+}
+
+/// Parses a pod log directory's name, `<namespace>_<name>_<uid>`, into a pod identity without
+/// containers, or says why it is not one.
+pub fn parse_pod_dir_name(name: &str) -> Result<PodIdentity, LogNameError> {
     let [namespace, pod_name, uid] = split_three(name)?;
     if !is_dns_name(namespace, false) {
-        return Err("the namespace is not a DNS-1123 label");
+        return Err(LogNameError::Namespace);
     }
     if !is_dns_name(pod_name, true) {
-        return Err("the pod name is not a DNS-1123 subdomain");
+        return Err(LogNameError::PodName);
     }
-    let uid =
-        normalize_pod_uid(uid).ok_or("the uid is neither a UUID nor a static pod's 32-hex hash")?;
+    let uid = normalize_pod_uid(uid).ok_or(LogNameError::PodUid)?;
     Ok(PodIdentity {
         namespace: namespace.to_owned(),
         name: pod_name.to_owned(),
@@ -189,22 +215,22 @@ fn split_pod_dir_name(name: &str) -> Result<PodIdentity, &'static str> {
     })
 }
 
-/// `<pod>_<namespace>_<container>-<64 hex id>.log` into its parts, or why not.
-fn split_container_log_name(name: &str) -> Result<ContainerLogName, &'static str> {
-    let stem = name
-        .strip_suffix(".log")
-        .ok_or("the name does not end in .log")?;
+/// Parses a container log symlink's name, `<pod>_<namespace>_<container>-<64 hex id>.log`,
+/// into its parts, or says why it is not one.
+pub fn parse_container_log_name(name: &str) -> Result<ContainerLogName, LogNameError> {
+    let stem = name.strip_suffix(".log").ok_or(LogNameError::NoLogSuffix)?;
     // Names may hold '-', ids never do: the id follows the last one.
-    let (rest, id) = stem
-        .rsplit_once('-')
-        .ok_or("no '-' before a container id")?;
-    let container_id = normalize_container_id(id).ok_or("the container id is not 64 hex digits")?;
+    let (rest, id) = stem.rsplit_once('-').ok_or(LogNameError::ContainerId)?;
+    let container_id = normalize_container_id(id).ok_or(LogNameError::ContainerId)?;
     let [pod_name, namespace, container] = split_three(rest)?;
     if !is_dns_name(pod_name, true) {
-        return Err("the pod name is not a DNS-1123 subdomain");
+        return Err(LogNameError::PodName);
     }
-    if !is_dns_name(namespace, false) || !is_dns_name(container, false) {
-        return Err("the namespace or container name is not a DNS-1123 label");
+    if !is_dns_name(namespace, false) {
+        return Err(LogNameError::Namespace);
+    }
+    if !is_dns_name(container, false) {
+        return Err(LogNameError::ContainerName);
     }
     Ok(ContainerLogName {
         pod_name: pod_name.to_owned(),
@@ -215,11 +241,11 @@ fn split_container_log_name(name: &str) -> Result<ContainerLogName, &'static str
 }
 
 /// Exactly three `_`-separated parts: Kubernetes names never hold `_`, so this is unambiguous.
-fn split_three(name: &str) -> Result<[&str; 3], &'static str> {
+fn split_three(name: &str) -> Result<[&str; 3], LogNameError> {
     let mut parts = name.split('_');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(first), Some(second), Some(third), None) => Ok([first, second, third]),
-        _ => Err("the name does not split into exactly three '_'-separated parts"),
+        _ => Err(LogNameError::NotThreeParts),
     }
 }
 
@@ -237,9 +263,12 @@ fn is_dns_name(name: &str, allow_dots: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::discover::test_log::{assert_one_warning, capture_warnings};
 
     const WEB_UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
     const ETCD_UID: &str = "1d5b3a9c5f2e8e0d4c6b7a8f9e0d1c2b";
@@ -381,6 +410,105 @@ mod tests {
             odd.containers.is_empty(),
             "odd container names are skipped: {odd:?}"
         );
+    }
+
+    /// The rows of fixtures/pod_dir_names.txt: name, and `Ok(identity)` or `Err(a word of the
+    /// reason)`.
+    fn pod_dir_name_table() -> Vec<(&'static str, Result<PodIdentity, &'static str>)> {
+        let table = include_str!("fixtures/pod_dir_names.txt");
+        let mut rows = Vec::new();
+        for line in table
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let expected = match fields[..] {
+                [_, "ok", namespace, name, uid] => Ok(PodIdentity {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    uid: uid.to_owned(),
+                    containers: Vec::new(),
+                }),
+                [_, "skip", word] => Err(word),
+                _ => panic!("pod_dir_names.txt: bad row {line:?}"),
+            };
+            rows.push((fields[0], expected));
+        }
+        assert!(rows.len() > 20, "pod_dir_names.txt has {} rows", rows.len());
+        rows
+    }
+
+    #[test]
+    fn pod_dir_names_parse_or_are_rejected_with_a_reason() {
+        for (name, expected) in pod_dir_name_table() {
+            match (parse_pod_dir_name(name), expected) {
+                (Ok(actual), Ok(expected)) => assert_eq!(actual, expected, "{name:?}"),
+                (Err(reason), Err(word)) => {
+                    let reason = reason.to_string();
+                    assert!(reason.contains(word), "{name:?}: {reason:?} lacks {word:?}");
+                }
+                (actual, expected) => panic!("{name:?}: got {actual:?}, expected {expected:?}"),
+            }
+        }
+        let long_pod = "p".repeat(254);
+        for (name, word) in [
+            (format!("default_{long_pod}_{WEB_UID}"), "subdomain"),
+            (format!("{}_web-0_{WEB_UID}", "n".repeat(254)), "label"),
+            ("_".repeat(10_000), "three"),
+            (format!("default_web-0_{}", "0".repeat(10_000)), "uid"),
+        ] {
+            let reason = parse_pod_dir_name(&name)
+                .expect_err("too long to be a pod's")
+                .to_string();
+            assert!(reason.contains(word), "{}...: {reason:?}", &name[..20]);
+        }
+    }
+
+    #[test]
+    fn odd_pod_dir_names_are_warned_about_and_the_good_pods_still_found() {
+        let tree = TempTree::new("pod-dir-names");
+        let table = pod_dir_name_table();
+        for (name, _) in &table {
+            tree.directory(&format!("{name}/app"));
+        }
+        // Names a text table cannot hold: not UTF-8, and 255 bytes (the longest a file system
+        // allows: the kubelet never cuts pod directory names, so a long one is a real pod).
+        let non_utf8 = [b"default_web-\xff_".as_slice(), PROMETHEUS_UID.as_bytes()].concat();
+        fs::create_dir_all(tree.root.join(OsStr::from_bytes(&non_utf8)).join("app"))
+            .expect("create the non-UTF-8 directory");
+        let long_uid = "2d5b3a9c5f2e8e0d4c6b7a8f9e0d1c2b";
+        let long_name = format!("ns_{}_{long_uid}", "p".repeat(255 - 3 - 1 - 32));
+        assert_eq!(long_name.len(), 255);
+        tree.directory(&format!("{long_name}/app"));
+
+        let (pods, log) = capture_warnings(|| read_pod_log_dirs(&tree.root));
+        let mut expected: Vec<&str> = table
+            .iter()
+            .filter_map(|(_, expected)| expected.as_ref().ok().map(|pod| pod.uid.as_str()))
+            .chain([long_uid])
+            .collect();
+        expected.sort_unstable();
+        let mut found: Vec<&str> = pods.keys().map(String::as_str).collect();
+        found.sort_unstable();
+        assert_eq!(
+            found, expected,
+            "every good pod is found next to the odd ones"
+        );
+        assert_eq!(pods[long_uid].name.len(), 219);
+        assert_eq!(pods[WEB_UID].containers, ["app"]);
+        for (name, expected) in &table {
+            if let Err(word) = expected {
+                let entry = format!("{}/{name} ", tree.root.display());
+                assert_one_warning(&log, &["skipping pod log directory", &entry, word]);
+            }
+        }
+        assert_one_warning(&log, &["non-UTF-8 name", "default_web-"]);
+        let skipped = table
+            .iter()
+            .filter(|(_, expected)| expected.is_err())
+            .count();
+        let warnings = log.iter().filter(|line| line.contains("WARN")).count();
+        assert_eq!(warnings, skipped + 1, "one warning per odd entry: {log:#?}");
     }
 
     #[test]

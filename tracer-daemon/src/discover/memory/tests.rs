@@ -150,6 +150,37 @@ fn truncated_or_garbage_files_are_errors_naming_the_file() {
 }
 
 #[test]
+fn malformed_fixture_files_are_errors_naming_the_file_not_panics() {
+    for (version, file, content) in [
+        (
+            V2,
+            "memory.max",
+            include_str!("../fixtures/memory_v2/memory.max.empty"),
+        ),
+        (
+            V2,
+            "memory.events",
+            include_str!("../fixtures/memory_v2/memory.events.garbage"),
+        ),
+        (
+            V2,
+            "memory.events",
+            include_str!("../fixtures/memory_v2/memory.events.truncated"),
+        ),
+        (
+            V1,
+            "memory.oom_control",
+            include_str!("../fixtures/memory_v1/memory.oom_control.truncated"),
+        ),
+    ] {
+        let result = read_fixture(version, (file, content));
+        let names_file =
+            matches!(&result, Err(MemoryError::Invalid { file: named, .. }) if *named == file);
+        assert!(names_file, "{file} {content:?}: {result:?}");
+    }
+}
+
+#[test]
 fn memory_events_ignore_unknown_keys_and_default_missing_ones_to_zero() {
     let all = parse_memory_events(fixture("memory.events")).expect("fixture parses");
     let expected = MemoryEvents {

@@ -18,10 +18,7 @@ const NOBODY: &str = "65534";
 /// Runs tracerctl as uid 65534 (optionally with an extra group); returns (exit code, stderr).
 fn ctl_as_nobody(server: &str, group: Option<u32>, args: &[&str]) -> (Option<i32>, String) {
     let mut command = Command::new("setpriv");
-    let _ = command.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-    ]);
+    let _ = command.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}")]);
     let _ = match group {
         Some(gid) => command.arg(format!("--groups={gid}")),
         None => command.arg("--clear-groups"),
@@ -128,7 +125,8 @@ struct Pki {
 impl Pki {
     fn create(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir pki");
-        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write pem");
+        let write =
+            |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write pem");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -175,12 +173,27 @@ impl Pki {
     }
 }
 
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// `tracerctl pods` over TLS, trusting `ca` and presenting `client` (PKI file stem) if given;
+/// returns (exit code, stderr).
+fn pods_over_tls(server: &str, pki: &Pki, ca: &str, client: Option<&str>) -> (Option<i32>, String) {
+    let mut args = vec![
+        "--server".to_owned(),
+        server.to_owned(),
+        "--tls-ca".to_owned(),
+        pki.path(ca),
+    ];
+    if let Some(stem) = client {
+        args.extend([
+            "--tls-cert".to_owned(),
+            pki.path(&format!("{stem}.pem")),
+            "--tls-key".to_owned(),
+            pki.path(&format!("{stem}.key")),
+        ]);
+    }
+    args.push("pods".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = tracerctl(&args);
+    (code, stderr)
 }
 
 fn tracerctl(args: &[&str]) -> (Option<i32>, String, String) {
@@ -207,7 +220,9 @@ fn tcp_needs_tls_and_a_client_certificate_signed_by_the_configured_ca() {
     let (code, stderr) = run_daemon(&["run", "--listen", &listen], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("needs TLS") && stderr.contains("--tls-cert") && stderr.contains("--insecure"),
+        stderr.contains("needs TLS")
+            && stderr.contains("--tls-cert")
+            && stderr.contains("--insecure"),
         "{stderr}"
     );
 
@@ -240,45 +255,46 @@ fn tcp_needs_tls_and_a_client_certificate_signed_by_the_configured_ca() {
         "-o",
         "json",
     ]);
-    assert_eq!(code, Some(0), "a client with a good certificate: {stderr}\n{}", agent.stderr());
+    assert_eq!(
+        code,
+        Some(0),
+        "a client with a good certificate: {stderr}\n{}",
+        agent.stderr()
+    );
     let _: serde_json::Value = serde_json::from_str(&stdout).expect("JSON over TLS");
 
     // No client certificate: the handshake or the first call fails.
-    let (code, _, stderr) = tracerctl(&["--server", &server, "--tls-ca", &pki.path("ca.pem"), "pods"]);
-    assert_eq!(code, Some(1), "no client certificate must be refused: {stderr}");
+    let (code, stderr) = pods_over_tls(&server, &pki, "ca.pem", None);
+    assert_eq!(
+        code,
+        Some(1),
+        "no client certificate must be refused: {stderr}"
+    );
 
     // A client certificate from another CA.
-    let (code, _, stderr) = tracerctl(&[
-        "--server",
-        &server,
-        "--tls-ca",
-        &pki.path("ca.pem"),
-        "--tls-cert",
-        &pki.path("rogue-client.pem"),
-        "--tls-key",
-        &pki.path("rogue-client.key"),
-        "pods",
-    ]);
-    assert_eq!(code, Some(1), "a certificate from an unknown CA must be refused: {stderr}");
+    let (code, stderr) = pods_over_tls(&server, &pki, "ca.pem", Some("rogue-client"));
+    assert_eq!(
+        code,
+        Some(1),
+        "a certificate from an unknown CA must be refused: {stderr}"
+    );
 
     // The client does not trust a server its CA did not sign.
-    let (code, _, stderr) = tracerctl(&[
-        "--server",
-        &server,
-        "--tls-ca",
-        &pki.path("rogue-ca.pem"),
-        "--tls-cert",
-        &pki.path("client.pem"),
-        "--tls-key",
-        &pki.path("client.key"),
-        "pods",
-    ]);
-    assert_eq!(code, Some(1), "an untrusted server must be refused: {stderr}");
+    let (code, stderr) = pods_over_tls(&server, &pki, "rogue-ca.pem", Some("client"));
+    assert_eq!(
+        code,
+        Some(1),
+        "an untrusted server must be refused: {stderr}"
+    );
     assert!(stderr.contains("cannot connect"), "{stderr}");
 
     // Plain HTTP/2 to the TLS port.
     let (code, _, stderr) = tracerctl(&["--server", &format!("http://127.0.0.1:{port}"), "pods"]);
-    assert_eq!(code, Some(1), "plain text to the TLS port must fail: {stderr}");
+    assert_eq!(
+        code,
+        Some(1),
+        "plain text to the TLS port must fail: {stderr}"
+    );
 
     // https without a CA to check the server against: told what to give.
     let (code, _, stderr) = tracerctl(&["--server", &server, "pods"]);

@@ -71,10 +71,12 @@ fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
         &["--namespace", &namespace],
     );
     // Really unprivileged: not uid 0, and exactly the listed capabilities.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
-        .expect("daemon status");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("daemon status");
     assert!(
-        status.lines().any(|l| l.starts_with("Uid:") && l.contains(&UID.to_string())),
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&UID.to_string())),
         "{status}"
     );
     let effective = status
@@ -138,10 +140,8 @@ fn each_capability_dropped_from_the_manifests_list_is_named_at_startup() {
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut stderr = String::new();
-        let _ = std::io::Read::read_to_string(
-            &mut child.stderr.take().expect("stderr"),
-            &mut stderr,
-        );
+        let _ =
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
         assert_eq!(status.code(), Some(1), "without CAP_{dropped}: {stderr}");
         assert!(
             stderr.contains(&format!("CAP_{dropped} (for ")),

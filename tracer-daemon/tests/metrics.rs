@@ -13,13 +13,6 @@ use std::{
 use serde_json::Value;
 use support::{agent::*, node::*, *};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Scrapes and parses with prometheus_client (installed in target/pyenv by `cargo xtask setup`).
 fn scrape(port: u16) -> Value {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
@@ -50,7 +43,10 @@ fn sample(scraped: &Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
         .filter_map(|s| s["value"].as_f64())
         .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?} matches {matching:?}");
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?} matches {matching:?}"
+    );
     matching.first().copied()
 }
 
@@ -73,13 +69,22 @@ fn container_leak_figures_in_metrics_equal_the_reports_exact_bytes() {
     let port = free_port();
     let agent = Agent::start(
         &root,
-        &["--namespace", &namespace, "--metrics", &format!("127.0.0.1:{port}")],
+        &[
+            "--namespace",
+            &namespace,
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
     );
     agent.wait_traced(&[leaker.pid]);
     let _ = leaker.run_to_done();
 
     let report = agent.ctl_json(&["top", &pod.display(), "--top", "20"]);
-    assert_eq!(report_totals(&report, "leak_here"), (409_600, 100), "{report:#}");
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
     let api_bytes = report["containers"][0]["outstanding_bytes"]
         .as_u64()
         .expect("outstanding_bytes");
@@ -95,22 +100,37 @@ fn container_leak_figures_in_metrics_equal_the_reports_exact_bytes() {
             .is_some_and(|t| t.starts_with("application/openmetrics-text")),
         "{scraped}"
     );
-    let labels = [("namespace", namespace.as_str()), ("pod", "api-0"), ("container", "app")];
+    let labels = [
+        ("namespace", namespace.as_str()),
+        ("pod", "api-0"),
+        ("container", "app"),
+    ];
     assert_eq!(
         sample(&scraped, "tracer_container_outstanding_bytes", &labels),
         Some(api_bytes as f64),
         "{scraped}"
     );
     assert_eq!(
-        sample(&scraped, "tracer_container_outstanding_allocations", &labels),
+        sample(
+            &scraped,
+            "tracer_container_outstanding_allocations",
+            &labels
+        ),
         Some(api_count as f64),
         "{scraped}"
     );
     assert_eq!(sample(&scraped, "tracer_processes_traced", &[]), Some(1.0));
-    assert_eq!(sample(&scraped, "tracer_processes_attached", &[]), Some(1.0));
+    assert_eq!(
+        sample(&scraped, "tracer_processes_attached", &[]),
+        Some(1.0)
+    );
     assert_eq!(sample(&scraped, "tracer_oom_hook_attached", &[]), Some(1.0));
-    let allocations = sample(&scraped, "tracer_bpf_events_total", &[("event", "allocation")])
-        .expect("allocation events");
+    let allocations = sample(
+        &scraped,
+        "tracer_bpf_events_total",
+        &[("event", "allocation")],
+    )
+    .expect("allocation events");
     assert!(allocations >= 100.0 + 1000.0 + 100.0, "{scraped}");
     assert!(
         sample(&scraped, "tracer_resident_memory_bytes", &[]).is_some_and(|rss| rss > 1e6),
@@ -186,7 +206,10 @@ fn per_container_series_are_capped_and_the_rest_counted() {
         .filter(|s| s["name"] == "tracer_container_outstanding_bytes")
         .count();
     assert_eq!(series, 2, "{scraped}");
-    assert_eq!(sample(&scraped, "tracer_containers_not_shown", &[]), Some(1.0));
+    assert_eq!(
+        sample(&scraped, "tracer_containers_not_shown", &[]),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -224,9 +247,15 @@ fn a_full_allocation_map_shows_its_losses_in_the_api_and_the_metrics() {
     let report = agent.wait_json(
         &["top", &pod.display(), "--top", "20"],
         "a full allocation map",
-        |r| r["stats"]["allocs_map_full"].as_u64().is_some_and(|n| n > 0),
+        |r| {
+            r["stats"]["allocs_map_full"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        },
     );
-    let lost = report["stats"]["allocs_map_full"].as_u64().expect("allocs_map_full");
+    let lost = report["stats"]["allocs_map_full"]
+        .as_u64()
+        .expect("allocs_map_full");
     // What was recorded is still right: every recorded leak_here allocation is 4096 bytes.
     let (bytes, count) = report_totals(&report, "leak_here");
     assert!(count > 0 && count < 100, "{report:#}");
@@ -241,15 +270,22 @@ fn a_full_allocation_map_shows_its_losses_in_the_api_and_the_metrics() {
         {
             break scraped;
         }
-        assert!(std::time::Instant::now() < deadline, "map never full in metrics: {scraped}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "map never full in metrics: {scraped}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(
         sample(&scraped, "tracer_map_fill_ratio", &[("map", "allocations")]),
         Some(1.0)
     );
-    let metric_lost = sample(&scraped, "tracer_lost_total", &[("reason", "allocations_map_full")])
-        .expect("lost counter");
+    let metric_lost = sample(
+        &scraped,
+        "tracer_lost_total",
+        &[("reason", "allocations_map_full")],
+    )
+    .expect("lost counter");
     assert!(
         metric_lost >= lost as f64,
         "metrics {metric_lost} vs API {lost} (the counter only grows)"
@@ -273,8 +309,5 @@ fn json_logs_are_one_object_per_line_with_level_and_message() {
         assert!(value["timestamp"].is_string(), "{line}");
         assert!(value["fields"]["message"].is_string(), "{line}");
     }
-    assert!(
-        lines.iter().any(|l| l.contains("serving gRPC")),
-        "{logs}"
-    );
+    assert!(lines.iter().any(|l| l.contains("serving gRPC")), "{logs}");
 }

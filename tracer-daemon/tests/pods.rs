@@ -599,7 +599,9 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
         std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("agent cgroup");
     assert!(agent_cgroup.contains("tracer-agent-"), "{agent_cgroup}");
     assert!(
-        agent.stderr().contains("joined the host's cgroup namespace"),
+        agent
+            .stderr()
+            .contains("joined the host's cgroup namespace"),
         "{}",
         agent.stderr()
     );
@@ -607,7 +609,11 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
     agent.wait_traced(&[workload.pid]);
     let _ = workload.run_to_done();
     let report = agent.ctl_json(&["top", &pod.display()]);
-    assert_eq!(report_totals(&report, "leak_here"), (409_600, 100), "{report:#}");
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
     assert_eq!(
         report["containers"][0]["memory"]["limit_bytes"],
         192u64 << 20,

@@ -5,11 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Agent, reports::Resolved};
-use crate::{
-    collect::stats::BpfStats,
-    report::pod::SortBy,
-    tracer::TracerHealth,
-};
+use crate::{collect::stats::BpfStats, report::pod::SortBy, tracer::TracerHealth};
 
 /// A traced container's leak figures.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,9 +92,9 @@ impl Agent {
             }
         }
         containers.sort_by(|a, b| {
-            b.outstanding_bytes
-                .cmp(&a.outstanding_bytes)
-                .then_with(|| (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container)))
+            b.outstanding_bytes.cmp(&a.outstanding_bytes).then_with(|| {
+                (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+            })
         });
         let containers_not_shown = containers.len().saturating_sub(max_containers) as u64;
         containers.truncate(max_containers);

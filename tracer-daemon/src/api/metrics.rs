@@ -124,8 +124,13 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn gauge(value: u64) -> Gauge {
     let gauge = Gauge::default();
-    let _ = gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    set(&gauge, value);
     gauge
+}
+
+/// Sets an integer gauge to a count (saturating: gauges are signed).
+fn set(gauge: &Gauge, value: u64) {
+    let _ = gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
 fn counter(value: u64) -> Counter {
@@ -221,17 +226,21 @@ pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
         let labels = MapLabels {
             map: map.to_owned(),
         };
-        let _ = entries
-            .get_or_create(&labels)
-            .set(i64::try_from(used).unwrap_or(i64::MAX));
-        let _ = capacity
-            .get_or_create(&labels)
-            .set(i64::try_from(slots).unwrap_or(i64::MAX));
-        let ratio = if slots == 0 { 0.0 } else { used as f64 / slots as f64 };
+        set(&entries.get_or_create(&labels), used);
+        set(&capacity.get_or_create(&labels), slots);
+        let ratio = if slots == 0 {
+            0.0
+        } else {
+            used as f64 / slots as f64
+        };
         let _ = fill.get_or_create(&labels).set(ratio);
     }
     registry.register("map_entries", "Entries in the BPF map", entries);
-    registry.register("map_capacity", "Capacity of the BPF map (preallocated)", capacity);
+    registry.register(
+        "map_capacity",
+        "Capacity of the BPF map (preallocated)",
+        capacity,
+    );
     registry.register(
         "map_fill_ratio",
         "Entries over capacity; at 1 new allocations are lost (see tracer_lost_total)",
@@ -292,12 +301,14 @@ pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
             pod: container.pod.clone(),
             container: container.container.clone(),
         };
-        let _ = outstanding
-            .get_or_create(&labels)
-            .set(i64::try_from(container.outstanding_bytes).unwrap_or(i64::MAX));
-        let _ = allocations
-            .get_or_create(&labels)
-            .set(i64::try_from(container.outstanding_count).unwrap_or(i64::MAX));
+        set(
+            &outstanding.get_or_create(&labels),
+            container.outstanding_bytes,
+        );
+        set(
+            &allocations.get_or_create(&labels),
+            container.outstanding_count,
+        );
         let _ = rate
             .get_or_create(&labels)
             .set(container.leak_bytes_per_second);
@@ -305,9 +316,7 @@ pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
             let _ = time_to_limit.get_or_create(&labels).set(seconds);
         }
         if let Some(bytes) = container.memory_limit_bytes {
-            let _ = limit
-                .get_or_create(&labels)
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            set(&limit.get_or_create(&labels), bytes);
         }
     }
     registry.register_with_unit(

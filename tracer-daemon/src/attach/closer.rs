@@ -17,7 +17,10 @@ use crate::bpf::session::SessionLink;
 
 /// A process's links taken out of their programs; dropping this detaches them.
 #[derive(Debug, Default)]
-#[expect(dead_code, reason = "the links are held only to be dropped: dropping detaches them")]
+#[expect(
+    dead_code,
+    reason = "the links are held only to be dropped: dropping detaches them"
+)]
 pub struct DetachedLinks {
     pub(super) uprobes: Vec<UProbeLink>,
     pub(super) sessions: Vec<SessionLink>,

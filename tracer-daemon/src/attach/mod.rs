@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use tracer_common::{AllocatorText, names};
 
 use crate::{
-    attach::placement::{Placement, PlacementMode, ProbeNeeds},
     attach::closer::DetachedLinks,
+    attach::placement::{Placement, PlacementMode, ProbeNeeds},
     bpf::{Probes, session::SessionLink},
     discover::process::{self, ProcessError},
 };

@@ -174,7 +174,11 @@ pub enum LoadError {
 /// needed.
 pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "loading BPF programs and creating maps"),
-    (38, "CAP_PERFMON", "tracing programs and the OOM-kill tracepoint"),
+    (
+        38,
+        "CAP_PERFMON",
+        "tracing programs and the OOM-kill tracepoint",
+    ),
     (
         21,
         "CAP_SYS_ADMIN",

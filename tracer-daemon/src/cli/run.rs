@@ -181,11 +181,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .transpose()
             .map_err(anyhow::Error::msg)
             .context("invalid --socket-group")?,
-        tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| TlsFiles {
-            cert,
-            key,
-            client_ca: args.tls_client_ca.clone(),
-        }),
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.clone(),
+            }),
         insecure: args.insecure,
         health_listen: args.health_listen,
     };

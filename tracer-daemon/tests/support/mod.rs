@@ -27,6 +27,14 @@ pub(crate) mod node;
 /// How long any single wait may take before the test fails with a message.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// The real-kernel tests need root (CI runs them as root); fail loudly rather than skip.
 pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.

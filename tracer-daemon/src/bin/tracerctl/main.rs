@@ -475,7 +475,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<LeakTracerClient<Channel>> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {}", error_chain(&e)))?
     } else {
-        anyhow::bail!("--server {server:?}: expected unix:PATH, https://HOST:PORT or http://HOST:PORT");
+        anyhow::bail!(
+            "--server {server:?}: expected unix:PATH, https://HOST:PORT or http://HOST:PORT"
+        );
     };
     Ok(LeakTracerClient::new(channel)
         .max_decoding_message_size(tracer_daemon::api::server::MAX_RESPONSE_BYTES))

@@ -9,11 +9,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread exists: threads inherit the namespace of the thread that creates them.
+    // Only the node agent reads pods' cgroups; `trace --pid` does not need the host's view.
     let cgroup_namespace = match cli.command {
-        Command::Trace(_) | Command::Run(_) => {
-            Some(tracer_daemon::discover::cgroup_namespace::join_host())
-        }
-        Command::ProbeCost(_) => None,
+        Command::Run(_) => Some(tracer_daemon::discover::cgroup_namespace::join_host()),
+        Command::Trace(_) | Command::ProbeCost(_) => None,
     };
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal; a DaemonSet's log collector gets plain text.

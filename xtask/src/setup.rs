@@ -22,7 +22,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// these are the ones a fresh machine lacks): Go for `go tool pprof` on exported profiles,
 /// Docker's engine for the container-image test, musl's gcc wrapper for the static build,
 /// bpftool for the tests that check no BPF link outlives a killed agent.
-const APT_PACKAGES: &[&str] = &["golang-go", "docker.io", "musl-tools", "bpftool"];
+const APT_PACKAGES: &[&str] = &[
+    "golang-go",
+    "docker.io",
+    "musl-tools",
+    "bpftool",
+    // The allocators the stack and allocator tests link their workloads against, and the
+    // C++ compiler for the C++ workload.
+    "g++",
+    "libjemalloc-dev",
+    "libgoogle-perftools-dev",
+    "libmimalloc-dev",
+];
 
 /// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the
 /// Kubernetes schema validator for the rendered manifests, Prometheus' text-format parser.

@@ -7,11 +7,12 @@
 //! hooked. Probes are per process: only the traced process pays for them.
 
 pub mod closer;
+pub mod functions;
 pub mod placement;
 
-use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf};
+pub use functions::{ALLOCATOR_FUNCTIONS, AllocatorFunction, ProbeRule};
 
-use iced_x86::Register;
+use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf};
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
@@ -21,153 +22,10 @@ use tracer_common::{AllocatorText, names};
 
 use crate::{
     attach::closer::DetachedLinks,
-    attach::placement::{Placement, PlacementMode, ProbeNeeds},
+    attach::placement::{Placement, PlacementMode},
     bpf::{Probes, session::SessionLink},
     discover::process::{self, ProcessError},
 };
-
-/// One allocator function and the programs that trace it.
-#[derive(Debug)]
-pub struct AllocatorFunction {
-    /// Symbol name.
-    pub symbol: &'static str,
-    /// Program at the function's entry.
-    pub entry: &'static str,
-    /// Program at its return, if the result is needed.
-    pub exit: Option<&'static str>,
-    /// Whether tracing is impossible without it.
-    pub required: bool,
-    /// Argument registers its entry program reads.
-    pub reads: &'static [Register],
-    /// Whether a call with a NULL first argument records nothing.
-    pub null_first_arg_needs_no_record: bool,
-}
-
-impl AllocatorFunction {
-    /// What its probes need, for placement. mmap and munmap read their return address (to
-    /// tell the allocator's own calls from the program's), so like functions with a return
-    /// probe they need the stack pointer untouched before the probe.
-    pub fn needs(&self) -> ProbeNeeds {
-        ProbeNeeds {
-            reads: self.reads,
-            has_return: self.exit.is_some() || matches!(self.symbol, "mmap" | "munmap"),
-            null_first_arg_needs_no_record: self.null_first_arg_needs_no_record,
-        }
-    }
-}
-
-/// Every function traced, in preference order (when two symbols share an address, the first is
-/// the one probed: probing both would count each call twice).
-pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
-    function(
-        "malloc",
-        "malloc_enter",
-        Some("malloc_exit"),
-        true,
-        &[Register::RDI],
-        false,
-    ),
-    function("free", "free_enter", None, true, &[Register::RDI], true),
-    function(
-        "calloc",
-        "calloc_enter",
-        Some("calloc_exit"),
-        false,
-        &[Register::RDI, Register::RSI],
-        false,
-    ),
-    function(
-        "realloc",
-        "realloc_enter",
-        Some("realloc_exit"),
-        false,
-        &[Register::RDI, Register::RSI],
-        false,
-    ),
-    function(
-        "reallocarray",
-        "reallocarray_enter",
-        Some("reallocarray_exit"),
-        false,
-        &[Register::RDI, Register::RSI, Register::RDX],
-        false,
-    ),
-    function(
-        "posix_memalign",
-        "posix_memalign_enter",
-        Some("posix_memalign_exit"),
-        false,
-        &[Register::RDI, Register::RDX],
-        false,
-    ),
-    function(
-        "memalign",
-        "memalign_enter",
-        Some("memalign_exit"),
-        false,
-        &[Register::RSI],
-        false,
-    ),
-    function(
-        "aligned_alloc",
-        "aligned_alloc_enter",
-        Some("aligned_alloc_exit"),
-        false,
-        &[Register::RSI],
-        false,
-    ),
-    function(
-        "valloc",
-        "valloc_enter",
-        Some("valloc_exit"),
-        false,
-        &[Register::RDI],
-        false,
-    ),
-    function(
-        "pvalloc",
-        "pvalloc_enter",
-        Some("pvalloc_exit"),
-        false,
-        &[Register::RDI],
-        false,
-    ),
-    // mmap's flags are its fourth argument: %rcx in the C calling convention.
-    function(
-        "mmap",
-        "mmap_enter",
-        Some("mmap_exit"),
-        false,
-        &[Register::RSI, Register::RCX],
-        false,
-    ),
-    function(
-        "munmap",
-        "munmap_enter",
-        None,
-        false,
-        &[Register::RDI, Register::RSI],
-        false,
-    ),
-];
-
-const fn function(
-    symbol: &'static str,
-    entry: &'static str,
-    exit: Option<&'static str>,
-    required: bool,
-    reads: &'static [Register],
-    null_first_arg_needs_no_record: bool,
-) -> AllocatorFunction {
-    AllocatorFunction {
-        symbol,
-        entry,
-        exit,
-        required,
-        reads,
-        null_first_arg_needs_no_record,
-    }
-}
 
 /// Why a process could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -213,13 +71,14 @@ pub enum AttachError {
 /// Where each allocator function of a process lives.
 #[derive(Clone, Debug)]
 pub struct AllocatorLibrary {
-    /// The library (or executable) path as the process sees it.
+    /// The file serving `malloc` (library or executable), as the process sees it.
     pub path: String,
     /// The same file as the daemon opens it.
     pub host_path: PathBuf,
-    /// Functions found, with their file offsets.
+    /// Functions found, with the file serving each and its offset there.
     pub functions: Vec<PlannedProbe>,
-    /// The library's code in the process (start, end), when its mapping was found.
+    /// The code of the file serving `malloc` in the process (start, end), when its mapping
+    /// was found.
     pub text_range: Option<(u64, u64)>,
 }
 
@@ -228,6 +87,10 @@ pub struct AllocatorLibrary {
 pub struct PlannedProbe {
     /// Which function.
     pub function: &'static AllocatorFunction,
+    /// The file that serves it, as the process sees it.
+    pub path: String,
+    /// The same file as the daemon opens it.
+    pub host_path: PathBuf,
     /// File offset of the function.
     pub offset: u64,
     /// Where in the function its probes go, and why.
@@ -253,89 +116,135 @@ pub struct Attachment {
     sessions: Vec<SessionLink>,
 }
 
-/// Finds the allocator a process uses, the offsets of its functions and where to probe them.
-pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
+/// A mapped ELF file and the functions it defines.
+struct MappedFile {
+    path: String,
+    host_path: PathBuf,
+    data: Vec<u8>,
+    symbols: HashMap<String, u64>,
+}
+
+/// The mapped ELF files of a process in the dynamic linker's symbol lookup order: the
+/// executable first, then the libraries in load order. The loader maps each library below the
+/// previous one (mmap grows down), so load order is descending address order; LD_PRELOAD
+/// libraries, loaded first, come first, as they do in symbol lookup.
+fn lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError> {
     let mappings = process::exec_mappings(pid)?;
-    let mut checked = Vec::new();
+    let executable = process::executable_path(pid);
+    let mut paths: Vec<(u64, &str)> = Vec::new();
     for mapping in &mappings {
-        if checked.contains(&mapping.path) {
-            continue;
+        match paths.iter_mut().find(|(_, path)| *path == mapping.path) {
+            Some((start, _)) => *start = (*start).min(mapping.start),
+            None => paths.push((mapping.start, &mapping.path)),
         }
-        checked.push(mapping.path.clone());
-        let host_path = process::host_path(pid, &mapping.path);
+    }
+    paths.sort_by_key(|&(start, path)| {
+        (
+            Some(path) != executable.as_deref(),
+            std::cmp::Reverse(start),
+        )
+    });
+    let mut files = Vec::new();
+    let mut checked = Vec::new();
+    for (_, path) in paths {
+        checked.push(path.to_owned());
+        let host_path = process::host_path(pid, path);
         let Ok(data) = std::fs::read(&host_path) else {
-            debug!(pid, path = %mapping.path, "cannot read mapped file");
+            debug!(pid, path, "cannot read mapped file");
             continue;
         };
         let Ok(symbols) = defined_functions(&data) else {
             continue;
         };
-        if !symbols.contains_key("malloc") {
+        files.push(MappedFile {
+            path: path.to_owned(),
+            host_path,
+            data,
+            symbols,
+        });
+    }
+    Ok((files, checked))
+}
+
+/// Finds which mapped file serves each allocator function of a process (the first in symbol
+/// lookup order that defines it: jemalloc linked in front of the C library serves malloc and
+/// operator new, while mmap stays the C library's), the offsets of the functions and where to
+/// probe them.
+pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
+    let (files, checked) = lookup_order(pid)?;
+    let Some(malloc_file) = files.iter().find(|f| f.symbols.contains_key("malloc")) else {
+        return Err(AttachError::NoAllocator {
+            pid,
+            checked: checked.join(", "),
+        });
+    };
+    let mut functions = Vec::new();
+    let mut taken: HashMap<(&str, u64), &'static str> = HashMap::new();
+    for function in ALLOCATOR_FUNCTIONS {
+        let served = files.iter().find_map(|file| {
+            file.symbols
+                .get(function.symbol)
+                .map(|&offset| (file, offset))
+        });
+        let Some((file, offset)) = served else {
+            if function.required {
+                return Err(AttachError::MissingSymbol {
+                    pid,
+                    library: malloc_file.path.clone(),
+                    symbol: function.symbol,
+                });
+            }
+            continue;
+        };
+        if function.rule == ProbeRule::WithMalloc && file.path != malloc_file.path {
+            debug!(pid, symbol = function.symbol, file = %file.path, "calls the traced free; not probed");
             continue;
         }
-        let mut functions = Vec::new();
-        let mut taken: HashMap<u64, &'static str> = HashMap::new();
-        for function in ALLOCATOR_FUNCTIONS {
-            let Some(&offset) = symbols.get(function.symbol) else {
-                if function.required {
-                    return Err(AttachError::MissingSymbol {
-                        pid,
-                        library: mapping.path.clone(),
-                        symbol: function.symbol,
-                    });
-                }
-                debug!(
-                    pid,
-                    symbol = function.symbol,
-                    "not in the allocator library; not traced"
-                );
-                continue;
-            };
-            if let Some(first) = taken.get(&offset) {
-                debug!(
-                    pid,
-                    symbol = function.symbol,
-                    alias_of = first,
-                    "alias; probed once"
-                );
-                continue;
-            }
-            let _ = taken.insert(offset, function.symbol);
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            let code = &data[start..(start + PROLOGUE_BYTES).min(data.len())];
-            let placement = placement::place(code, &function.needs(), mode);
+        if let Some(first) = taken.get(&(file.path.as_str(), offset)) {
             debug!(
                 pid,
                 symbol = function.symbol,
-                offset = placement.offset,
-                instruction = %placement.instruction,
-                reason = %placement.reason,
-                "probe placement"
+                alias_of = first,
+                "alias; probed once"
             );
-            functions.push(PlannedProbe {
-                function,
-                offset,
-                placement,
-            });
+            continue;
         }
-        // The library's code: its executable mappings (usually one).
-        let text = mappings.iter().filter(|m| m.path == mapping.path);
-        let text_range = text.fold(None, |range: Option<(u64, u64)>, m| match range {
-            None => Some((m.start, m.end)),
-            Some((start, end)) => Some((start.min(m.start), end.max(m.end))),
-        });
-        return Ok(AllocatorLibrary {
-            path: mapping.path.clone(),
-            host_path,
-            functions,
-            text_range,
+        let _ = taken.insert((file.path.as_str(), offset), function.symbol);
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(file.data.len());
+        let code = &file.data[start..(start + PROLOGUE_BYTES).min(file.data.len())];
+        let placement = placement::place(code, &function.needs(), mode);
+        debug!(
+            pid,
+            symbol = function.symbol,
+            file = %file.path,
+            offset = placement.offset,
+            instruction = %placement.instruction,
+            reason = %placement.reason,
+            "probe placement"
+        );
+        functions.push(PlannedProbe {
+            function,
+            path: file.path.clone(),
+            host_path: file.host_path.clone(),
+            offset,
+            placement,
         });
     }
-    Err(AttachError::NoAllocator {
-        pid,
-        checked: checked.join(", "),
+    let mappings = process::exec_mappings(pid)?;
+    let text_range = mappings.iter().filter(|m| m.path == malloc_file.path).fold(
+        None,
+        |range: Option<(u64, u64)>, m| match range {
+            None => Some((m.start, m.end)),
+            Some((start, end)) => Some((start.min(m.start), end.max(m.end))),
+        },
+    );
+    Ok(AllocatorLibrary {
+        path: malloc_file.path.clone(),
+        host_path: malloc_file.host_path.clone(),
+        functions,
+        text_range,
     })
 }
 
@@ -364,14 +273,16 @@ pub fn explain(library: &AllocatorLibrary) -> String {
     let mut text = format!("allocator: {}\n", library.path);
     let _ = writeln!(
         text,
-        "{:<16} {:>10} {:>7} {:<28} {:<9} WHY",
-        "FUNCTION", "FILE OFF", "+OFF", "INSTRUCTION", "KERNEL"
+        "{:<24} {:<28} {:>10} {:>7} {:<28} {:<9} WHY",
+        "FUNCTION", "FILE", "FILE OFF", "+OFF", "INSTRUCTION", "KERNEL"
     );
     for probe in &library.functions {
+        let file = probe.path.rsplit('/').next().unwrap_or(&probe.path);
         let _ = writeln!(
             text,
-            "{:<16} {:>#10x} {:>7} {:<28} {:<9} {}",
+            "{:<24} {:<28} {:>#10x} {:>7} {:<28} {:<9} {}",
             probe.function.symbol,
+            file,
             probe.offset,
             format!("+{}", probe.placement.offset),
             probe.placement.instruction,
@@ -469,7 +380,7 @@ pub fn attach(
             .iter()
             .find(|p| p.function.symbol == "malloc")
     {
-        match session.attach(&attachment.library.host_path, malloc.probe_offset(), pid) {
+        match session.attach(&malloc.host_path, malloc.probe_offset(), pid) {
             Ok(link) => {
                 attachment.sessions.push(link);
                 session_functions.push("malloc");
@@ -477,23 +388,28 @@ pub fn attach(
             Err(error) => warn!(pid, %error, "malloc session link refused; using classic probes"),
         }
     }
-    let planned: Vec<(&'static str, u64)> = {
+    let planned: Vec<(&'static str, PathBuf, u64)> = {
         let functions: Vec<&PlannedProbe> = attachment
             .library
             .functions
             .iter()
             .filter(|p| !session_functions.contains(&p.function.symbol))
             .collect();
-        let exits = functions
-            .iter()
-            .filter_map(|p| programs.exit(p.function).map(|e| (e, p.probe_offset())));
-        let entries = functions
-            .iter()
-            .map(|p| (programs.entry(p.function), p.probe_offset()));
+        let exits = functions.iter().filter_map(|p| {
+            programs
+                .exit(p.function)
+                .map(|e| (e, p.host_path.clone(), p.probe_offset()))
+        });
+        let entries = functions.iter().map(|p| {
+            (
+                programs.entry(p.function),
+                p.host_path.clone(),
+                p.probe_offset(),
+            )
+        });
         exits.chain(entries).collect()
     };
-    for (program_name, offset) in planned {
-        let path = attachment.library.host_path.clone();
+    for (program_name, path, offset) in planned {
         let result = match probes.uprobe(program_name) {
             Some(program) => program
                 .attach(

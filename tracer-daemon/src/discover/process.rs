@@ -291,6 +291,13 @@ pub fn host_path(pid: u32, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{path}"))
 }
 
+/// The executable's path as the process sees it, when it can be read (`None` for a process
+/// that is gone or whose executable was deleted).
+pub fn executable_path(pid: u32) -> Option<String> {
+    let path = Process::new(i32::try_from(pid).ok()?).ok()?.exe().ok()?;
+    path.to_str().map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,58 @@ pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
     out
 }
 
+/// How a workload is built beyond [`workload`]'s defaults: another compiler (g++, musl-gcc),
+/// flags that replace the frame-pointer defaults, libraries linked after the source.
+pub(crate) struct Build<'a> {
+    /// The source file in tests/workloads.
+    pub(crate) source: &'a str,
+    /// The compiler driver.
+    pub(crate) compiler: &'a str,
+    /// Flags before the source (after -O2 -g -pthread).
+    pub(crate) flags: &'a [&'a str],
+    /// Link arguments after the source.
+    pub(crate) libs: &'a [&'a str],
+    /// The executable's name (unique per variant).
+    pub(crate) output: &'a str,
+}
+
+/// Builds a workload as described (once per test binary and name).
+pub(crate) fn build_workload(build: &Build<'_>) -> PathBuf {
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
+    std::fs::create_dir_all(&out_dir).expect("create workload dir");
+    let out = out_dir.join(build.output);
+    let src = src_dir.join(build.source);
+    let tmp = out_dir.join(format!(".{}.{}", build.output, std::process::id()));
+    let output = Command::new(build.compiler)
+        .args(["-O2", "-g", "-pthread"])
+        .args(build.flags)
+        .arg("-I")
+        .arg(&src_dir)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .args(build.libs)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (cargo xtask setup installs it): {e}",
+                build.compiler
+            )
+        });
+    assert!(
+        output.status.success(),
+        "{} failed on {}: {}",
+        build.compiler,
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&tmp, &out).expect("install workload");
+    out
+}
+
 /// Lines a child prints, read on a thread.
 fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();

@@ -79,6 +79,32 @@ struct ModuleMapping {
     file: Option<Arc<File>>,
 }
 
+/// A name as people read it. blazesym demangles with cpp_demangle, which rejects some names
+/// libstdc++ really has (e.g. `std::make_shared<Node>()`, whose parameter pack is empty); for
+/// those, the longest prefix of the mangled name that demangles to a plain name (its scope and
+/// template arguments, without the signature) is used.
+fn demangled(name: &str) -> String {
+    if !name.starts_with("_Z") {
+        return name.to_owned();
+    }
+    if let Some(text) = cpp_demangle::Symbol::new(name)
+        .ok()
+        .and_then(|symbol| symbol.demangle().ok())
+    {
+        return text;
+    }
+    (4..name.len())
+        .rev()
+        .filter(|&end| name.is_char_boundary(end))
+        .find_map(|end| {
+            let symbol = cpp_demangle::Symbol::new(&name[..end]).ok()?;
+            let text = symbol.demangle().ok()?;
+            // An empty parameter pack prints as a dangling ", ".
+            (!text.contains('(')).then(|| text.replace(", >", ">"))
+        })
+        .unwrap_or_else(|| name.to_owned())
+}
+
 /// Symbolizes stacks of traced processes.
 pub struct Symbolizer {
     blaze: symbolize::Symbolizer,
@@ -249,7 +275,7 @@ impl Symbolizer {
                 for inlined in sym.inlined.iter().rev() {
                     let code = inlined.code_info.as_ref();
                     out.push(Frame {
-                        function: Some(inlined.name.to_string()),
+                        function: Some(demangled(&inlined.name)),
                         file: code.map(|c| c.to_path().display().to_string()),
                         line: code.and_then(|c| c.line),
                         inlined: true,
@@ -257,7 +283,7 @@ impl Symbolizer {
                     });
                 }
                 let code = sym.code_info.as_deref();
-                frame.function = Some(sym.name.to_string());
+                frame.function = Some(demangled(&sym.name));
                 frame.file = code.map(|c| c.to_path().display().to_string());
                 frame.line = code.and_then(|c| c.line);
                 out.push(frame);
@@ -279,5 +305,23 @@ impl Symbolizer {
         self.stacks.retain(|&(p, _), _| p != pid);
         // Close files no process maps any more.
         self.files.retain(|_, file| Arc::strong_count(file) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::demangled;
+
+    #[test]
+    fn names_cpp_demangle_rejects_still_read_as_cxx() {
+        assert_eq!(
+            demangled(
+                "_ZSt11make_sharedI4NodeJEESt10shared_ptrINSt9enable_ifIXntsrSt8is_arrayIT_E5valueES4_E4typeEEDpOT0_"
+            ),
+            "std::make_shared<Node>"
+        );
+        assert_eq!(demangled("malloc"), "malloc");
+        assert_eq!(demangled("_Z"), "_Z");
+        assert_eq!(demangled("_ZN5Cache8rememberEi"), "Cache::remember(int)");
     }
 }

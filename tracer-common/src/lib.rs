@@ -34,6 +34,10 @@ pub mod names {
     /// Per process: where its allocator library's code is, `u32` tgid ->
     /// [`AllocatorText`](crate::AllocatorText).
     pub const ALLOCATOR_TEXT: &str = "ALLOCATOR_TEXT";
+    /// Array: every loaded binary's unwind table rows.
+    pub const UNWIND_ENTRIES: &str = "UNWIND_ENTRIES";
+    /// LPM trie: (process, address) to how to unwind out of that code.
+    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
     /// Ring buffer of [`MmapEvent`](crate::MmapEvent) and [`MunmapEvent`](crate::MunmapEvent).
     pub const EVENTS: &str = "EVENTS";
     /// Global: the daemon's own tgid, whose allocator calls are never recorded.
@@ -188,6 +192,78 @@ pub struct AllocatorText {
 }
 const _: () = assert!(size_of::<AllocatorText>() == 16);
 
+/// One row of a binary's unwind table, compiled in userspace from its `.eh_frame`: from `pc`
+/// (an ELF virtual address of that binary) up to the next row's `pc`, how to find the caller's
+/// frame. x86-64 only: the return address is always at CFA - 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindEntry {
+    /// First virtual address the row covers.
+    pub pc: u32,
+    /// CFA = the register named by `rule` + this offset.
+    pub cfa_offset: i32,
+    /// One of the `UnwindEntry::RULE_*` values.
+    pub rule: u8,
+    pub _pad: u8,
+    /// The caller's %rbp is saved at CFA + this offset; 0 when %rbp is unchanged.
+    pub rbp_offset: i16,
+}
+const _: () = assert!(size_of::<UnwindEntry>() == 12);
+
+impl UnwindEntry {
+    /// No CFI covers these addresses, or it uses a rule the BPF unwinder cannot follow (a DWARF
+    /// expression): unwinding stops here and is counted.
+    pub const RULE_UNSUPPORTED: u8 = 0;
+    /// CFA = %rsp + offset.
+    pub const RULE_CFA_RSP: u8 = 1;
+    /// CFA = %rbp + offset.
+    pub const RULE_CFA_RBP: u8 = 2;
+    /// The outermost frame (the return address is undefined, as in `_start`): a complete stack.
+    pub const RULE_END: u8 = 3;
+}
+
+/// How the BPF unwinder walks out of one binary's code.
+pub mod unwind_method {
+    /// Saved frame pointers (the binary keeps them): one user read per frame.
+    pub const FRAME_POINTERS: u32 = 1;
+    /// The binary's unwind table (`.eh_frame` compiled into `UNWIND_ENTRIES`).
+    pub const UNWIND_TABLE: u32 = 2;
+}
+
+/// Key of `UNWIND_MAPPINGS`, a longest-prefix-match trie: one process's executable mapping,
+/// split into aligned power-of-two blocks. `tgid` and `addr` are big-endian, so that a prefix
+/// of the key bytes is a numeric prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMappingKey {
+    pub tgid_be: u32,
+    pub _pad: u32,
+    pub addr_be: u64,
+}
+const _: () = assert!(size_of::<UnwindMappingKey>() == 16);
+
+/// Bits of [`UnwindMappingKey`] before the address: a prefix length is this plus address bits.
+pub const UNWIND_MAPPING_KEY_PREFIX_BITS: u32 = 64;
+
+/// Value of `UNWIND_MAPPINGS`: how to unwind out of the code in one mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// Runtime address minus the binary's ELF virtual address.
+    pub bias: u64,
+    /// One of the [`unwind_method`] values.
+    pub method: u32,
+    /// First row of the binary's table in `UNWIND_ENTRIES` (method `UNWIND_TABLE`).
+    pub table_start: u32,
+    /// Rows in the table.
+    pub table_len: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<UnwindMapping>() == 24);
+
+/// Steps of the BPF unwinder's binary search: enough for a table of 2^22 rows.
+pub const UNWIND_BINARY_SEARCH_STEPS: u32 = 22;
+
 /// Ring-buffer record kinds (the first field of every record).
 pub mod event_kind {
     pub const MMAP: u32 = 1;
@@ -340,8 +416,13 @@ impl Stat {
     pub const ALLOCS_REPLACED: Self = Self(12);
     /// Outermost calls abandoned because their return never came (stale thread state).
     pub const STALE_CALLS: Self = Self(13);
+    /// Frames walked with a binary's unwind table (code without frame pointers).
+    pub const FRAMES_UNWOUND_BY_TABLE: Self = Self(14);
+    /// Stacks cut short: a frame's code had no usable unwind row (no CFI, a DWARF expression),
+    /// or the memory the row points at could not be read.
+    pub const FRAMES_NOT_UNWOUND: Self = Self(15);
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     /// Names, in index order, as the daemon reports them.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -359,6 +440,8 @@ impl Stat {
         "events_dropped",
         "allocs_replaced",
         "stale_calls",
+        "frames_unwound_by_table",
+        "frames_not_unwound",
     ];
 }
 
@@ -376,4 +459,7 @@ mod user {
     unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for AllocatorText {}
+    unsafe impl aya::Pod for UnwindEntry {}
+    unsafe impl aya::Pod for UnwindMappingKey {}
+    unsafe impl aya::Pod for UnwindMapping {}
 }

@@ -19,3 +19,4 @@ pub mod report;
 pub mod select;
 pub mod symbolize;
 pub mod tracer;
+pub mod unwind;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use tracer_common::UNKNOWN_STACK_ID;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     attach::{
@@ -26,6 +26,7 @@ use crate::{
     discover::process::{self, Liveness, ProcessInfo},
     report::{self, MemoryKind, ProcessReport, ProcessState, StackReport},
     symbolize::{Frame, Symbolizer},
+    unwind::loader::{BinaryUnwinding, MissingMap, UnwindTables},
 };
 
 /// Why the tracer could not start.
@@ -37,6 +38,9 @@ pub enum TracerError {
     /// The maps could not be opened.
     #[error(transparent)]
     Collect(#[from] CollectError),
+    /// The unwinder's maps could not be opened.
+    #[error(transparent)]
+    Unwind(#[from] MissingMap),
 }
 
 /// One stack's numbers before symbolization.
@@ -68,6 +72,8 @@ pub struct ProcessStacks {
     pub state: ProcessState,
     /// Allocator library probed.
     pub allocator: String,
+    /// How each of its binaries is unwound.
+    pub unwinding: Vec<BinaryUnwinding>,
     /// Every stack holding memory.
     pub stacks: Vec<RawStack>,
 }
@@ -129,6 +135,8 @@ struct TracedProcess {
     info: ProcessInfo,
     attachment: Option<Attachment>,
     allocator: String,
+    /// How each of its binaries is unwound.
+    unwinding: Vec<BinaryUnwinding>,
     state: ProcessState,
 }
 
@@ -136,6 +144,8 @@ struct TracedProcess {
 pub struct Tracer {
     probes: Probes,
     maps: BpfMaps,
+    /// Unwind tables and process mappings for stacks without frame pointers.
+    unwind: UnwindTables,
     mappings: MappingTracker,
     symbolizer: Symbolizer,
     processes: BTreeMap<u32, TracedProcess>,
@@ -189,9 +199,11 @@ impl Tracer {
             config.sessions,
         )?;
         let maps = BpfMaps::take(&mut probes)?;
+        let unwind = UnwindTables::take(&mut probes)?;
         Ok(Self {
             probes,
             maps,
+            unwind,
             mappings: MappingTracker::default(),
             symbolizer: Symbolizer::new(),
             processes: BTreeMap::new(),
@@ -253,6 +265,11 @@ impl Tracer {
         let library = attach::find_allocator(pid, self.placement)?;
         let allocator = library.path.clone();
         self.symbolizer.refresh(pid);
+        // Before the probes: the first allocation's stack already needs the tables.
+        let unwinding = self.unwind.add_process(pid);
+        for binary in &unwinding {
+            debug!(pid, binary = %binary.binary, method = %binary.method, rows = binary.rows, note = ?binary.note, "unwinding");
+        }
         let attachment = match attach::attach(&mut self.probes, pid, library, programs) {
             Ok(attachment) => attachment,
             Err(error) => {
@@ -268,6 +285,7 @@ impl Tracer {
                 info,
                 attachment: Some(attachment),
                 allocator,
+                unwinding,
                 state: ProcessState::Running,
             },
         );
@@ -601,6 +619,7 @@ impl Tracer {
                 comm: traced.info.comm.clone(),
                 state: traced.state,
                 allocator: traced.allocator.clone(),
+                unwinding: traced.unwinding.clone(),
                 stacks,
             });
         }
@@ -671,6 +690,7 @@ impl Tracer {
                 comm: process.comm,
                 state: process.state,
                 allocator: process.allocator,
+                unwinding: process.unwinding,
                 outstanding_bytes,
                 outstanding_count,
                 growth_bytes: 0,
@@ -705,6 +725,7 @@ impl Tracer {
         for &pid in pids {
             self.mappings.forget(pid);
             self.symbolizer.forget(pid);
+            self.unwind.remove_process(pid);
         }
     }
 }

@@ -6,11 +6,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tracer_common::{
     AllocInfo, AllocKey, AllocatorText, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace,
-    Stat, ThreadState,
+    Stat, ThreadState, UnwindEntry, UnwindMapping, UnwindMappingKey,
 };
 
 #[map]
@@ -60,3 +60,12 @@ pub(crate) static SAMPLE_WEIGHTS: Array<u32> = Array::with_max_entries(SAMPLING_
 /// Where each traced process's allocator code is (filled by the daemon at attach).
 #[map]
 pub(crate) static ALLOCATOR_TEXT: HashMap<u32, AllocatorText> = HashMap::with_max_entries(4096, 0);
+
+/// Every loaded binary's unwind table, one after the other (see `UnwindMapping::table_start`).
+#[map]
+pub(crate) static UNWIND_ENTRIES: Array<UnwindEntry> = Array::with_max_entries(1 << 19, 0);
+
+/// Each traced process's executable mappings: how to unwind out of the code at an address.
+#[map]
+pub(crate) static UNWIND_MAPPINGS: LpmTrie<UnwindMappingKey, UnwindMapping> =
+    LpmTrie::with_max_entries(1 << 16, 0);

@@ -80,6 +80,9 @@ pub struct ProcessReport {
     pub state: ProcessState,
     /// The allocator library probed.
     pub allocator: String,
+    /// How each of its binaries is unwound (frame pointers or unwind table).
+    #[serde(default)]
+    pub unwinding: Vec<crate::unwind::loader::BinaryUnwinding>,
     /// Outstanding bytes over all its stacks (same filter as the stacks).
     pub outstanding_bytes: u64,
     /// Outstanding allocations over all its stacks.

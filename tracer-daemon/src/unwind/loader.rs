@@ -1,0 +1,372 @@
+//! Loads unwind tables and process mappings into the BPF maps the return probes walk.
+//!
+//! Each binary (by device and inode, so a libc shared by a hundred processes is compiled and
+//! loaded once) gets a contiguous range of `UNWIND_ENTRIES` while any traced process maps it;
+//! each traced process gets its executable mappings in the `UNWIND_MAPPINGS` trie, split into
+//! aligned power-of-two blocks, each saying which method unwinds that code.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+
+use aya::maps::{
+    Array, MapData, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
+use object::{Object as _, ObjectSegment as _};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use tracer_common::{
+    UNWIND_MAPPING_KEY_PREFIX_BITS, UnwindEntry, UnwindMapping, UnwindMappingKey, names,
+    unwind_method,
+};
+
+use crate::{
+    bpf::Probes,
+    discover::process::{self, ExecMapping},
+    unwind::table::{self, UnwindMethod},
+};
+
+/// How one binary of a traced process is unwound (reported per process).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryUnwinding {
+    /// The binary's path as the process sees it.
+    pub binary: String,
+    /// `frame pointers` or `unwind table`.
+    pub method: String,
+    /// Rows of its unwind table (0 when walked by frame pointer).
+    pub rows: usize,
+    /// Why the preferred method could not be used, if so.
+    pub note: Option<String>,
+}
+
+/// A binary's table in `UNWIND_ENTRIES`.
+#[derive(Clone, Copy, Debug)]
+struct LoadedBinary {
+    method: u32,
+    start: u32,
+    len: u32,
+    /// Traced processes mapping it.
+    users: usize,
+}
+
+/// What one process put in the maps.
+struct ProcessEntries {
+    /// Its keys in the trie.
+    keys: Vec<Key<UnwindMappingKey>>,
+    /// The binaries (device, inode) whose tables it holds.
+    binaries: Vec<(u64, u64)>,
+}
+
+/// The BPF maps of the unwinder and what is in them.
+pub struct UnwindTables {
+    entries: Array<MapData, UnwindEntry>,
+    mappings: LpmTrie<MapData, UnwindMappingKey, UnwindMapping>,
+    binaries: HashMap<(u64, u64), LoadedBinary>,
+    /// Per process: what it put in the maps.
+    processes: HashMap<u32, ProcessEntries>,
+    /// Free ranges of `UNWIND_ENTRIES` (start, len), first fit.
+    free: Vec<(u32, u32)>,
+}
+
+impl UnwindTables {
+    /// Takes the unwinder's two maps out of the loaded object.
+    pub fn take(probes: &mut Probes) -> Result<Self, MissingMap> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            probes: &mut Probes,
+            name: &'static str,
+        ) -> Result<T, MissingMap> {
+            let map = probes
+                .ebpf
+                .take_map(name)
+                .ok_or(MissingMap { name, source: None })?;
+            T::try_from(map).map_err(|source| MissingMap {
+                name,
+                source: Some(source),
+            })
+        }
+        let entries: Array<MapData, UnwindEntry> = take(probes, names::UNWIND_ENTRIES)?;
+        let mappings = take(probes, names::UNWIND_MAPPINGS)?;
+        let capacity = entries.len();
+        Ok(Self {
+            entries,
+            mappings,
+            binaries: HashMap::new(),
+            processes: HashMap::new(),
+            free: vec![(0, capacity)],
+        })
+    }
+
+    /// Loads how to unwind each executable mapping of a process. Never fails the attach: a
+    /// binary whose table cannot be loaded is walked by frame pointer, and says so.
+    pub fn add_process(&mut self, pid: u32) -> Vec<BinaryUnwinding> {
+        self.remove_process(pid);
+        let mappings = match process::exec_mappings(pid) {
+            Ok(mappings) => mappings,
+            Err(error) => {
+                debug!(pid, %error, "no mappings for the unwinder");
+                return Vec::new();
+            }
+        };
+        let mut report: Vec<BinaryUnwinding> = Vec::new();
+        let mut keys = Vec::new();
+        let mut held = Vec::new();
+        let mut files: HashMap<String, Option<(u64, u64, Vec<u8>)>> = HashMap::new();
+        for mapping in &mappings {
+            let file = files.entry(mapping.path.clone()).or_insert_with(|| {
+                let host_path = process::host_path(pid, &mapping.path);
+                let metadata = std::fs::metadata(&host_path).ok()?;
+                let data = std::fs::read(&host_path).ok()?;
+                Some((metadata.dev(), metadata.ino(), data))
+            });
+            let Some((dev, ino, data)) = file else {
+                continue;
+            };
+            let id = (*dev, *ino);
+            if !held.contains(&id) {
+                let (binary, unwinding) = self.load_binary(id, &mapping.path, data);
+                binary.users_add(&mut self.binaries, id);
+                held.push(id);
+                report.push(unwinding);
+            }
+            let Some(binary) = self.binaries.get(&id).copied() else {
+                continue;
+            };
+            let Some(bias) = bias_of(data, mapping) else {
+                continue;
+            };
+            let value = UnwindMapping {
+                bias,
+                method: binary.method,
+                table_start: binary.start,
+                table_len: binary.len,
+                _pad: 0,
+            };
+            for key in blocks(pid, mapping.start, mapping.end) {
+                match self.mappings.insert(&key, value, 0) {
+                    Ok(()) => keys.push(key),
+                    Err(error) => {
+                        warn!(pid, path = %mapping.path, %error, "unwind mapping not loaded; its frames are walked by frame pointer");
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = self.processes.insert(
+            pid,
+            ProcessEntries {
+                keys,
+                binaries: held,
+            },
+        );
+        report
+    }
+
+    /// Forgets a process's mappings, and the tables no traced process maps any more.
+    pub fn remove_process(&mut self, pid: u32) {
+        let Some(entries) = self.processes.remove(&pid) else {
+            return;
+        };
+        for key in entries.keys {
+            let _ = self.mappings.remove(&key);
+        }
+        for id in entries.binaries {
+            let Some(binary) = self.binaries.get_mut(&id) else {
+                continue;
+            };
+            binary.users = binary.users.saturating_sub(1);
+            if binary.users == 0 {
+                let binary = *binary;
+                let _ = self.binaries.remove(&id);
+                if binary.len > 0 {
+                    self.free.push((binary.start, binary.len));
+                }
+            }
+        }
+    }
+
+    /// The binary's table, compiled and loaded on first use.
+    fn load_binary(
+        &mut self,
+        id: (u64, u64),
+        path: &str,
+        data: &[u8],
+    ) -> (LoadedBinary, BinaryUnwinding) {
+        let frame_pointers = |note: Option<String>| BinaryUnwinding {
+            binary: path.to_owned(),
+            method: "frame pointers".to_owned(),
+            rows: 0,
+            note,
+        };
+        if let Some(binary) = self.binaries.get(&id) {
+            let unwinding = if binary.method == unwind_method::UNWIND_TABLE {
+                BinaryUnwinding {
+                    binary: path.to_owned(),
+                    method: "unwind table".to_owned(),
+                    rows: binary.len as usize,
+                    note: None,
+                }
+            } else {
+                frame_pointers(None)
+            };
+            return (*binary, unwinding);
+        }
+        let fallback = |note: String| {
+            let binary = LoadedBinary {
+                method: unwind_method::FRAME_POINTERS,
+                start: 0,
+                len: 0,
+                users: 0,
+            };
+            (binary, frame_pointers(Some(note)))
+        };
+        let compiled = match table::compile(data) {
+            Ok(compiled) => compiled,
+            Err(error) => return fallback(error.to_string()),
+        };
+        if compiled.method == UnwindMethod::FramePointers {
+            let binary = LoadedBinary {
+                method: unwind_method::FRAME_POINTERS,
+                start: 0,
+                len: 0,
+                users: 0,
+            };
+            let _ = self.binaries.insert(id, binary);
+            return (binary, frame_pointers(None));
+        }
+        let Ok(len) = u32::try_from(compiled.entries.len()) else {
+            return fallback("its unwind table is too large".to_owned());
+        };
+        let Some(start) = self.allocate(len) else {
+            return fallback(format!(
+                "no room for its {len} unwind rows (raise the unwind table size)"
+            ));
+        };
+        for (index, entry) in (start..).zip(&compiled.entries) {
+            if let Err(error) = self.entries.set(index, entry, 0) {
+                self.free.push((start, len));
+                return fallback(format!("loading its unwind table failed: {error}"));
+            }
+        }
+        let binary = LoadedBinary {
+            method: unwind_method::UNWIND_TABLE,
+            start,
+            len,
+            users: 0,
+        };
+        let _ = self.binaries.insert(id, binary);
+        debug!(
+            path,
+            rows = len,
+            unsupported = compiled.unsupported_rows,
+            "unwind table loaded"
+        );
+        (
+            binary,
+            BinaryUnwinding {
+                binary: path.to_owned(),
+                method: "unwind table".to_owned(),
+                rows: len as usize,
+                note: None,
+            },
+        )
+    }
+
+    /// Takes `len` rows from the free ranges (first fit).
+    fn allocate(&mut self, len: u32) -> Option<u32> {
+        if len == 0 {
+            return None;
+        }
+        let index = self.free.iter().position(|&(_, free)| free >= len)?;
+        let (start, free) = self.free[index];
+        if free == len {
+            let _ = self.free.swap_remove(index);
+        } else {
+            self.free[index] = (start + len, free - len);
+        }
+        Some(start)
+    }
+}
+
+impl LoadedBinary {
+    /// Counts one more process using a binary (inserting it if it is new).
+    fn users_add(self, binaries: &mut HashMap<(u64, u64), LoadedBinary>, id: (u64, u64)) {
+        binaries.entry(id).or_insert(self).users += 1;
+    }
+}
+
+/// Runtime address minus ELF virtual address for the code of one mapping.
+fn bias_of(data: &[u8], mapping: &ExecMapping) -> Option<u64> {
+    let file = object::File::parse(data).ok()?;
+    let segment = file.segments().find(|segment| {
+        let (offset, size) = segment.file_range();
+        mapping.file_offset >= offset && mapping.file_offset < offset + size
+    })?;
+    let (offset, _) = segment.file_range();
+    let vaddr = segment.address() + (mapping.file_offset - offset);
+    Some(mapping.start.wrapping_sub(vaddr))
+}
+
+/// Trie keys covering [start, end): the largest aligned power-of-two blocks.
+fn blocks(pid: u32, start: u64, end: u64) -> Vec<Key<UnwindMappingKey>> {
+    let mut keys = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut bits = at.trailing_zeros().min(63);
+        while bits > 0 && (at.checked_add(1 << bits).is_none_or(|next| next > end)) {
+            bits -= 1;
+        }
+        let key = UnwindMappingKey {
+            tgid_be: pid.to_be(),
+            _pad: 0,
+            addr_be: at.to_be(),
+        };
+        keys.push(Key::new(UNWIND_MAPPING_KEY_PREFIX_BITS + 64 - bits, key));
+        at += 1 << bits;
+    }
+    keys
+}
+
+/// Why the unwinder's maps are missing from the object.
+#[derive(Debug, thiserror::Error)]
+#[error("the BPF object has no usable {name} map")]
+pub struct MissingMap {
+    /// The map.
+    pub name: &'static str,
+    #[source]
+    source: Option<MapError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(keys: &[Key<UnwindMappingKey>]) -> Vec<(u64, u64)> {
+        keys.iter()
+            .map(|key| {
+                let prefix = key.prefix_len();
+                let data = key.data();
+                let start = u64::from_be(data.addr_be);
+                let bits = 64 - (prefix - UNWIND_MAPPING_KEY_PREFIX_BITS);
+                (start, start + (1u64 << bits))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocks_cover_a_mapping_exactly_with_aligned_powers_of_two() {
+        let (start, end) = (0x7f00_1234_5000, 0x7f00_1239_c000);
+        let ranges = covered(&blocks(42, start, end));
+        assert_eq!(ranges.first().map(|r| r.0), Some(start));
+        assert_eq!(ranges.last().map(|r| r.1), Some(end));
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0);
+        }
+        for (from, to) in ranges {
+            let size = to - from;
+            assert!(
+                size.is_power_of_two() && from % size == 0,
+                "{from:#x}-{to:#x}"
+            );
+        }
+    }
+}

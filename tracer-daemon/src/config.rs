@@ -43,6 +43,8 @@ pub struct LimitsSection {
     pub max_allocations: Option<u32>,
     /// Distinct stacks across the node.
     pub max_stacks: Option<u32>,
+    /// Unwind-table rows of binaries without frame pointers.
+    pub max_unwind_rows: Option<u32>,
 }
 
 /// Why the config file could not be used.

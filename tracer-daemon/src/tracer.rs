@@ -461,6 +461,13 @@ impl Tracer {
         self.processes.get(&pid).map(|p| p.state)
     }
 
+    /// How stacks are unwound through each executable file of a traced process.
+    pub fn unwinding(&self, pid: u32) -> &[BinaryUnwinding] {
+        self.processes
+            .get(&pid)
+            .map_or(&[], |p| p.unwinding.as_slice())
+    }
+
     /// The allocator library probed in a traced process.
     pub fn allocator(&self, pid: u32) -> Option<&str> {
         self.processes.get(&pid).map(|p| p.allocator.as_str())

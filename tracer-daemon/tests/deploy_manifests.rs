@@ -45,6 +45,10 @@ const BYTES_PER_ALLOCATION_SLOT: u64 = 100;
 const BYTES_PER_STACK_SLOT: u64 = 600;
 /// The ring buffer (1 MiB) and the per-thread scratch map.
 const OTHER_MAPS_BYTES: u64 = 2 << 20;
+/// Kernel memory per unwind-table row (12-byte rows in 16-byte array slots).
+const BYTES_PER_UNWIND_ROW: u64 = 16;
+/// The unwind-mapping trie at its 65536-node capacity (about 100 B a node).
+const UNWIND_MAPPINGS_BYTES: u64 = 65536 * 100;
 /// The evidence store's page cache (redb), which only the limit needs to cover.
 const STORE_CACHE_BYTES: u64 = 16 << 20;
 
@@ -463,10 +467,13 @@ fn memory_requests_cover_the_configured_bpf_maps() {
         // The daemon's defaults when [limits] leaves them out (cli/run.rs).
         let allocations = u64::from(file.limits.max_allocations.unwrap_or(1 << 19));
         let stacks = u64::from(file.limits.max_stacks.unwrap_or(1 << 15));
+        let unwind_rows = u64::from(file.limits.max_unwind_rows.unwrap_or(1 << 19));
         let working_set = DAEMON_RSS_BYTES
             + allocations * BYTES_PER_ALLOCATION_SLOT
             + stacks * BYTES_PER_STACK_SLOT
-            + OTHER_MAPS_BYTES;
+            + OTHER_MAPS_BYTES
+            + unwind_rows * BYTES_PER_UNWIND_ROW
+            + UNWIND_MAPPINGS_BYTES;
 
         let daemonset = daemonset(&rendered);
         let resources = tracer_container(&daemonset)

@@ -608,6 +608,7 @@ impl Agent {
             comm,
             traced,
             allocator: self.tracer.allocator(pid).map(str::to_owned),
+            unwinding: self.tracer.unwinding(pid).to_vec(),
             not_traced_reason: if traced {
                 None
             } else {

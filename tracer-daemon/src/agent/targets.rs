@@ -18,6 +18,8 @@ pub struct TargetProcess {
     pub allocator: Option<String>,
     /// Why a selected process is not traced.
     pub not_traced_reason: Option<String>,
+    /// How stacks are unwound through each of its executable files.
+    pub unwinding: Vec<crate::unwind::loader::BinaryUnwinding>,
 }
 
 /// A container.

@@ -21,6 +21,7 @@ use crate::{
         pod::{ContainerReport, PodReport, SortBy},
     },
     symbolize::Frame,
+    unwind::loader::BinaryUnwinding,
 };
 use tracer_common::Stat;
 
@@ -177,6 +178,16 @@ impl From<&TargetProcess> for pb::ProcessTarget {
             traced: p.traced,
             allocator: p.allocator.clone().unwrap_or_default(),
             not_traced_reason: p.not_traced_reason.clone().unwrap_or_default(),
+            unwinding: p
+                .unwinding
+                .iter()
+                .map(|u| pb::BinaryUnwinding {
+                    binary: u.binary.clone(),
+                    method: u.method.clone(),
+                    rows: u.rows as u64,
+                    note: u.note.clone().unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }
@@ -189,6 +200,16 @@ impl From<&pb::ProcessTarget> for TargetProcess {
             traced: p.traced,
             allocator: Some(p.allocator.clone()).filter(|s| !s.is_empty()),
             not_traced_reason: Some(p.not_traced_reason.clone()).filter(|s| !s.is_empty()),
+            unwinding: p
+                .unwinding
+                .iter()
+                .map(|u| BinaryUnwinding {
+                    binary: u.binary.clone(),
+                    method: u.method.clone(),
+                    rows: usize::try_from(u.rows).unwrap_or(usize::MAX),
+                    note: Some(u.note.clone()).filter(|s| !s.is_empty()),
+                })
+                .collect(),
         }
     }
 }

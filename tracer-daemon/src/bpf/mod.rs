@@ -100,7 +100,13 @@ pub struct MapSizes {
     pub threads: u32,
     /// Ring buffer for mmap/munmap records, bytes (a power of two).
     pub events_bytes: u32,
+    /// Unwind-table rows of all binaries without frame pointers that traced processes map.
+    pub unwind_rows: u32,
 }
+
+/// Default unwind-table capacity: glibc has about 28,000 rows, libstdc++ about 40,000; 16 bytes
+/// of kernel memory each (8 MiB).
+pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 19;
 
 impl Default for MapSizes {
     fn default() -> Self {
@@ -110,6 +116,7 @@ impl Default for MapSizes {
             stack_traces: 1 << 15,
             threads: 1 << 14,
             events_bytes: 1 << 20,
+            unwind_rows: DEFAULT_UNWIND_ROWS,
         }
     }
 }
@@ -261,6 +268,7 @@ impl Probes {
             .map_max_entries(names::FREE_STACK_SLOTS, sizes.stack_totals)
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
             .map_max_entries(names::THREAD_STATE, sizes.threads)
+            .map_max_entries(names::UNWIND_ENTRIES, sizes.unwind_rows.max(1))
             .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());
         let mut ebpf = loader
             .load(OBJECT)

@@ -58,6 +58,7 @@ fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
         Map::Array(data)
         | Map::HashMap(data)
         | Map::LruHashMap(data)
+        | Map::LpmTrie(data)
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data)
         | Map::Queue(data)

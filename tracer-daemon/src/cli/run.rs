@@ -118,6 +118,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_stacks: Option<u32>,
 
+    /// Unwind-table rows of binaries without frame pointers (16 B each) [default: config
+    /// file, else 524288].
+    #[arg(long)]
+    pub max_unwind_rows: Option<u32>,
+
     /// Where probes go: on the first instruction the kernel emulates (smart) or at entry.
     #[arg(long, value_enum, default_value_t = PlacementMode::Smart)]
     pub probe_placement: PlacementMode,
@@ -238,6 +243,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .unwrap_or(1 << 19),
                 stack_totals: max_stacks,
                 stack_traces: max_stacks,
+                unwind_rows: args
+                    .max_unwind_rows
+                    .or(file.limits.max_unwind_rows)
+                    .unwrap_or(crate::bpf::DEFAULT_UNWIND_ROWS),
                 ..MapSizes::default()
             },
             placement: args.probe_placement,

@@ -79,6 +79,11 @@ pub struct TraceArgs {
     /// Capacity for distinct stacks (about 600 bytes each).
     #[arg(long, default_value_t = 1 << 15)]
     pub max_stacks: u32,
+
+    /// Capacity for unwind-table rows of binaries without frame pointers (16 bytes each; a
+    /// binary that does not fit is walked by frame pointer, and the report says so).
+    #[arg(long, default_value_t = crate::bpf::DEFAULT_UNWIND_ROWS)]
+    pub max_unwind_rows: u32,
 }
 
 /// Whether to use uprobe sessions.
@@ -107,6 +112,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         allocations: args.max_allocations,
         stack_totals: args.max_stacks,
         stack_traces: args.max_stacks,
+        unwind_rows: args.max_unwind_rows,
         ..MapSizes::default()
     };
     if args.explain_probes {

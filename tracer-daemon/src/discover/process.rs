@@ -287,8 +287,14 @@ fn parse_hex(text: &str) -> Option<u64> {
 
 /// The path at which the daemon can open a file the process maps, through the process's own
 /// root, so a container's files are found even though the daemon's mount namespace differs.
+/// A chroot'd process in the daemon's mount namespace has its maps written from the daemon's
+/// root; then the path is used as it is.
 pub fn host_path(pid: u32, path: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root{path}"))
+    let rooted = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    if !rooted.exists() && std::path::Path::new(path).exists() {
+        return PathBuf::from(path);
+    }
+    rooted
 }
 
 /// The executable's path as the process sees it, when it can be read (`None` for a process

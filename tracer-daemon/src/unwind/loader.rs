@@ -238,7 +238,7 @@ impl UnwindTables {
         };
         let Some(start) = self.allocate(len) else {
             return fallback(format!(
-                "no room for its {len} unwind rows (raise the unwind table size)"
+                "no room for its {len} unwind rows (raise --max-unwind-rows)"
             ));
         };
         for (index, entry) in (start..).zip(&compiled.entries) {

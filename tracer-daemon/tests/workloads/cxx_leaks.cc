@@ -1,6 +1,8 @@
 /* C++ leaks through operator new (built with -O2, no frame pointers in libstdc++):
  *   Cache::remember      leaks 30 Entry objects (new Entry, 160 bytes each) and 30 arrays
  *                        (new char[500])
+ *   Cache::remember_aligned  leaks 10 over-aligned Blocks (aligned new, 256 bytes each) and
+ *                        10 nothrow arrays (new (std::nothrow) char[300])
  *   make_cycle           leaks 25 pairs of make_shared<Node> that point at each other: 50
  *                        blocks of libstdc++'s control block (16 bytes) + Node (216 bytes)
  *   fill_vector          leaks one std::vector<int> buffer of 2048 ints (8192 bytes) and the
@@ -10,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 #include <unistd.h>
@@ -30,6 +33,10 @@ struct Entry {
     char value[64];
 };
 
+struct alignas(64) Block {
+    char bytes[256];
+};
+
 class Cache {
   public:
     __attribute__((noipa)) void remember(int i) {
@@ -39,6 +46,14 @@ class Cache {
         blob[0] = (char)i;
         sink = entry;
         sink = blob;
+    }
+
+    __attribute__((noipa)) void remember_aligned(int i) {
+        Block *block = new Block;
+        block->bytes[0] = (char)i;
+        char *spare = new (std::nothrow) char[300];
+        sink = block;
+        sink = spare;
     }
 };
 
@@ -78,6 +93,8 @@ int main() {
     Cache cache;
     for (int i = 0; i < 30; i++)
         cache.remember(i);
+    for (int i = 0; i < 10; i++)
+        cache.remember_aligned(i);
     for (int i = 0; i < 25; i++)
         make_cycle();
     fill_vector();

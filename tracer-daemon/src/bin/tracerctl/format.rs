@@ -202,6 +202,15 @@ pub(crate) fn processes(processes: &Vec<TargetProcess>) -> String {
             )
         };
         let _ = writeln!(out, "{} {} {state}", p.pid, p.comm);
+        for binary in &p.unwinding {
+            let name = binary.binary.rsplit('/').next().unwrap_or(&binary.binary);
+            let note = binary
+                .note
+                .as_deref()
+                .map(|note| format!(" ({note})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    stacks through {name}: {}{note}", binary.method);
+        }
     }
     out
 }

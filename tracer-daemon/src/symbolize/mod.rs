@@ -1,4 +1,6 @@
-//! Turning stack addresses into function, file and line, with blazesym.
+//! Turning stack addresses into function, file and line, with blazesym (`.symtab`, then
+//! `.dynsym`, DWARF), and a separate debug file for binaries stripped of `.symtab`
+//! (`debug_file`).
 //!
 //! Each traced process's executable mappings are snapshotted while it lives, with an open
 //! handle on every mapped file, so its stacks can still be symbolized after it has exited (an
@@ -18,6 +20,17 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::discover::process;
+
+mod debug_file;
+
+use debug_file::DebugLookup;
+
+/// A binary's separate debug file, and how to address it.
+#[derive(Debug)]
+struct DebugSource {
+    file: File,
+    lookup: DebugLookup,
+}
 
 /// Symbolized stacks kept (a bound on the daemon's memory, whatever the node's stack count).
 const MAX_CACHED_STACKS: usize = 16384;
@@ -77,6 +90,8 @@ struct ModuleMapping {
     file_offset: u64,
     path: String,
     file: Option<Arc<File>>,
+    /// The binary's separate debug file, when it lacks `.symtab` and one is installed.
+    debug: Option<Arc<DebugSource>>,
 }
 
 /// A name as people read it. blazesym demangles with cpp_demangle, which rejects some names
@@ -110,6 +125,8 @@ pub struct Symbolizer {
     blaze: symbolize::Symbolizer,
     modules: HashMap<u32, Vec<ModuleMapping>>,
     files: HashMap<(u64, u64), Arc<File>>,
+    /// Debug files looked up per binary (device, inode); `None` when there is none.
+    debug_files: HashMap<(u64, u64), Option<Arc<DebugSource>>>,
     stacks: foldhash::HashMap<(u32, u64), Arc<[Frame]>>,
     /// Stacks answered from the cache, and symbolized afresh.
     hits: u64,
@@ -145,6 +162,7 @@ impl Symbolizer {
             blaze,
             modules: HashMap::new(),
             files: HashMap::new(),
+            debug_files: HashMap::new(),
             stacks: foldhash::HashMap::default(),
             hits: 0,
             misses: 0,
@@ -171,12 +189,16 @@ impl Symbolizer {
             .into_iter()
             .map(|m| {
                 let file = self.open_mapped(pid, m.start, m.end, &m.path);
+                let debug = file
+                    .as_ref()
+                    .and_then(|file| self.debug_file(pid, &m.path, file));
                 ModuleMapping {
                     start: m.start,
                     end: m.end,
                     file_offset: m.file_offset,
                     path: m.path,
                     file,
+                    debug,
                 }
             })
             .collect();
@@ -197,6 +219,21 @@ impl Symbolizer {
             .entry((meta.dev(), meta.ino()))
             .or_insert_with(|| Arc::new(file));
         Some(Arc::clone(file))
+    }
+
+    /// The separate debug file of a mapped binary (looked up once per binary).
+    fn debug_file(&mut self, pid: u32, path: &str, file: &File) -> Option<Arc<DebugSource>> {
+        let meta = file.metadata().ok()?;
+        self.debug_files
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| {
+                let data = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+                let lookup = DebugLookup::of(&data)?;
+                let file = lookup.open(pid, path)?;
+                debug!(pid, path, "using a separate debug file");
+                Some(Arc::new(DebugSource { file, lookup }))
+            })
+            .clone()
     }
 
     /// The cache's size and hit counts.
@@ -266,10 +303,25 @@ impl Symbolizer {
             out.push(frame);
             return;
         };
-        let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
-        let symbolized = self
-            .blaze
-            .symbolize_single(&source, Input::FileOffset(file_offset));
+        let from_debug_file = mapping.debug.as_ref().and_then(|debug| {
+            let address = debug.lookup.virtual_address(file_offset)?;
+            let source = Source::Elf(Elf::new(format!(
+                "/proc/self/fd/{}",
+                debug.file.as_raw_fd()
+            )));
+            match self
+                .blaze
+                .symbolize_single(&source, Input::VirtOffset(address))
+            {
+                Ok(symbolized @ Symbolized::Sym(_)) => Some(Ok(symbolized)),
+                _ => None,
+            }
+        });
+        let symbolized = from_debug_file.unwrap_or_else(|| {
+            let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+            self.blaze
+                .symbolize_single(&source, Input::FileOffset(file_offset))
+        });
         match symbolized {
             Ok(Symbolized::Sym(sym)) => {
                 for inlined in sym.inlined.iter().rev() {
@@ -305,6 +357,8 @@ impl Symbolizer {
         self.stacks.retain(|&(p, _), _| p != pid);
         // Close files no process maps any more.
         self.files.retain(|_, file| Arc::strong_count(file) > 1);
+        self.debug_files
+            .retain(|key, _| self.files.contains_key(key));
     }
 }
 

@@ -249,6 +249,11 @@ pub const UNWIND_MAPPING_KEY_PREFIX_BITS: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindMapping {
+    /// The whole mapping's first address (a trie block may cover only part of it): frames
+    /// in the same mapping reuse one lookup.
+    pub start: u64,
+    /// One past the mapping's last address.
+    pub end: u64,
     /// Runtime address minus the binary's ELF virtual address.
     pub bias: u64,
     /// One of the [`unwind_method`] values.
@@ -259,7 +264,7 @@ pub struct UnwindMapping {
     pub table_len: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<UnwindMapping>() == 24);
+const _: () = assert!(size_of::<UnwindMapping>() == 40);
 
 /// Steps of the BPF unwinder's binary search: enough for a table of 2^22 rows.
 pub const UNWIND_BINARY_SEARCH_STEPS: u32 = 22;

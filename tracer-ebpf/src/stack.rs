@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     MAX_STACK_DEPTH, Stat, UNKNOWN_STACK_ID, UNWIND_BINARY_SEARCH_STEPS,
-    UNWIND_MAPPING_KEY_PREFIX_BITS, UnwindEntry, UnwindMappingKey, unwind_method,
+    UNWIND_MAPPING_KEY_PREFIX_BITS, UnwindEntry, UnwindMapping, UnwindMappingKey, unwind_method,
 };
 
 use crate::{
@@ -65,8 +65,9 @@ pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
     };
     scratch.ips[0] = frame.pc;
     let mut frames: u64 = 1;
+    let mut mapping = UnwindMapping::default();
     for i in 1..MAX_STACK_DEPTH {
-        frame = match step(tgid, &frame) {
+        frame = match step(tgid, &frame, &mut mapping) {
             Step::Caller(caller) => caller,
             Step::End => break,
             Step::Lost => {
@@ -105,30 +106,39 @@ pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
     stack_id
 }
 
-/// Unwinds one frame: from the code at `frame.pc` to its caller.
+/// Unwinds one frame: from the code at `frame.pc` to its caller. `mapping` is the mapping of
+/// the previous frame's code, reused while frames stay in it (most do).
 #[inline(always)]
-fn step(tgid: u32, frame: &Frame) -> Step {
-    let key = Key::new(
-        UNWIND_MAPPING_KEY_PREFIX_BITS + 64,
-        UnwindMappingKey {
-            tgid_be: tgid.to_be(),
-            _pad: 0,
-            addr_be: frame.pc.to_be(),
-        },
-    );
-    match UNWIND_MAPPINGS.get(&key) {
-        Some(mapping) if mapping.method == unwind_method::UNWIND_TABLE => {
-            // A return address points after its call: the call itself is at pc - 1.
-            let address = frame.pc.wrapping_sub(1).wrapping_sub(mapping.bias);
-            if address > u64::from(u32::MAX) {
-                return Step::Lost;
-            }
-            match find_row(mapping.table_start, mapping.table_len, address as u32) {
-                Some(row) => by_table(frame, &row),
-                None => Step::Lost,
-            }
-        }
-        _ => by_frame_pointer(frame),
+fn step(tgid: u32, frame: &Frame, mapping: &mut UnwindMapping) -> Step {
+    // A return address points after its call: the call itself is at pc - 1 (and may be the
+    // last instruction of a mapping or a function).
+    let call = frame.pc.wrapping_sub(1);
+    if call < mapping.start || call >= mapping.end {
+        let key = Key::new(
+            UNWIND_MAPPING_KEY_PREFIX_BITS + 64,
+            UnwindMappingKey {
+                tgid_be: tgid.to_be(),
+                _pad: 0,
+                addr_be: call.to_be(),
+            },
+        );
+        *mapping = match UNWIND_MAPPINGS.get(&key) {
+            Some(found) => *found,
+            // Unknown code (JIT, a library loaded after attach): frame pointers, and the next
+            // frame looks again.
+            None => UnwindMapping::default(),
+        };
+    }
+    if mapping.method != unwind_method::UNWIND_TABLE {
+        return by_frame_pointer(frame);
+    }
+    let address = call.wrapping_sub(mapping.bias);
+    if address > u64::from(u32::MAX) {
+        return Step::Lost;
+    }
+    match find_row(mapping.table_start, mapping.table_len, address as u32) {
+        Some(row) => by_table(frame, &row),
+        None => Step::Lost,
     }
 }
 

@@ -135,6 +135,8 @@ impl UnwindTables {
                 continue;
             };
             let value = UnwindMapping {
+                start: mapping.start,
+                end: mapping.end,
                 bias,
                 method: binary.method,
                 table_start: binary.start,

@@ -28,15 +28,16 @@ fn totals_through(report: &Value, pid: u32, function: &str) -> (u64, u64) {
         .fold((0, 0), |(b, c), (sb, sc)| (b + sb, c + sc))
 }
 
-#[test]
-fn a_leak_four_calls_deep_without_frame_pointers_names_every_caller_in_order() {
+/// Traces deep_leak.c built with these flags: every caller named in order, exact bytes, and
+/// the executable walked by the expected method.
+fn deep_leak_names_every_caller(output: &str, flags: &[&str], method: &str) {
     require_root();
     let executable = build_workload(&Build {
         source: "deep_leak.c",
         compiler: "gcc",
-        flags: &["-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
+        flags,
         libs: &[],
-        output: "deep_leak_omit_frame_pointer",
+        output,
     });
     let (workload, report) = trace_workload(&executable);
     let pid = workload.pid;
@@ -61,48 +62,30 @@ fn a_leak_four_calls_deep_without_frame_pointers_names_every_caller_in_order() {
         .iter()
         .find(|b| b["binary"].as_str() == Some(executable.to_str().expect("utf-8 path")))
         .unwrap_or_else(|| panic!("the workload is not in the unwinding list: {report:#}"));
-    assert_eq!(own["method"], "unwind table", "{report:#}");
+    assert_eq!(own["method"], method, "{report:#}");
     workload.finish();
 }
 
 #[test]
+fn a_leak_four_calls_deep_without_frame_pointers_names_every_caller_in_order() {
+    deep_leak_names_every_caller(
+        "deep_leak_omit_frame_pointer",
+        &["-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
+        "unwind table",
+    );
+}
+
+#[test]
 fn the_same_code_with_frame_pointers_is_walked_by_frame_pointer() {
-    require_root();
-    let executable = build_workload(&Build {
-        source: "deep_leak.c",
-        compiler: "gcc",
-        flags: &[
+    deep_leak_names_every_caller(
+        "deep_leak_frame_pointer",
+        &[
             "-fno-omit-frame-pointer",
             "-mno-omit-leaf-frame-pointer",
             "-fno-optimize-sibling-calls",
         ],
-        libs: &[],
-        output: "deep_leak_frame_pointer",
-    });
-    let (workload, report) = trace_workload(&executable);
-    let pid = workload.pid;
-    let stack = stack_from(&report, pid, "alloc_node");
-    assert_eq!(
-        functions(stack)[..5],
-        [
-            "alloc_node",
-            "build_index",
-            "parse_payload",
-            "request_handler",
-            "main"
-        ],
-        "{report:#}"
+        "frame pointers",
     );
-    assert_eq!(bytes_count(stack), (50 * 1000, 50), "{report:#}");
-    let binaries = process(&report, pid)["unwinding"]
-        .as_array()
-        .expect("unwinding");
-    let own = binaries
-        .iter()
-        .find(|b| b["binary"].as_str() == Some(executable.to_str().expect("utf-8 path")))
-        .unwrap_or_else(|| panic!("the workload is not in the unwinding list: {report:#}"));
-    assert_eq!(own["method"], "frame pointers", "{report:#}");
-    workload.finish();
 }
 
 /// The C++ leaks, built (without frame pointers) against one allocator.

@@ -5,7 +5,7 @@
 //! each traced process gets its executable mappings in the `UNWIND_MAPPINGS` trie, split into
 //! aligned power-of-two blocks, each saying which method unwinds that code.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
 
 use aya::maps::{
     Array, MapData, MapError,
@@ -39,14 +39,36 @@ pub struct BinaryUnwinding {
     pub note: Option<String>,
 }
 
-/// A binary's table in `UNWIND_ENTRIES`.
-#[derive(Clone, Copy, Debug)]
+/// A binary's table in `UNWIND_ENTRIES`, and what its mappings need.
+#[derive(Clone, Debug)]
 struct LoadedBinary {
     method: u32,
     start: u32,
     len: u32,
+    /// Its segments (file offset, file size, virtual address), for each mapping's bias.
+    segments: Arc<[(u64, u64, u64)]>,
+    /// Why its table is not used, when it is not.
+    note: Option<String>,
     /// Traced processes mapping it.
     users: usize,
+}
+
+impl LoadedBinary {
+    /// How this binary is unwound, for the report of a process that maps it at `path`.
+    fn unwinding(&self, path: &str) -> BinaryUnwinding {
+        let table = self.method == unwind_method::UNWIND_TABLE;
+        BinaryUnwinding {
+            binary: path.to_owned(),
+            method: if table {
+                "unwind table"
+            } else {
+                "frame pointers"
+            }
+            .to_owned(),
+            rows: if table { self.len as usize } else { 0 },
+            note: self.note.clone(),
+        }
+    }
 }
 
 /// What one process put in the maps.
@@ -110,28 +132,29 @@ impl UnwindTables {
         let mut report: Vec<BinaryUnwinding> = Vec::new();
         let mut keys = Vec::new();
         let mut held = Vec::new();
-        let mut files: HashMap<String, Option<(u64, u64, Vec<u8>)>> = HashMap::new();
         for mapping in &mappings {
-            let file = files.entry(mapping.path.clone()).or_insert_with(|| {
-                let host_path = process::host_path(pid, &mapping.path);
-                let metadata = std::fs::metadata(&host_path).ok()?;
-                let data = std::fs::read(&host_path).ok()?;
-                Some((metadata.dev(), metadata.ino(), data))
-            });
-            let Some((dev, ino, data)) = file else {
+            let host_path = process::host_path(pid, &mapping.path);
+            let Ok(metadata) = std::fs::metadata(&host_path) else {
                 continue;
             };
-            let id = (*dev, *ino);
-            if !held.contains(&id) {
-                let (binary, unwinding) = self.load_binary(id, &mapping.path, data);
-                binary.users_add(&mut self.binaries, id);
-                held.push(id);
-                report.push(unwinding);
+            let id = (metadata.dev(), metadata.ino());
+            if !self.binaries.contains_key(&id) {
+                // Compiled once per binary, whatever the number of processes mapping it.
+                let Ok(data) = std::fs::read(&host_path) else {
+                    continue;
+                };
+                let binary = self.load_binary(&mapping.path, &data);
+                let _ = self.binaries.insert(id, binary);
             }
-            let Some(binary) = self.binaries.get(&id).copied() else {
+            let Some(binary) = self.binaries.get_mut(&id) else {
                 continue;
             };
-            let Some(bias) = bias_of(data, mapping) else {
+            if !held.contains(&id) {
+                binary.users += 1;
+                held.push(id);
+                report.push(binary.unwinding(&mapping.path));
+            }
+            let Some(bias) = bias_of(&binary.segments, mapping) else {
                 continue;
             };
             let value = UnwindMapping {
@@ -176,101 +199,64 @@ impl UnwindTables {
                 continue;
             };
             binary.users = binary.users.saturating_sub(1);
-            if binary.users == 0 {
-                let binary = *binary;
-                let _ = self.binaries.remove(&id);
-                if binary.len > 0 {
-                    self.free.push((binary.start, binary.len));
-                }
+            if binary.users == 0
+                && let Some(binary) = self.binaries.remove(&id)
+                && binary.len > 0
+            {
+                self.free.push((binary.start, binary.len));
             }
         }
     }
 
-    /// The binary's table, compiled and loaded on first use.
-    fn load_binary(
-        &mut self,
-        id: (u64, u64),
-        path: &str,
-        data: &[u8],
-    ) -> (LoadedBinary, BinaryUnwinding) {
-        let frame_pointers = |note: Option<String>| BinaryUnwinding {
-            binary: path.to_owned(),
-            method: "frame pointers".to_owned(),
-            rows: 0,
-            note,
-        };
-        if let Some(binary) = self.binaries.get(&id) {
-            let unwinding = if binary.method == unwind_method::UNWIND_TABLE {
-                BinaryUnwinding {
-                    binary: path.to_owned(),
-                    method: "unwind table".to_owned(),
-                    rows: binary.len as usize,
-                    note: None,
-                }
-            } else {
-                frame_pointers(None)
-            };
-            return (*binary, unwinding);
-        }
-        let fallback = |note: String| {
-            let binary = LoadedBinary {
-                method: unwind_method::FRAME_POINTERS,
-                start: 0,
-                len: 0,
-                users: 0,
-            };
-            (binary, frame_pointers(Some(note)))
+    /// Compiles a binary's table and loads it (or says why it is walked by frame pointer).
+    fn load_binary(&mut self, path: &str, data: &[u8]) -> LoadedBinary {
+        let mut binary = LoadedBinary {
+            method: unwind_method::FRAME_POINTERS,
+            start: 0,
+            len: 0,
+            segments: segments_of(data),
+            note: None,
+            users: 0,
         };
         let compiled = match table::compile(data) {
             Ok(compiled) => compiled,
-            Err(error) => return fallback(error.to_string()),
+            Err(error) => {
+                binary.note = Some(error.to_string());
+                return binary;
+            }
         };
         if compiled.method == UnwindMethod::FramePointers {
-            let binary = LoadedBinary {
-                method: unwind_method::FRAME_POINTERS,
-                start: 0,
-                len: 0,
-                users: 0,
-            };
-            let _ = self.binaries.insert(id, binary);
-            return (binary, frame_pointers(None));
+            return binary;
         }
         let Ok(len) = u32::try_from(compiled.entries.len()) else {
-            return fallback("its unwind table is too large".to_owned());
+            binary.note = Some("its unwind table is too large".to_owned());
+            return binary;
         };
         let Some(start) = self.allocate(len) else {
-            return fallback(format!(
+            binary.note = Some(format!(
                 "no room for its {len} unwind rows (raise --max-unwind-rows)"
             ));
+            return binary;
         };
         for (index, entry) in (start..).zip(&compiled.entries) {
             if let Err(error) = self.entries.set(index, entry, 0) {
                 self.free.push((start, len));
-                return fallback(format!("loading its unwind table failed: {error}"));
+                binary.note = Some(format!("loading its unwind table failed: {error}"));
+                return binary;
             }
         }
-        let binary = LoadedBinary {
-            method: unwind_method::UNWIND_TABLE,
-            start,
-            len,
-            users: 0,
-        };
-        let _ = self.binaries.insert(id, binary);
         debug!(
             path,
             rows = len,
             unsupported = compiled.unsupported_rows,
             "unwind table loaded"
         );
-        (
-            binary,
-            BinaryUnwinding {
-                binary: path.to_owned(),
-                method: "unwind table".to_owned(),
-                rows: len as usize,
-                note: None,
-            },
-        )
+        LoadedBinary {
+            method: unwind_method::UNWIND_TABLE,
+            start,
+            len,
+            ..binary
+        }
     }
 
     /// Takes `len` rows from the free ranges (first fit).
@@ -289,22 +275,25 @@ impl UnwindTables {
     }
 }
 
-impl LoadedBinary {
-    /// Counts one more process using a binary (inserting it if it is new).
-    fn users_add(self, binaries: &mut HashMap<(u64, u64), LoadedBinary>, id: (u64, u64)) {
-        binaries.entry(id).or_insert(self).users += 1;
-    }
+/// A binary's segments: (file offset, file size, virtual address).
+fn segments_of(data: &[u8]) -> Arc<[(u64, u64, u64)]> {
+    let Ok(file) = object::File::parse(data) else {
+        return Arc::new([]);
+    };
+    file.segments()
+        .map(|segment| {
+            let (offset, size) = segment.file_range();
+            (offset, size, segment.address())
+        })
+        .collect()
 }
 
 /// Runtime address minus ELF virtual address for the code of one mapping.
-fn bias_of(data: &[u8], mapping: &ExecMapping) -> Option<u64> {
-    let file = object::File::parse(data).ok()?;
-    let segment = file.segments().find(|segment| {
-        let (offset, size) = segment.file_range();
+fn bias_of(segments: &[(u64, u64, u64)], mapping: &ExecMapping) -> Option<u64> {
+    let &(offset, _, address) = segments.iter().find(|&&(offset, size, _)| {
         mapping.file_offset >= offset && mapping.file_offset < offset + size
     })?;
-    let (offset, _) = segment.file_range();
-    let vaddr = segment.address() + (mapping.file_offset - offset);
+    let vaddr = address + (mapping.file_offset - offset);
     Some(mapping.start.wrapping_sub(vaddr))
 }
 

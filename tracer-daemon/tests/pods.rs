@@ -391,6 +391,19 @@ fn start_and_stop_tracing_at_runtime_through_tracerctl() {
     let started = agent.ctl_json(&["trace", "start", &pod.display()]);
     assert_eq!(started[0]["pid"], u64::from(leaker.pid), "{started:#}");
     assert_eq!(started[0]["traced"], true, "{started:#}");
+    // How stacks are unwound through each file, over the API: the workload keeps frame
+    // pointers, Debian's glibc does not.
+    let method_of = |suffix: &str| {
+        started[0]["unwinding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["binary"].as_str().is_some_and(|b| b.ends_with(suffix)))
+            .map(|b| b["method"].clone())
+            .unwrap_or_else(|| panic!("{suffix} not in the unwinding list: {started:#}"))
+    };
+    assert_eq!(method_of("/one_leak_site"), "frame pointers", "{started:#}");
+    assert_eq!(method_of("/libc.so.6"), "unwind table", "{started:#}");
     let _ = leaker.run_to_done();
     let report = agent.ctl_json(&["top", &pod.display()]);
     assert_eq!(

@@ -398,3 +398,36 @@ fn build_id(executable: &std::path::Path) -> String {
         .trim()
         .to_owned()
 }
+
+#[test]
+fn a_rust_program_with_jemalloc_linked_in_leaks_exactly() {
+    require_root();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads/rust_jemalloc/Cargo.toml");
+    let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust_jemalloc");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the Rust workload failed");
+    let executable = target_dir.join("release/rust_jemalloc");
+    let (workload, report) = trace_workload(&executable);
+    let pid = workload.pid;
+    let expected: &[(&str, u64, u64)] = &[
+        ("rust_jemalloc::leak_buffers", 20 * 3000, 20),
+        ("rust_jemalloc::leak_zeroed", 10 * 800, 10),
+        ("rust_jemalloc::churn", 0, 0),
+    ];
+    for &(function, bytes, count) in expected {
+        assert_eq!(
+            totals_through(&report, pid, function),
+            (bytes, count),
+            "{function}: {report:#}"
+        );
+    }
+    workload.finish();
+}

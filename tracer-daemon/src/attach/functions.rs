@@ -1,6 +1,6 @@
 //! Every allocator entry point the probes know: the C library's malloc family, C++'s operator
-//! new and delete, and the non-standard APIs of jemalloc (also its `je_` prefixed builds) and
-//! mimalloc. Each names the BPF programs that trace it; several share one pair of programs
+//! new and delete, and the non-standard APIs of jemalloc (also its `je_` prefixed builds and
+//! Rust's `_rjem_` build) and mimalloc. Each names the BPF programs that trace it; several share one pair of programs
 //! because their arguments sit in the same registers.
 
 use iced_x86::Register;
@@ -185,10 +185,40 @@ pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
     function("je_rallocx", "realloc_enter", Some("realloc_exit"), RDI_RSI),
     free_like("je_dallocx", ProbeRule::Always),
     free_like("je_sdallocx", ProbeRule::Always),
-    // mimalloc's API, for programs that call it without overriding malloc.
+    // Rust's tikv-jemallocator builds jemalloc into the executable with the `_rjem_` prefix
+    // and calls these (malloc/calloc/realloc when the alignment is the default, the *x
+    // variants otherwise, sdallocx to free).
+    malloc_like("_rjem_malloc"),
+    function("_rjem_calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
+    function(
+        "_rjem_realloc",
+        "realloc_enter",
+        Some("realloc_exit"),
+        RDI_RSI,
+    ),
+    malloc_like("_rjem_mallocx"),
+    function(
+        "_rjem_rallocx",
+        "realloc_enter",
+        Some("realloc_exit"),
+        RDI_RSI,
+    ),
+    free_like("_rjem_free", ProbeRule::Always),
+    free_like("_rjem_dallocx", ProbeRule::Always),
+    free_like("_rjem_sdallocx", ProbeRule::Always),
+    // mimalloc's API, for programs that call it without overriding malloc (Rust's mimalloc
+    // crate calls the aligned variants: size first, then alignment).
     malloc_like("mi_malloc"),
     free_like("mi_free", ProbeRule::Always),
     function("mi_calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
     function("mi_realloc", "realloc_enter", Some("realloc_exit"), RDI_RSI),
     malloc_like("mi_zalloc"),
+    malloc_like("mi_malloc_aligned"),
+    malloc_like("mi_zalloc_aligned"),
+    function(
+        "mi_realloc_aligned",
+        "realloc_enter",
+        Some("realloc_exit"),
+        RDI_RSI,
+    ),
 ];

@@ -264,7 +264,7 @@ impl Tracer {
         let info = process::inspect(pid)?;
         let library = attach::find_allocator(pid, self.placement)?;
         let allocator = library.path.clone();
-        self.symbolizer.refresh(pid);
+        let _ = self.symbolizer.refresh(pid);
         // Before the probes: the first allocation's stack already needs the tables.
         let unwinding = self.unwind.add_process(pid);
         for binary in &unwinding {
@@ -343,7 +343,12 @@ impl Tracer {
                 continue;
             }
             match process::liveness(&traced.info) {
-                Liveness::Alive => self.symbolizer.refresh(pid),
+                Liveness::Alive => {
+                    // New code mapped (dlopen): its frames need its unwind table too.
+                    if self.symbolizer.refresh(pid) && traced.attachment.is_some() {
+                        traced.unwinding = self.unwind.add_process(pid);
+                    }
+                }
                 Liveness::Gone => {
                     info!(pid, comm = %traced.info.comm, "process ended");
                     traced.state = if self.oom_victims.contains(&pid) {

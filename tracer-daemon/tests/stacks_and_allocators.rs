@@ -431,3 +431,53 @@ fn a_rust_program_with_jemalloc_linked_in_leaks_exactly() {
     }
     workload.finish();
 }
+
+#[test]
+fn a_library_loaded_after_attach_is_unwound_by_its_own_table() {
+    require_root();
+    let plugin = build_workload(&Build {
+        source: "plugin_leak.c",
+        compiler: "gcc",
+        flags: &[
+            "-shared",
+            "-fPIC",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+        libs: &[],
+        output: "libplugin_leak.so",
+    });
+    let executable = build_workload(&Build {
+        source: "dlopen_leak.c",
+        compiler: "gcc",
+        flags: &["-fno-omit-frame-pointer"],
+        libs: &["-ldl"],
+        output: "dlopen_leak",
+    });
+    let mut workload = Workload::start(&executable, &[plugin.to_str().expect("utf-8 path")]);
+    let mut trace = Trace::start(&[workload.pid], &["--top", "200"]);
+    workload.send("go");
+    let _ = workload.wait_for("loaded");
+    // The tracer looks at each process's mappings at every poll (200 ms here).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    workload.send("leak");
+    let _ = workload.wait_for("done");
+    let report = trace.report_after(now_ms());
+    let stack = stack_from(&report, workload.pid, "plugin_leaf");
+    assert_eq!(
+        functions(stack).iter().take(4).collect::<Vec<_>>(),
+        ["plugin_leaf", "plugin_mid", "plugin_entry", "main"],
+        "{report:#}"
+    );
+    assert_eq!(bytes_count(stack), (40 * 2000, 40), "{report:#}");
+    let loaded = process(&report, workload.pid)["unwinding"]
+        .as_array()
+        .expect("unwinding")
+        .iter()
+        .any(|b| b["binary"].as_str() == plugin.to_str() && b["method"] == "unwind table");
+    assert!(
+        loaded,
+        "the plugin is not in the unwinding list: {report:#}"
+    );
+    workload.finish();
+}

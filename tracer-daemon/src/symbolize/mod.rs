@@ -170,10 +170,10 @@ impl Symbolizer {
     }
 
     /// Re-reads a live process's executable mappings (new libraries after dlopen); keeps the
-    /// last snapshot when the process is gone.
-    pub fn refresh(&mut self, pid: u32) {
+    /// last snapshot when the process is gone. True when they changed.
+    pub fn refresh(&mut self, pid: u32) -> bool {
         let Ok(mappings) = process::exec_mappings(pid) else {
-            return;
+            return false;
         };
         let known = self.modules.get(&pid);
         if known.is_some_and(|known| {
@@ -183,7 +183,7 @@ impl Symbolizer {
                     .zip(&mappings)
                     .all(|(k, m)| k.start == m.start && k.path == m.path)
         }) {
-            return;
+            return false;
         }
         let snapshot = mappings
             .into_iter()
@@ -203,6 +203,7 @@ impl Symbolizer {
             })
             .collect();
         let _ = self.modules.insert(pid, snapshot);
+        true
     }
 
     /// Opens the file behind a mapping: the exact mapped inode via map_files when allowed, else
@@ -256,7 +257,7 @@ impl Symbolizer {
             .iter()
             .any(|&addr| self.mapping_of(pid, addr).is_none())
         {
-            self.refresh(pid);
+            let _ = self.refresh(pid);
         }
         let mut frames = Vec::with_capacity(addrs.len());
         for &addr in addrs {

@@ -118,14 +118,19 @@ impl UnwindTables {
         })
     }
 
-    /// Loads how to unwind each executable mapping of a process. Never fails the attach: a
-    /// binary whose table cannot be loaded is walked by frame pointer, and says so.
+    /// Loads how to unwind each executable mapping of a process, or updates it after the
+    /// process mapped new code (dlopen): the new entries go in before the old ones go out, so
+    /// no stack is taken without them. Never fails the attach: a binary whose table cannot be
+    /// loaded is walked by frame pointer, and says so.
     pub fn add_process(&mut self, pid: u32) -> Vec<BinaryUnwinding> {
-        self.remove_process(pid);
+        let old = self.processes.remove(&pid);
         let mappings = match process::exec_mappings(pid) {
             Ok(mappings) => mappings,
             Err(error) => {
                 debug!(pid, %error, "no mappings for the unwinder");
+                if let Some(old) = old {
+                    self.release(old, &[]);
+                }
                 return Vec::new();
             }
         };
@@ -176,6 +181,9 @@ impl UnwindTables {
                 }
             }
         }
+        if let Some(old) = old {
+            self.release(old, &keys);
+        }
         let _ = self.processes.insert(
             pid,
             ProcessEntries {
@@ -188,11 +196,20 @@ impl UnwindTables {
 
     /// Forgets a process's mappings, and the tables no traced process maps any more.
     pub fn remove_process(&mut self, pid: u32) {
-        let Some(entries) = self.processes.remove(&pid) else {
-            return;
+        if let Some(entries) = self.processes.remove(&pid) {
+            self.release(entries, &[]);
+        }
+    }
+
+    /// Takes a process's old entries out of the maps, except the keys it still uses.
+    fn release(&mut self, entries: ProcessEntries, kept: &[Key<UnwindMappingKey>]) {
+        let same = |a: &Key<UnwindMappingKey>, b: &Key<UnwindMappingKey>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
         };
         for key in entries.keys {
-            let _ = self.mappings.remove(&key);
+            if !kept.iter().any(|kept| same(kept, &key)) {
+                let _ = self.mappings.remove(&key);
+            }
         }
         for id in entries.binaries {
             let Some(binary) = self.binaries.get_mut(&id) else {

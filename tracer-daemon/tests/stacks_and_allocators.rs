@@ -10,7 +10,15 @@ use support::*;
 
 /// Traces a workload from "go" to "done" and returns (pid, report).
 fn trace_workload(executable: &std::path::Path) -> (Workload, Value) {
-    let mut workload = Workload::start(executable, &[]);
+    trace_workload_with_env(executable, &[])
+}
+
+/// [`trace_workload`] with extra environment variables for the workload.
+fn trace_workload_with_env(
+    executable: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (Workload, Value) {
+    let mut workload = Workload::start_with_env(executable, &[], envs);
     let mut trace = Trace::start(&[workload.pid], &["--top", "200"]);
     let done = workload.run_to_done();
     let report = trace.report_after(done);
@@ -146,6 +154,17 @@ fn cxx_leaks_are_exact_when_tcmalloc_replaces_new_and_delete() {
 
 /// The same C leaks, built against one allocator.
 fn same_leaks_under(output: &str, compiler: &str, flags: &[&str], libs: &[&str]) {
+    same_leaks_under_env(output, compiler, flags, libs, &[]);
+}
+
+/// [`same_leaks_under`] with extra environment variables for the workload (LD_PRELOAD).
+fn same_leaks_under_env(
+    output: &str,
+    compiler: &str,
+    flags: &[&str],
+    libs: &[&str],
+    envs: &[(&str, &str)],
+) {
     require_root();
     let mut all_flags = vec!["-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"];
     all_flags.extend_from_slice(flags);
@@ -156,7 +175,7 @@ fn same_leaks_under(output: &str, compiler: &str, flags: &[&str], libs: &[&str])
         libs,
         output,
     });
-    let (workload, report) = trace_workload(&executable);
+    let (workload, report) = trace_workload_with_env(&executable, envs);
     let pid = workload.pid;
     let expected: &[(&str, u64, u64)] = &[
         ("leak_with_malloc", 20 * 3000, 20),
@@ -196,6 +215,28 @@ fn leaks_are_exact_under_jemalloc_linked_statically() {
         "gcc",
         &[],
         &["-Wl,-Bstatic", "-ljemalloc", "-Wl,-Bdynamic", "-lm", "-ldl"],
+    );
+}
+
+#[test]
+fn leaks_are_exact_under_jemalloc_preloaded() {
+    same_leaks_under_env(
+        "allocator_leaks_for_jemalloc_preload",
+        "gcc",
+        &[],
+        &[],
+        &[("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")],
+    );
+}
+
+#[test]
+fn leaks_are_exact_under_tcmalloc_preloaded() {
+    same_leaks_under_env(
+        "allocator_leaks_for_tcmalloc_preload",
+        "gcc",
+        &[],
+        &[],
+        &[("LD_PRELOAD", "libtcmalloc.so.4")],
     );
 }
 

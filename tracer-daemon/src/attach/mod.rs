@@ -8,6 +8,7 @@
 
 pub mod closer;
 pub mod functions;
+mod lookup_order;
 pub mod placement;
 
 pub use functions::{ALLOCATOR_FUNCTIONS, AllocatorFunction, ProbeRule};
@@ -124,13 +125,10 @@ struct MappedFile {
     symbols: HashMap<String, u64>,
 }
 
-/// The mapped ELF files of a process in the dynamic linker's symbol lookup order: the
-/// executable first, then the libraries in load order. The loader maps each library below the
-/// previous one (mmap grows down), so load order is descending address order; LD_PRELOAD
-/// libraries, loaded first, come first, as they do in symbol lookup.
-fn lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError> {
+/// The mapped ELF files of a process in the dynamic linker's symbol lookup order (see
+/// [`lookup_order`]), and every path that was looked at.
+fn files_in_lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError> {
     let mappings = process::exec_mappings(pid)?;
-    let executable = process::executable_path(pid);
     let mut paths: Vec<(u64, &str)> = Vec::new();
     for mapping in &mappings {
         match paths.iter_mut().find(|(_, path)| *path == mapping.path) {
@@ -138,15 +136,10 @@ fn lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError>
             None => paths.push((mapping.start, &mapping.path)),
         }
     }
-    paths.sort_by_key(|&(start, path)| {
-        (
-            Some(path) != executable.as_deref(),
-            std::cmp::Reverse(start),
-        )
-    });
     let mut files = Vec::new();
+    let mut candidates = Vec::new();
     let mut checked = Vec::new();
-    for (_, path) in paths {
+    for (start, path) in paths {
         checked.push(path.to_owned());
         let host_path = process::host_path(pid, path);
         let Ok(data) = std::fs::read(&host_path) else {
@@ -156,14 +149,25 @@ fn lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError>
         let Ok(symbols) = defined_functions(&data) else {
             continue;
         };
-        files.push(MappedFile {
+        candidates.push(lookup_order::Candidate {
+            path: path.to_owned(),
+            start,
+            linkage: lookup_order::Linkage::of(&data),
+        });
+        files.push(Some(MappedFile {
             path: path.to_owned(),
             host_path,
             data,
             symbols,
-        });
+        }));
     }
-    Ok((files, checked))
+    let executable = process::executable_path(pid);
+    let preload = process::preload(pid);
+    let ordered = lookup_order::order(&candidates, executable.as_deref(), preload.as_deref())
+        .into_iter()
+        .filter_map(|index| files.get_mut(index).and_then(Option::take))
+        .collect();
+    Ok((ordered, checked))
 }
 
 /// Finds which mapped file serves each allocator function of a process (the first in symbol
@@ -171,7 +175,7 @@ fn lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError>
 /// operator new, while mmap stays the C library's), the offsets of the functions and where to
 /// probe them.
 pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
-    let (files, checked) = lookup_order(pid)?;
+    let (files, checked) = files_in_lookup_order(pid)?;
     let Some(malloc_file) = files.iter().find(|f| f.symbols.contains_key("malloc")) else {
         return Err(AttachError::NoAllocator {
             pid,

@@ -297,6 +297,23 @@ pub fn host_path(pid: u32, path: &str) -> PathBuf {
     rooted
 }
 
+/// What the dynamic linker preloads in a process: its LD_PRELOAD, then its root's
+/// /etc/ld.so.preload (names or paths, separated by spaces or colons). `None` when neither is
+/// set or readable.
+pub fn preload(pid: u32) -> Option<String> {
+    let from_environment = Process::new(i32::try_from(pid).ok()?)
+        .ok()
+        .and_then(|process| process.environ().ok())
+        .and_then(|environ| {
+            environ
+                .get(std::ffi::OsStr::new("LD_PRELOAD"))
+                .and_then(|value| value.to_str().map(str::to_owned))
+        });
+    let from_file = std::fs::read_to_string(format!("/proc/{pid}/root/etc/ld.so.preload")).ok();
+    let joined: Vec<String> = from_environment.into_iter().chain(from_file).collect();
+    (!joined.is_empty()).then(|| joined.join(" "))
+}
+
 /// The executable's path as the process sees it, when it can be read (`None` for a process
 /// that is gone or whose executable was deleted).
 pub fn executable_path(pid: u32) -> Option<String> {

@@ -165,8 +165,14 @@ pub(crate) struct Workload {
 impl Workload {
     /// Starts a workload and waits for its "ready".
     pub(crate) fn start(executable: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(executable, args, &[])
+    }
+
+    /// Like [`Workload::start`] with extra environment variables (e.g. LD_PRELOAD).
+    pub(crate) fn start_with_env(executable: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut child = Command::new(executable)
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -181,6 +181,7 @@ fn same_leaks_under_env(
         ("leak_with_malloc", 20 * 3000, 20),
         ("leak_with_calloc", 10 * 8 * 100, 10),
         ("leak_with_realloc", 9000, 1),
+        ("leak_with_mmap", 3 * 4 * 4096, 3),
         ("churn_and_free", 0, 0),
     ];
     for &(function, bytes, count) in expected {

@@ -79,7 +79,7 @@ pub struct AllocatorLibrary {
     /// Functions found, with the file serving each and its offset there.
     pub functions: Vec<PlannedProbe>,
     /// The code of the file serving `malloc` in the process (start, end), when its mapping
-    /// was found.
+    /// was found and it is a library (not the executable itself).
     pub text_range: Option<(u64, u64)>,
 }
 
@@ -236,14 +236,19 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
             placement,
         });
     }
+    // mmap and munmap called from the allocator library's code are its own (arenas, large
+    // chunks). Not so when the allocator is linked into the executable: there that range is
+    // the whole program, whose own mmaps would vanish; the allocator's mmaps then happen
+    // inside traced calls, which the thread's depth already tells apart.
+    let static_allocator = process::executable_path(pid).as_deref() == Some(&malloc_file.path);
     let mappings = process::exec_mappings(pid)?;
-    let text_range = mappings.iter().filter(|m| m.path == malloc_file.path).fold(
-        None,
-        |range: Option<(u64, u64)>, m| match range {
+    let text_range = mappings
+        .iter()
+        .filter(|m| m.path == malloc_file.path && !static_allocator)
+        .fold(None, |range: Option<(u64, u64)>, m| match range {
             None => Some((m.start, m.end)),
             Some((start, end)) => Some((start.min(m.start), end.max(m.end))),
-        },
-    );
+        });
     Ok(AllocatorLibrary {
         path: malloc_file.path.clone(),
         host_path: malloc_file.host_path.clone(),

@@ -3,9 +3,11 @@
  *   leak_with_malloc   20 x 3000 bytes
  *   leak_with_calloc   10 x (8 x 100) bytes
  *   leak_with_realloc   1 block grown to 9000 bytes (the earlier sizes are not outstanding)
+ *   leak_with_mmap      3 x 4 pages of anonymous memory mapped by the program itself
  *   churn_and_free      leaks nothing (2000 malloc/free pairs)
  */
 #include "harness.h"
+#include <sys/mman.h>
 
 __attribute__((noipa)) void leak_with_malloc(void) {
     for (int i = 0; i < 20; i++) {
@@ -27,6 +29,11 @@ __attribute__((noipa)) void leak_with_realloc(void) {
     sink = p;
 }
 
+__attribute__((noipa)) void leak_with_mmap(void) {
+    for (int i = 0; i < 3; i++)
+        sink = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
 __attribute__((noipa)) void churn_and_free(void) {
     for (int i = 0; i < 2000; i++) {
         void *p = malloc(32 + i % 512);
@@ -41,6 +48,7 @@ int main(void) {
     leak_with_malloc();
     leak_with_calloc();
     leak_with_realloc();
+    leak_with_mmap();
     churn_and_free();
     say("done");
     wait_for("exit");

@@ -584,9 +584,12 @@ fn a_thousand_short_lived_processes_leave_no_tracked_pid_no_stack_slot_and_bound
     );
     // Before the fix the agent stalled 4-30 s; with it, 1.2-2.6 s here (attaching still runs
     // on the agent's thread, 200 ms per turn, and the kernel slows uprobe registration while
-    // links are being removed).
+    // links are being removed). Since attaching also loads each process's unwind mappings,
+    // 0.9-1.6 s alone and up to 4.5 s once in a full CI run, where the other reliability
+    // tests' traced workloads share the two cores: the bound is 6 s, still below the old
+    // stalls' typical size.
     assert!(
-        worst <= Duration::from_secs(4),
+        worst <= Duration::from_secs(6),
         "the agent has not answered ListTargets for {} ms while processes exit ({answered} \
          calls answered in {} ms): it detaches each exited process's probes on its own \
          thread, and the kernel takes about 100 ms to release each uprobe link",
@@ -711,11 +714,12 @@ fn a_thousand_short_lived_processes_leave_no_tracked_pid_no_stack_slot_and_bound
     parent.finish();
 
     // Children live 50-350 ms and the agent attaches between discovery rounds, so it catches
-    // only some of them (about one in forty in a debug build here); enough must have been traced
-    // and detached for the checks above to mean something. Slot recycling itself is shown by
-    // tests/leaks.rs (a full stack table gives its slots back).
+    // only some of them (one in 13 to one in 125 in a debug build here, fewest when the
+    // machine is loaded); enough must have been traced and detached for the checks above to
+    // mean something. Slot recycling itself is shown by tests/leaks.rs (a full stack table
+    // gives its slots back).
     assert!(
-        traced_children.len() >= 10,
+        traced_children.len() >= 5,
         "only {} of {CHILDREN} children were traced",
         traced_children.len()
     );

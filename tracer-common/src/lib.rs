@@ -34,6 +34,8 @@ pub mod names {
     /// Per process: where its allocator library's code is, `u32` tgid ->
     /// [`AllocatorText`](crate::AllocatorText).
     pub const ALLOCATOR_TEXT: &str = "ALLOCATOR_TEXT";
+    /// Processes armed for recording (see tracer-ebpf's `maps::ARMED`).
+    pub const ARMED: &str = "ARMED";
     /// Array: every loaded binary's unwind table rows.
     pub const UNWIND_ENTRIES: &str = "UNWIND_ENTRIES";
     /// LPM trie: (process, address) to how to unwind out of that code.
@@ -274,6 +276,7 @@ pub mod event_kind {
     pub const MMAP: u32 = 1;
     pub const MUNMAP: u32 = 2;
     pub const OOM_KILL: u32 = 3;
+    pub const EXEC: u32 = 4;
 }
 
 /// Byte offsets into kernel structures, read by the daemon from the running kernel's BTF and
@@ -358,6 +361,19 @@ pub struct OomKillEvent {
 }
 const _: () = assert!(size_of::<OomKillEvent>() == 120);
 
+/// An armed (traced) process called execve: its recording stopped at once in the kernel, and the
+/// daemon re-attaches it to whatever allocator the new program maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecEvent {
+    /// [`event_kind::EXEC`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the exec.
+    pub timestamp_ns: u64,
+}
+const _: () = assert!(size_of::<ExecEvent>() == 16);
+
 /// An anonymous mapping a traced process made itself (not from inside its allocator).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -426,8 +442,12 @@ impl Stat {
     /// Stacks cut short: a frame's code had no usable unwind row (no CFI, a DWARF expression),
     /// or the memory the row points at could not be read.
     pub const FRAMES_NOT_UNWOUND: Self = Self(15);
+    /// Allocations a probe saw while their process was not armed for recording: while its
+    /// probes were being attached or detached, or between an exec and the re-attach. Not
+    /// recorded, because the probe that would see their free may not be live.
+    pub const UNARMED_ALLOCATIONS: Self = Self(16);
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Names, in index order, as the daemon reports them.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -447,6 +467,7 @@ impl Stat {
         "stale_calls",
         "frames_unwound_by_table",
         "frames_not_unwound",
+        "unarmed_allocations",
     ];
 }
 

@@ -2,11 +2,35 @@
 //! optional, unknown keys are errors (a typo must not silently select nothing), and flags given
 //! on the command line add to or override what the file says.
 
-use std::{path::Path, time::Duration};
+use std::{io::Read as _, ops::RangeInclusive, path::Path, time::Duration};
 
 use serde::Deserialize;
 
 use crate::select::SelectionConfig;
+
+/// Largest config file read: a ConfigMap holds at most 1 MiB, and a file past that is a mistake
+/// (a generated list gone wrong), not a config.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Most patterns in each list of `[selection]`: globs cover many pods each, so a few dozen are
+/// plenty; the bound keeps a runaway list from costing the agent memory on every match.
+pub const MAX_LIST_ENTRIES: usize = 256;
+
+/// Longest pattern (a Kubernetes name is at most 253 bytes).
+pub const MAX_PATTERN_BYTES: usize = 253;
+
+/// Shortest interval of any periodic task (a zero period would spin or panic the agent).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Allowed outstanding allocations across the node (`max_allocations`, about 100 B of kernel
+/// memory each, preallocated).
+pub const ALLOCATIONS_RANGE: RangeInclusive<u32> = 1..=1 << 25;
+/// Allowed distinct stacks (`max_stacks`, about 600 B each).
+pub const STACKS_RANGE: RangeInclusive<u32> = 1..=1 << 20;
+/// Allowed unwind-table rows (`max_unwind_rows`, 16 B each).
+pub const UNWIND_ROWS_RANGE: RangeInclusive<u32> = 1..=1 << 25;
+/// Allowed traced processes at once (`max_processes`).
+pub const PROCESSES_RANGE: RangeInclusive<usize> = 1..=65_536;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -58,31 +82,163 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than any config should be.
+    #[error(
+        "config file {path} is {size_bytes} bytes; at most {MAX_CONFIG_BYTES} are read (use globs \
+         instead of long lists)"
+    )]
+    TooLarge {
+        /// The path.
+        path: String,
+        /// Its size (at least this much when it could not be measured up front).
+        size_bytes: u64,
+    },
     /// The file is not valid.
     #[error("invalid config file {path}: {message}")]
     Parse {
         /// The path.
         path: String,
-        /// What is wrong, with line and column.
+        /// What is wrong, with line and column, or the key and its allowed values.
         message: String,
     },
 }
 
-/// Reads and parses a config file.
+/// Reads and parses a config file: at most [`MAX_CONFIG_BYTES`] are read, whatever the file
+/// claims its size is.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
+    let shown = || path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        path: shown(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let size_bytes = file.metadata().map_err(read_error)?.len();
+    if size_bytes > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: shown(),
+            size_bytes,
+        });
+    }
+    let mut text = String::new();
+    let read = file
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if read as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: shown(),
+            size_bytes: read as u64,
+        });
+    }
     parse(&text).map_err(|message| ConfigError::Parse {
-        path: path.display().to_string(),
+        path: shown(),
         message,
     })
 }
 
-/// Parses config text.
+/// Parses config text and checks every value against its bounds.
 pub fn parse(text: &str) -> Result<ConfigFile, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{} bytes of config; at most {MAX_CONFIG_BYTES} are read",
+            text.len()
+        ));
+    }
+    let config: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl ConfigFile {
+    /// Checks every list, interval and capacity against its bounds; the error names the key
+    /// and the allowed values.
+    pub fn validate(&self) -> Result<(), String> {
+        let selection = &self.selection;
+        for (key, list) in [
+            ("namespaces", &selection.namespaces),
+            ("exclude_namespaces", &selection.exclude_namespaces),
+            ("pods", &selection.pods),
+            ("exclude_pods", &selection.exclude_pods),
+        ] {
+            check_list(&format!("[selection] {key}"), list)?;
+        }
+        if let Some(max) = selection.max_processes {
+            check_range("[selection] max_processes", max, &PROCESSES_RANGE)?;
+        }
+        if let Some(interval) = self.growth.sample_interval {
+            check_interval("[growth] sample_interval", interval)?;
+        }
+        if let Some(window) = self.growth.window {
+            check_interval("[growth] window", window)?;
+        }
+        let limits = &self.limits;
+        for (key, value, range) in [
+            (
+                "max_allocations",
+                limits.max_allocations,
+                &ALLOCATIONS_RANGE,
+            ),
+            ("max_stacks", limits.max_stacks, &STACKS_RANGE),
+            (
+                "max_unwind_rows",
+                limits.max_unwind_rows,
+                &UNWIND_ROWS_RANGE,
+            ),
+        ] {
+            if let Some(value) = value {
+                check_range(&format!("[limits] {key}"), value, range)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A list of patterns within [`MAX_LIST_ENTRIES`] entries of [`MAX_PATTERN_BYTES`] each.
+pub fn check_list(key: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_LIST_ENTRIES {
+        return Err(format!(
+            "{key} has {} entries; at most {MAX_LIST_ENTRIES} are allowed (one glob such as \
+             \"shop-*\" covers many names)",
+            list.len()
+        ));
+    }
+    if let Some(long) = list.iter().find(|p| p.len() > MAX_PATTERN_BYTES) {
+        return Err(format!(
+            "{key} has a pattern of {} bytes; at most {MAX_PATTERN_BYTES} are allowed",
+            long.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A value within its allowed range.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {value} is out of range: allowed {}..={}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// An interval of a periodic task: at least [`MIN_INTERVAL`].
+pub fn check_interval(key: &str, interval: Duration) -> Result<(), String> {
+    if interval >= MIN_INTERVAL {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {} is too short: a periodic task needs at least {} (e.g. \"10s\")",
+            humantime::format_duration(interval),
+            humantime::format_duration(MIN_INTERVAL)
+        ))
+    }
 }
 
 mod humantime_serde_option {
@@ -137,6 +293,49 @@ mod tests {
         );
         let error = parse("[growth]\nwindow = \"soon\"\n").expect_err("bad duration");
         assert!(error.contains("window"), "{error}");
+    }
+
+    #[test]
+    fn zero_intervals_and_capacities_name_the_key_and_the_allowed_values() {
+        let error = parse("[growth]\nsample_interval = \"0s\"\n").expect_err("zero");
+        assert!(
+            error.contains("[growth] sample_interval") && error.contains("at least 1ms"),
+            "{error}"
+        );
+        let error = parse("[limits]\nmax_stacks = 0\n").expect_err("zero");
+        assert!(
+            error.contains("[limits] max_stacks = 0") && error.contains("1..=1048576"),
+            "{error}"
+        );
+        let error = parse("[selection]\nmax_processes = 0\n").expect_err("zero");
+        assert!(error.contains("[selection] max_processes"), "{error}");
+    }
+
+    #[test]
+    fn lists_and_files_past_their_bounds_are_refused_with_the_bound() {
+        let many: Vec<String> = (0..=MAX_LIST_ENTRIES)
+            .map(|i| format!("\"ns-{i}\""))
+            .collect();
+        let text = format!("[selection]\nnamespaces = [{}]\n", many.join(","));
+        let error = parse(&text).expect_err("too many");
+        assert!(
+            error.contains("[selection] namespaces has 257 entries") && error.contains("256"),
+            "{error}"
+        );
+        let dir = std::env::temp_dir().join(format!("tracer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("huge.toml");
+        let mut huge = String::from("# padding\n");
+        while huge.len() as u64 <= MAX_CONFIG_BYTES {
+            huge.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&path, &huge).expect("write");
+        let error = load(&path).expect_err("too large").to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            error.contains("huge.toml") && error.contains("at most 1048576"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -20,3 +20,20 @@ pub mod select;
 pub mod symbolize;
 pub mod tracer;
 pub mod unwind;
+
+/// An error with its causes, `outer: inner: innermost`, for logs and API messages (a
+/// `thiserror` message alone leaves out the cause, e.g. "No space left on device").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source's message in their own (transparent ones).
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -94,6 +94,27 @@ pub fn candidates(top: usize) -> usize {
     top.saturating_mul(4).saturating_add(16)
 }
 
+/// Finds the allocator of a program that has just exec'd: its dynamic loader maps the C
+/// library within a millisecond or two of the exec, so a few quick retries find it.
+fn wait_for_allocator(
+    pid: u32,
+    placement: PlacementMode,
+) -> Result<attach::AllocatorLibrary, AttachError> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match attach::find_allocator(pid, placement) {
+            Err(AttachError::NoAllocator { .. }) if pause <= EXEC_WAIT_STEP_MAX => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Longest single wait for an exec'd program's allocator (1 + 2 + ... + 64 ms in all).
+const EXEC_WAIT_STEP_MAX: std::time::Duration = std::time::Duration::from_millis(64);
+
 /// How long a process that exec'd is retried before giving up on its new program.
 const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -262,6 +283,7 @@ impl Tracer {
         }
         self.forget_closed();
         let info = process::inspect(pid)?;
+        attach::check_traceable(pid)?;
         let library = attach::find_allocator(pid, self.placement)?;
         let allocator = library.path.clone();
         let _ = self.symbolizer.refresh(pid);
@@ -397,25 +419,105 @@ impl Tracer {
         }
     }
 
-    /// Reads the ring buffer (mmap records, OOM kills) without checking processes: cheap
+    /// Reads the ring buffer (mmap records, OOM kills, execs) without checking processes: cheap
     /// enough to call whenever an OOM kill may just have happened.
     pub fn drain_events(&mut self) {
-        let kills = self.maps.drain_events(&mut self.mappings, self.page_size);
-        for kill in &kills {
-            warn!(
-                victim = ?kill.victim_pid,
-                victim_comm = %kill.victim_comm,
-                trigger = kill.trigger_pid,
-                "OOM kill"
-            );
+        let notices = self.maps.drain_events(&mut self.mappings, self.page_size);
+        for kill in &notices.oom_kills {
+            // Only the agent's evidence cares about kills of processes this tracer does not
+            // trace.
+            let traced = kill
+                .victim_pid
+                .is_some_and(|pid| self.processes.contains_key(&pid));
+            if traced {
+                warn!(victim = ?kill.victim_pid, victim_comm = %kill.victim_comm, trigger = kill.trigger_pid, "OOM kill");
+            } else {
+                debug!(victim = ?kill.victim_pid, victim_comm = %kill.victim_comm, trigger = kill.trigger_pid, "OOM kill");
+            }
         }
         self.oom_victims.extend(
-            kills
+            notices
+                .oom_kills
                 .iter()
                 .filter_map(|k| k.victim_pid)
                 .filter(|pid| self.processes.contains_key(pid)),
         );
-        self.oom_kills.extend(kills);
+        self.oom_kills.extend(notices.oom_kills);
+        for pid in notices.execs {
+            self.follow_exec(pid);
+        }
+    }
+
+    /// Follows a traced process into the program it exec'd, at once (the kernel hook already
+    /// stopped its recording): its old records go (the old address space went with them), and
+    /// it is armed again on the new program's allocator, keeping its probes when they serve the
+    /// new program as they are (the same allocator file), so the process never leaves reports.
+    fn follow_exec(&mut self, pid: u32) {
+        let Some(traced) = self.processes.get(&pid) else {
+            return;
+        };
+        if traced.attachment.is_none() || traced.state.has_ended() {
+            return;
+        }
+        let seen = std::time::Instant::now();
+        let old_comm = traced.info.comm.clone();
+        self.drop_records(pid);
+        let library = match wait_for_allocator(pid, self.placement) {
+            Ok(library) => library,
+            Err(error) => {
+                // Not mapped yet (or not traceable): the poll path retries for a while.
+                debug!(pid, %error, "the exec'd program maps no allocator yet");
+                self.untrace_now(pid);
+                let _ = self.reattach.insert(pid, seen);
+                return;
+            }
+        };
+        let info = match process::inspect(pid) {
+            Ok(info) => info,
+            Err(_) => return,
+        };
+        let _ = self.symbolizer.refresh(pid);
+        let unwinding = self.unwind.add_process(pid);
+        let Some(traced) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        traced.info = info;
+        traced.unwinding = unwinding;
+        traced.allocator = library.path.clone();
+        let Some(mut attachment) = traced.attachment.take() else {
+            return;
+        };
+        let kept = attachment.library.same_probes(&library);
+        let result = if kept {
+            attach::rearm(&mut self.probes, &mut attachment, library)
+                .map(|()| attachment)
+                .map_err(|source| AttachError::Arm {
+                    pid,
+                    source: Box::new(source),
+                })
+        } else {
+            let links = attach::detach(&mut self.probes, attachment);
+            self.closer.close(pid, links);
+            attach::attach(&mut self.probes, pid, library, ProgramSet::Tracing)
+        };
+        let comm = traced.info.comm.clone();
+        match result {
+            Ok(attachment) => {
+                traced.attachment = Some(attachment);
+                info!(
+                    pid,
+                    old = %old_comm,
+                    new = %comm,
+                    probes_kept = kept,
+                    rearmed_after_ms = seen.elapsed().as_secs_f64() * 1e3,
+                    "followed exec"
+                );
+            }
+            Err(error) => {
+                warn!(pid, %error, "cannot trace the program it exec'd");
+                self.untrace_now(pid);
+            }
+        }
     }
 
     /// A descriptor that becomes readable when the kernel side has records waiting (mmap

@@ -213,8 +213,7 @@ fn a_process_that_execs_another_program_is_followed_into_it() {
     let mut trace = Trace::start(&[pid], &[]);
     workload.send("go");
     let _ = workload.wait_for("ready");
-    trace.wait_stderr("re-attaching");
-    trace.wait_stderr_count("tracing", 2);
+    trace.wait_stderr("followed exec");
     let done = workload.run_to_done();
     let report = trace.report_after(done);
     assert_eq!(process(&report, pid)["comm"], "one_leak_site", "{report:#}");

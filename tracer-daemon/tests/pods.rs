@@ -637,3 +637,26 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
         let _ = std::fs::remove_dir(dir);
     }
 }
+
+#[test]
+fn starting_the_tracer_itself_or_a_kernel_thread_fails_with_the_reason() {
+    require_root();
+    let root = temp_root("refused");
+    let agent = Agent::start(&root, &[]);
+    let own = agent.pid().to_string();
+    for (pid, reason) in [(own.as_str(), "the tracer itself"), ("2", "kernel thread")] {
+        let (code, stdout, stderr) = agent.ctl(&["trace", "start", "--pid", pid]);
+        assert_eq!(code, Some(1), "pid {pid}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("FailedPrecondition") && stderr.contains(reason),
+            "pid {pid}: {stderr}"
+        );
+    }
+    let targets = agent.ctl_json(&["pods"]);
+    assert!(
+        targets["other_processes"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "a refused pid is not listed as traced: {targets:#}"
+    );
+}

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use tracer_common::{AllocInfo, AllocKey, StackKey, StackTotals, Stat};
 
 use crate::{
+    armed,
     maps::{ALLOCS, FREE_STACK_SLOTS, STACK_SLOTS, STACK_TOTALS},
     sampling, stack,
     stats::bump,
@@ -18,8 +19,11 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Records a successful allocation made by the current task.
+/// Records a successful allocation made by the current task, if its process is armed.
 pub(crate) fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size_bytes: u64) {
+    if !armed::recording(tgid) {
+        return;
+    }
     let info = AllocInfo {
         size_bytes,
         // SAFETY: the helpers have no preconditions.

@@ -20,6 +20,7 @@
     reason = "program entry points are `pub fn` as aya's macros expect; nothing else is pub"
 )]
 
+mod armed;
 mod config;
 mod floor;
 mod heap;

@@ -61,6 +61,11 @@ pub(crate) static SAMPLE_WEIGHTS: Array<u32> = Array::with_max_entries(SAMPLING_
 #[map]
 pub(crate) static ALLOCATOR_TEXT: HashMap<u32, AllocatorText> = HashMap::with_max_entries(4096, 0);
 
+/// Processes armed for recording (value unused): see `armed`. Written by the daemon, and
+/// cleared by the exec hook.
+#[map]
+pub(crate) static ARMED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 16, 0);
+
 /// Every loaded binary's unwind table, one after the other (see `UnwindMapping::table_start`).
 #[map]
 pub(crate) static UNWIND_ENTRIES: Array<UnwindEntry> = Array::with_max_entries(1 << 19, 0);

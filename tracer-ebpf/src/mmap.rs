@@ -54,6 +54,9 @@ pub(crate) fn round_to_pages(len: u64) -> u64 {
 }
 
 pub(crate) fn mapped<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, len_bytes: u64) {
+    if !crate::armed::recording(tgid) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<MmapEvent>(0) else {
         bump(Stat::EVENTS_DROPPED);
         return;

@@ -1,8 +1,10 @@
 //! Entry points: one uprobe per allocator entry, one uretprobe per allocator return.
 //!
-//! Placement: the daemon attaches every program at the function's entry (offset 0) in the
-//! library file the traced process really maps. Return probes capture the stack: there the
-//! instruction pointer is the call site, so the direct caller is always the first frame.
+//! Placement: the daemon attaches each program in the file that really serves the function in
+//! the traced process, at the first instruction the kernel emulates that every recorded call
+//! reaches with its arguments intact (see the daemon's `attach::placement`; offset 0 where that
+//! cannot be proven). Return probes capture the stack: there the instruction pointer is the
+//! call site, so the direct caller is always the first frame.
 
 use aya_ebpf::{
     EbpfContext,

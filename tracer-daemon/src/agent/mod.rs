@@ -65,6 +65,37 @@ pub struct AgentConfig {
     pub watch_interval: Duration,
     /// Stacks kept per evidence snapshot.
     pub evidence_top: usize,
+    /// A failure to inject, for the tests of what happens when the agent fails.
+    pub fault: Option<Fault>,
+}
+
+/// A failure injected on purpose (`tracer-daemon run --inject-fault`, hidden): the tests prove
+/// that health turns NOT_SERVING and the process exits when the agent's thread fails, which no
+/// real input is known to cause any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The agent's thread panics this long after it started.
+    PanicAfter(Duration),
+    /// The agent's thread stops answering (blocks) this long after it started.
+    StallAfter(Duration),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, after) = text.split_once('=').ok_or_else(|| {
+            format!("{text:?}: expected panic-after=DURATION or stall-after=DURATION")
+        })?;
+        let after = humantime::parse_duration(after).map_err(|e| format!("{text:?}: {e}"))?;
+        match kind {
+            "panic-after" => Ok(Self::PanicAfter(after)),
+            "stall-after" => Ok(Self::StallAfter(after)),
+            _ => Err(format!(
+                "{text:?}: expected panic-after=DURATION or stall-after=DURATION"
+            )),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -82,6 +113,7 @@ impl Default for AgentConfig {
             watch: WatchConfig::default(),
             watch_interval: Duration::from_millis(500),
             evidence_top: 100,
+            fault: None,
         }
     }
 }
@@ -113,6 +145,9 @@ pub enum AgentError {
     /// It exists but is not traced.
     #[error("{0}")]
     NotTraced(String),
+    /// It exists but cannot be traced (a kernel thread, another architecture, no allocator).
+    #[error("{0}")]
+    CannotTrace(String),
     /// The agent is not running (starting, stopping, or failed).
     #[error("the tracer is not running: {0}")]
     Unavailable(String),
@@ -158,6 +193,7 @@ enum Command {
     GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
     Profile(ProfileSource, oneshot::Sender<Result<Vec<u8>, AgentError>>),
     Metrics(usize, oneshot::Sender<metrics::NodeMetrics>),
+    Ping(oneshot::Sender<()>),
 }
 
 /// Which evidence to list.
@@ -254,15 +290,59 @@ impl AgentHandle {
     pub async fn profile(&self, source: ProfileSource) -> Result<Vec<u8>, AgentError> {
         self.ask(|reply| Command::Profile(source, reply)).await?
     }
+
+    /// Answers once the agent has taken this request from its queue: it is alive and turning.
+    pub async fn ping(&self) -> Result<(), AgentError> {
+        self.ask(Command::Ping).await
+    }
 }
 
-/// Starts the agent on its own thread; returns once the BPF programs are loaded (or failed).
-pub fn spawn(
-    config: AgentConfig,
-) -> Result<(AgentHandle, std::thread::JoinHandle<()>), AgentError> {
+/// Why the agent's thread ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// Its command channel closed (the process is shutting down).
+    Stopped,
+    /// It panicked, with this message.
+    Panicked(String),
+}
+
+impl std::fmt::Display for AgentEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("the agent's thread stopped"),
+            Self::Panicked(message) => write!(f, "the agent's thread panicked: {message}"),
+        }
+    }
+}
+
+/// Resolves when the agent's thread has ended, for any reason.
+#[derive(Debug)]
+pub struct AgentExit(oneshot::Receiver<AgentEnd>);
+
+impl AgentExit {
+    /// Waits for the agent's thread to end.
+    pub async fn wait(self) -> AgentEnd {
+        self.0.await.unwrap_or_else(|_| {
+            AgentEnd::Panicked("the thread ended without saying why".to_owned())
+        })
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Starts the agent on its own thread; returns once the BPF programs are loaded (or failed),
+/// with a handle for requests and what resolves when the thread ends.
+pub fn spawn(config: AgentConfig) -> Result<(AgentHandle, AgentExit), AgentError> {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let (started, start_result) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
+    let (ended, exit) = oneshot::channel();
+    let _thread = std::thread::Builder::new()
         .name("tracer-agent".into())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -283,11 +363,16 @@ pub fn spawn(
                 }
             };
             let _ = started.send(Ok(()));
-            runtime.block_on(agent.run(inbox));
+            let run = std::panic::AssertUnwindSafe(|| runtime.block_on(agent.run(inbox)));
+            let end = match std::panic::catch_unwind(run) {
+                Ok(()) => AgentEnd::Stopped,
+                Err(payload) => AgentEnd::Panicked(panic_message(payload.as_ref())),
+            };
+            let _ = ended.send(end);
         })
         .map_err(|e| AgentError::Unavailable(e.to_string()))?;
     match start_result.recv() {
-        Ok(Ok(())) => Ok((AgentHandle { commands }, thread)),
+        Ok(Ok(())) => Ok((AgentHandle { commands }, AgentExit(exit))),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(AgentError::Unavailable(
             "the agent thread died while starting".into(),
@@ -319,6 +404,8 @@ struct Agent {
     evidence_saved: u64,
     /// Evidence saves that failed since start.
     evidence_failed: u64,
+    /// Allocations lost when that was last logged.
+    logged_lost: u64,
 }
 
 impl Agent {
@@ -348,15 +435,28 @@ impl Agent {
             pending_attach: Vec::new(),
             evidence_saved: 0,
             evidence_failed: 0,
+            logged_lost: 0,
         })
     }
 
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         self.discover();
-        let mut poll = tokio::time::interval(self.config.poll_interval);
-        let mut discovery = tokio::time::interval(self.config.discovery_interval);
-        let mut sample = tokio::time::interval(self.config.sample_interval);
-        let mut watch = tokio::time::interval(self.config.watch_interval);
+        // The command line and config refuse shorter periods; a zero one would panic here.
+        let period = |interval: Duration| interval.max(crate::config::MIN_INTERVAL);
+        let mut poll = tokio::time::interval(period(self.config.poll_interval));
+        let mut discovery = tokio::time::interval(period(self.config.discovery_interval));
+        let mut sample = tokio::time::interval(period(self.config.sample_interval));
+        let mut watch = tokio::time::interval(period(self.config.watch_interval));
+        let fault = self.config.fault;
+        let fault_timer = async move {
+            match fault {
+                Some(Fault::PanicAfter(after) | Fault::StallAfter(after)) => {
+                    tokio::time::sleep(after).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(fault_timer);
         for timer in [&mut poll, &mut discovery, &mut sample, &mut watch] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -402,6 +502,15 @@ impl Agent {
                 }
                 _ = sample.tick() => self.sample(),
                 _ = watch.tick() => self.watch_memory(),
+                () = &mut fault_timer => match fault {
+                    Some(Fault::StallAfter(_)) => {
+                        warn!("injected fault: the agent's thread stops answering");
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
+                    _ => panic!("injected fault: the agent's thread panics"),
+                },
             }
         }
         info!("agent stopped");
@@ -432,6 +541,9 @@ impl Agent {
             }
             Command::Metrics(max_containers, reply) => {
                 let _ = reply.send(self.metrics(max_containers));
+            }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
             }
         }
     }
@@ -528,6 +640,7 @@ impl Agent {
     /// growth windows (only the top [`GROWTH_TRACKED_STACKS`] by bytes are tracked, so memory
     /// stays bounded however many stacks the node has).
     fn sample(&mut self) {
+        self.log_new_losses();
         let Some(snapshot) = self.tracer.latest_scan() else {
             return;
         };
@@ -544,15 +657,28 @@ impl Agent {
         self.growth.record(snapshot.taken_ns, largest);
     }
 
+    /// Says in the log, at most once per sample interval, that reports have become incomplete
+    /// (the API, metrics and tracerctl say it on every report).
+    fn log_new_losses(&mut self) {
+        let stats = self.tracer.stats();
+        let lost = stats.allocations_lost();
+        if lost > self.logged_lost {
+            self.logged_lost = lost;
+            if let Some(reason) = stats.incomplete_reason() {
+                warn!(allocations_lost = lost, "reports are incomplete: {reason}");
+            }
+        }
+    }
+
     fn start(&mut self, selector: &Selector) -> Result<Vec<TargetProcess>, AgentError> {
         let resolved = self.resolve(selector)?;
         match (&selector.target, &resolved.pod) {
             (Target::Pid(pid), _) => {
-                let _ = self.explicit_pids.insert(*pid);
                 let _ = self.failures.remove(pid);
                 if let Err(error) = self.tracer.trace(*pid) {
-                    let _ = self.failures.insert(*pid, format!("{error:#}"));
+                    return Err(AgentError::CannotTrace(crate::error_chain(&error)));
                 }
+                let _ = self.explicit_pids.insert(*pid);
             }
             (_, Some(pod)) => {
                 self.selection.start(Explicit {

@@ -216,6 +216,7 @@ impl Agent {
         let containers =
             self.container_reports(&resolved, request.min_age_ns, request.sort_by, request.top)?;
         let pod = resolved.pod.as_ref();
+        let stats = self.tracer.stats();
         Ok(PodReport {
             taken_at_unix_ms,
             namespace: pod.and_then(|p| p.namespace.clone()),
@@ -226,7 +227,9 @@ impl Agent {
             min_age_ns: request.min_age_ns,
             sample_bytes: self.tracer.sample_bytes(),
             estimated: self.tracer.sample_bytes() > 0,
-            stats: self.tracer.stats(),
+            incomplete: stats.incomplete_reason().is_some(),
+            incomplete_reason: stats.incomplete_reason(),
+            stats,
         })
     }
 }

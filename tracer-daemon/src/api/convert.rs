@@ -39,11 +39,13 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 impl From<AgentError> for Status {
     fn from(error: AgentError) -> Self {
-        let message = format!("{error:#}");
+        let message = crate::error_chain(&error);
         match error {
             AgentError::InvalidArgument(_) => Status::invalid_argument(message),
             AgentError::NotFound(_) => Status::not_found(message),
-            AgentError::NotTraced(_) => Status::failed_precondition(message),
+            AgentError::NotTraced(_) | AgentError::CannotTrace(_) => {
+                Status::failed_precondition(message)
+            }
             AgentError::Unavailable(_) | AgentError::Start(_) => Status::unavailable(message),
             AgentError::Collect(_) | AgentError::Store(_) => Status::internal(message),
         }
@@ -422,6 +424,9 @@ impl From<&PodReport> for pb::LeakReport {
             losses: Some(losses(&r.stats)),
             sample_bytes: r.sample_bytes,
             estimated: r.estimated,
+            reports_skipped: 0,
+            incomplete: r.incomplete,
+            incomplete_reason: r.incomplete_reason.clone().unwrap_or_default(),
         }
     }
 }
@@ -488,6 +493,8 @@ impl From<&pb::LeakReport> for PodReport {
             min_age_ns: ns_of(r.min_age.as_ref()),
             sample_bytes: r.sample_bytes,
             estimated: r.estimated,
+            incomplete: r.incomplete,
+            incomplete_reason: Some(r.incomplete_reason.clone()).filter(|s| !s.is_empty()),
             stats,
         }
     }
@@ -756,6 +763,8 @@ mod tests {
             min_age_ns: 2_000_000_000,
             sample_bytes: 524_288,
             estimated: true,
+            incomplete: true,
+            incomplete_reason: Some("3 allocations were not recorded".into()),
             stats: BpfStats::default(),
         };
         let back = PodReport::from(&pb::LeakReport::from(&report));
@@ -763,6 +772,10 @@ mod tests {
         let round_trip = serde_json::to_value(&back).expect("json");
         assert_eq!(original["containers"], round_trip["containers"]);
         assert_eq!(original["taken_at_unix_ms"], round_trip["taken_at_unix_ms"]);
+        assert_eq!(
+            original["incomplete_reason"],
+            round_trip["incomplete_reason"]
+        );
         assert_eq!(original["min_age_ns"], round_trip["min_age_ns"]);
         assert_eq!(original["estimated"], round_trip["estimated"]);
         assert_eq!(original["sample_bytes"], round_trip["sample_bytes"]);

@@ -4,7 +4,14 @@
 //! rate and time to its memory limit. Per-container series are bounded (`--metrics-max-containers`,
 //! the containers holding the most bytes), so a node with many pods cannot blow up cardinality.
 
-use std::{net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -22,7 +29,11 @@ use tracing::{info, warn};
 
 use crate::{
     agent::{AgentHandle, metrics::NodeMetrics},
-    api::server::ServeError,
+    api::{
+        ApiStats,
+        connections::{Bounded, METRICS_LIMITS},
+        server::ServeError,
+    },
 };
 
 /// The OpenMetrics content type prometheus-client's text encoder writes.
@@ -35,6 +46,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 struct Scrape {
     agent: AgentHandle,
     max_containers: usize,
+    api: Arc<ApiStats>,
 }
 
 /// Binds the metrics address (before the agent starts, so a taken port is a startup error).
@@ -47,23 +59,32 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeErro
         })
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` on `listener` until `shutdown` resolves (at most
+/// [`METRICS_LIMITS`] connections at once, idle ones closed).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     agent: AgentHandle,
     max_containers: usize,
+    api: Arc<ApiStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let listener = Bounded::new(
+        listener,
+        "metrics",
+        METRICS_LIMITS,
+        Arc::clone(&api.metrics),
+    );
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape {
             agent,
             max_containers,
+            api,
         });
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    info!(%addr, "serving Prometheus metrics at /metrics");
+    info!(%addr, max_connections = METRICS_LIMITS.max_connections, "serving Prometheus metrics at /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -89,7 +110,7 @@ async fn scrape(State(scrape): State<Scrape>) -> Response {
                 .into_response();
         }
     };
-    match render(&figures) {
+    match render(&figures, &scrape.api) {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             warn!(%error, "cannot encode metrics");
@@ -113,6 +134,11 @@ struct EventLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,10 +180,11 @@ const LOSSES: &[(&str, &str)] = &[
     ("stack_traces_map_full", "stack_traces_map_full"),
     ("thread_state_full", "thread_state_full"),
     ("events_dropped", "ring_buffer_full"),
+    ("unarmed_allocations", "process_not_armed"),
 ];
 
 /// Renders the figures as OpenMetrics text.
-pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
+pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("tracer");
     registry.register(
         "build",
@@ -352,9 +379,76 @@ pub fn render(figures: &NodeMetrics) -> Result<String, std::fmt::Error> {
         "Traced containers left out of the per-container series (--metrics-max-containers)",
         gauge(figures.containers_not_shown),
     );
+    register_api(&mut registry, api);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// The API layer's listeners and watch streams.
+fn register_api(registry: &mut Registry, api: &ApiStats) {
+    let open = Family::<ListenerLabels, Gauge>::default();
+    let refused = Family::<ListenerLabels, Counter>::default();
+    let timed_out = Family::<ListenerLabels, Counter>::default();
+    let accept_errors = Family::<ListenerLabels, Counter>::default();
+    for (name, stats) in [
+        ("api", &api.api),
+        ("health", &api.health),
+        ("metrics", &api.metrics),
+    ] {
+        let labels = ListenerLabels {
+            listener: name.to_owned(),
+        };
+        set(
+            &open.get_or_create(&labels),
+            stats.open.load(Ordering::Relaxed),
+        );
+        let _ = refused
+            .get_or_create(&labels)
+            .inc_by(stats.refused.load(Ordering::Relaxed));
+        let _ = timed_out
+            .get_or_create(&labels)
+            .inc_by(stats.timed_out.load(Ordering::Relaxed));
+        let _ = accept_errors
+            .get_or_create(&labels)
+            .inc_by(stats.accept_errors.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "connections_open",
+        "Connections open now, by listener",
+        open,
+    );
+    registry.register(
+        "connections_refused",
+        "Connections closed on arrival because the listener was at its cap",
+        refused,
+    );
+    registry.register(
+        "connections_timed_out",
+        "Connections closed after staying silent past the listener's idle timeout",
+        timed_out,
+    );
+    registry.register(
+        "accept_errors",
+        "Failed accepts (e.g. out of file descriptors), by listener",
+        accept_errors,
+    );
+    registry.register(
+        "watch_reports_sent",
+        "Reports sent on WatchLeakReports streams",
+        counter(api.watch_reports_sent.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "watch_reports_skipped",
+        "Reports WatchLeakReports streams skipped because their client read slower than the interval or the queue budget was spent",
+        counter(api.watch_reports_skipped.load(Ordering::Relaxed)),
+    );
+    registry.register_with_unit(
+        "watch_queued",
+        "Encoded watch-stream reports waiting for their clients (bounded node-wide)",
+        Unit::Bytes,
+        gauge(api.watch_queued_bytes()),
+    );
 }
 
 /// This process's resident set size, bytes (0 when /proc cannot say).

@@ -2,38 +2,93 @@
 //! requests, forwards them to the agent and maps its errors to precise status codes; plus
 //! grpc.health.v1 and server reflection, and the listeners (Unix socket by default).
 
+pub mod connections;
 pub mod convert;
 pub mod metrics;
 pub mod server;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracer_proto::v1::{self as pb, leak_tracer_server::LeakTracer};
 
 use crate::agent::{AgentHandle, ProfileSource};
+use connections::ListenerStats;
 
 /// Watch streams open at once, node-wide; more are refused with RESOURCE_EXHAUSTED.
 pub const MAX_WATCH_STREAMS: usize = 64;
 
+/// Encoded bytes of watch-stream reports waiting for their clients, node-wide. A stream holds
+/// at most one report its client has not taken; a report that would pass this budget is
+/// skipped (counted) and the stream tries again at its next tick.
+pub const WATCH_QUEUE_BYTES: usize = 64 << 20;
+
 /// How long a request may wait for the agent.
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What the API layer counts, for the metrics endpoint: its listeners and its watch streams.
+#[derive(Debug)]
+pub struct ApiStats {
+    /// The main API's listener.
+    pub api: Arc<ListenerStats>,
+    /// The health-only listener.
+    pub health: Arc<ListenerStats>,
+    /// The metrics listener.
+    pub metrics: Arc<ListenerStats>,
+    /// Reports sent on watch streams.
+    pub watch_reports_sent: AtomicU64,
+    /// Reports watch streams skipped (slow client, or the queue budget spent).
+    pub watch_reports_skipped: AtomicU64,
+    /// The node-wide budget of queued watch-stream bytes.
+    watch_queue: Arc<Semaphore>,
+}
+
+impl Default for ApiStats {
+    fn default() -> Self {
+        Self {
+            api: Arc::default(),
+            health: Arc::default(),
+            metrics: Arc::default(),
+            watch_reports_sent: AtomicU64::new(0),
+            watch_reports_skipped: AtomicU64::new(0),
+            watch_queue: Arc::new(Semaphore::new(WATCH_QUEUE_BYTES)),
+        }
+    }
+}
+
+impl ApiStats {
+    /// Encoded bytes of watch-stream reports sent to clients that have not taken them yet.
+    pub fn watch_queued_bytes(&self) -> u64 {
+        WATCH_QUEUE_BYTES.saturating_sub(self.watch_queue.available_permits()) as u64
+    }
+}
 
 /// The LeakTracer service.
 #[derive(Clone, Debug)]
 pub struct LeakTracerService {
     agent: AgentHandle,
     watch_slots: Arc<Semaphore>,
+    stats: Arc<ApiStats>,
 }
 
 impl LeakTracerService {
-    /// A service forwarding to this agent.
-    pub fn new(agent: AgentHandle) -> Self {
+    /// A service forwarding to this agent, counting into `stats`.
+    pub fn new(agent: AgentHandle, stats: Arc<ApiStats>) -> Self {
         Self {
             agent,
             watch_slots: Arc::new(Semaphore::new(MAX_WATCH_STREAMS)),
+            stats,
         }
     }
 }
@@ -86,29 +141,67 @@ impl LeakTracer for LeakTracerService {
             })?;
         // The first report is produced now, so a bad target fails the call itself.
         let first = within_deadline(self.agent.report(report_request.clone())).await?;
-        let (sender, receiver) = mpsc::channel(2);
+        // One slot: the producer waits for the client to take a report before making the next,
+        // so an unread stream holds one report, never a queue of them.
+        let (sender, receiver) = mpsc::channel(1);
         let agent = self.agent.clone();
+        let stats = Arc::clone(&self.stats);
         let _watcher = tokio::spawn(async move {
             let _slot = slot;
-            if sender.send(Ok((&first).into())).await.is_err() {
-                return;
-            }
+            let mut pending = Some(pb::LeakReport::from(&first));
+            let mut skipped = 0u64;
             let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let _first_tick = ticks.tick().await;
+            let mut last_tick = Instant::now();
             loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = sender.closed() => return,
-                }
-                let next = within_deadline(agent.report(report_request.clone())).await;
-                let end = next.is_err();
-                if sender.send(next.map(|r| (&r).into())).await.is_err() || end {
+                let Ok(room) = sender.reserve().await else {
                     return;
+                };
+                let mut report = match pending.take() {
+                    Some(report) => report,
+                    None => {
+                        tokio::select! {
+                            _ = ticks.tick() => {}
+                            () = sender.closed() => return,
+                        }
+                        // Ticks that passed while the client was not reading.
+                        let missed = last_tick.elapsed().as_nanos() / interval.as_nanos().max(1);
+                        let missed = u64::try_from(missed).unwrap_or(u64::MAX).saturating_sub(1);
+                        last_tick = Instant::now();
+                        if missed > 0 {
+                            skipped = skipped.saturating_add(missed);
+                            let _ = stats
+                                .watch_reports_skipped
+                                .fetch_add(missed, Ordering::Relaxed);
+                        }
+                        match within_deadline(agent.report(report_request.clone())).await {
+                            Ok(report) => pb::LeakReport::from(&report),
+                            Err(status) => {
+                                room.send((Err(status), None));
+                                return;
+                            }
+                        }
+                    }
+                };
+                report.reports_skipped = skipped;
+                let size = u32::try_from(report.encoded_len()).unwrap_or(u32::MAX);
+                match Arc::clone(&stats.watch_queue).try_acquire_many_owned(size) {
+                    Ok(bytes) => {
+                        let _ = stats.watch_reports_sent.fetch_add(1, Ordering::Relaxed);
+                        room.send((Ok(report), Some(bytes)));
+                    }
+                    Err(_) => {
+                        skipped = skipped.saturating_add(1);
+                        let _ = stats.watch_reports_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(WatchStream {
+            receiver,
+            held: None,
+        })))
     }
 
     async fn start_tracing(
@@ -191,5 +284,30 @@ impl LeakTracer for LeakTracerService {
         };
         let gzipped_profile = within_deadline(self.agent.profile(source)).await?;
         Ok(Response::new(pb::PprofProfile { gzipped_profile }))
+    }
+}
+
+/// A watch stream's reports as the client takes them. A report's share of the node's queue
+/// budget is held until the client asks for the next one: by then tonic has encoded it and the
+/// HTTP/2 layer (which only asks for more data once the previous data went out) has sent it.
+struct WatchStream {
+    receiver: mpsc::Receiver<(Result<pb::LeakReport, Status>, Option<OwnedSemaphorePermit>)>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<pb::LeakReport, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.held = None;
+        match this.receiver.poll_recv(cx) {
+            Poll::Ready(Some((item, bytes))) => {
+                this.held = bytes;
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

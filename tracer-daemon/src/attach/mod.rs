@@ -13,7 +13,10 @@ pub mod placement;
 
 pub use functions::{ALLOCATOR_FUNCTIONS, AllocatorFunction, ProbeRule};
 
-use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf};
+use std::{
+    collections::HashMap, fmt::Write as _, num::NonZeroU32, os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+};
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
@@ -35,15 +38,22 @@ pub enum AttachError {
     #[error(transparent)]
     Process(#[from] ProcessError),
     /// No mapped file defines malloc.
-    #[error(
-        "process {pid} maps no ELF file that defines malloc (checked: {checked}); a statically \
-         linked, stripped program cannot be traced"
-    )]
+    #[error("process {pid} maps no ELF file that defines malloc (checked: {checked}): {why}")]
     NoAllocator {
         /// The pid.
         pid: u32,
         /// Files that were searched.
         checked: String,
+        /// What the program is instead, and what that means.
+        why: String,
+    },
+    /// The process is one the tracer cannot or must not trace.
+    #[error("process {pid} cannot be traced: {reason}")]
+    Unsupported {
+        /// The pid.
+        pid: u32,
+        /// Why, and what to do.
+        reason: String,
     },
     /// The allocator library lacks a function the tracer cannot do without.
     #[error("library {library} of process {pid} has no symbol {symbol}")]
@@ -54,6 +64,14 @@ pub enum AttachError {
         library: String,
         /// The missing function.
         symbol: &'static str,
+    },
+    /// The process could not be armed for recording (its probes were detached again).
+    #[error("cannot arm process {pid} for recording")]
+    Arm {
+        /// The pid.
+        pid: u32,
+        #[source]
+        source: Box<aya::maps::MapError>,
     },
     /// The kernel refused a uprobe.
     #[error("failed to attach {program} to {} in process {pid}", path.display())]
@@ -96,6 +114,8 @@ pub struct PlannedProbe {
     pub offset: u64,
     /// Where in the function its probes go, and why.
     pub placement: Placement,
+    /// (device, inode) of the file: the same file under another path is the same probe.
+    pub file_id: Option<(u64, u64)>,
 }
 
 impl PlannedProbe {
@@ -121,6 +141,7 @@ pub struct Attachment {
 struct MappedFile {
     path: String,
     host_path: PathBuf,
+    id: Option<(u64, u64)>,
     data: Vec<u8>,
     symbols: HashMap<String, u64>,
 }
@@ -154,9 +175,13 @@ fn files_in_lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), Att
             start,
             linkage: lookup_order::Linkage::of(&data),
         });
+        let id = std::fs::metadata(&host_path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
         files.push(Some(MappedFile {
             path: path.to_owned(),
             host_path,
+            id,
             data,
             symbols,
         }));
@@ -177,9 +202,18 @@ fn files_in_lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), Att
 pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
     let (files, checked) = files_in_lookup_order(pid)?;
     let Some(malloc_file) = files.iter().find(|f| f.symbols.contains_key("malloc")) else {
+        let executable = process::executable_path(pid);
+        let why = files
+            .iter()
+            .find(|f| Some(&f.path) == executable.as_ref())
+            .map_or_else(
+                || "its executable could not be read".to_owned(),
+                |f| why_no_malloc(&f.data),
+            );
         return Err(AttachError::NoAllocator {
             pid,
             checked: checked.join(", "),
+            why,
         });
     };
     let mut functions = Vec::new();
@@ -234,6 +268,7 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
             host_path: file.host_path.clone(),
             offset,
             placement,
+            file_id: file.id,
         });
     }
     // mmap and munmap called from the allocator library's code are its own (arenas, large
@@ -257,6 +292,59 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
     })
 }
 
+/// Refuses, with the reason, a process the tracer cannot trace: a kernel thread, a program of
+/// another architecture (the probes' placement and the unwinder decode x86-64 only), or the
+/// tracer itself (its own allocations are never recorded, so it would always show 0 B).
+pub fn check_traceable(pid: u32) -> Result<(), AttachError> {
+    let unsupported = |reason: String| Err(AttachError::Unsupported { pid, reason });
+    if pid == std::process::id() {
+        return unsupported(
+            "it is the tracer itself (its own allocations are never recorded)".to_owned(),
+        );
+    }
+    match process::program_kind(pid) {
+        process::ProgramKind::KernelThread => {
+            unsupported("it is a kernel thread: it has no user-space allocator".to_owned())
+        }
+        process::ProgramKind::Bits32 => unsupported(
+            "it runs a 32-bit program; the tracer decodes and unwinds x86-64 code only".to_owned(),
+        ),
+        process::ProgramKind::OtherMachine(machine) => unsupported(format!(
+            "it runs a program for another architecture (ELF machine {machine}); the tracer \
+             decodes and unwinds x86-64 code only"
+        )),
+        process::ProgramKind::X86_64 | process::ProgramKind::Unknown => Ok(()),
+    }
+}
+
+/// Why an executable that maps no malloc has none, in words a person can act on.
+fn why_no_malloc(data: &[u8]) -> String {
+    use object::ObjectSection as _;
+    let Ok(file) = object::File::parse(data) else {
+        return "its executable is not an ELF file the tracer can read".to_owned();
+    };
+    let is_go = file.section_by_name(".go.buildinfo").is_some()
+        || file.section_by_name(".gopclntab").is_some();
+    if is_go {
+        return "it is a Go program: the Go runtime allocates from its own heap, not through \
+                malloc, so there is no allocator call to probe"
+            .to_owned();
+    }
+    let has_symtab = file
+        .section_by_name(".symtab")
+        .is_some_and(|section| section.size() > 0);
+    let dynamic = file.section_by_name(".interp").is_some();
+    match (dynamic, has_symtab) {
+        (false, false) => "it is statically linked and stripped of .symtab, so its malloc has no \
+                           symbol to probe (install its debug file, or build it unstripped)"
+            .to_owned(),
+        (false, true) => "it is statically linked and its symbol table has no malloc: it \
+                          allocates some other way"
+            .to_owned(),
+        (true, _) => "none of its libraries defines malloc: it allocates some other way".to_owned(),
+    }
+}
+
 /// Records (or forgets) where a process's allocator code is, for the BPF side.
 fn allocator_text(probes: &mut Probes, pid: u32, text: Option<AllocatorText>) {
     let Some(map) = probes.ebpf.map_mut(names::ALLOCATOR_TEXT) else {
@@ -271,6 +359,71 @@ fn allocator_text(probes: &mut Probes, pid: u32, text: Option<AllocatorText>) {
     };
     if let (Err(error), Some(_)) = (result, text) {
         warn!(pid, %error, "cannot record the allocator's code range; its own mmaps may show");
+    }
+}
+
+/// Arms (or disarms) a process for recording: see tracer-ebpf's `armed`. A process is armed
+/// only once every probe that would see its allocations end is attached.
+fn arm(probes: &mut Probes, pid: u32, armed: bool) -> Result<(), aya::maps::MapError> {
+    let Some(map) = probes.ebpf.map_mut(names::ARMED) else {
+        return Err(aya::maps::MapError::InvalidName {
+            name: names::ARMED.to_owned(),
+        });
+    };
+    let mut map = aya::maps::HashMap::<_, u32, u32>::try_from(map)?;
+    if armed {
+        map.insert(pid, 1, 0)
+    } else {
+        match map.remove(&pid) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl AllocatorLibrary {
+    /// True when `other` puts the same programs at the same places of the same files: after an
+    /// exec into a program that maps the same allocator, the existing probes serve it as they
+    /// are (uprobes follow the file, and a per-process probe follows the process into its new
+    /// address space).
+    pub fn same_probes(&self, other: &Self) -> bool {
+        let key =
+            |probe: &PlannedProbe| (probe.function.symbol, probe.file_id, probe.probe_offset());
+        self.functions.len() == other.functions.len()
+            && self.functions.iter().all(|p| p.file_id.is_some())
+            && self
+                .functions
+                .iter()
+                .map(key)
+                .eq(other.functions.iter().map(key))
+    }
+}
+
+/// Takes over an attachment for the same process after it exec'd a program served by the same
+/// probes ([`AllocatorLibrary::same_probes`]): records the new allocator code range and arms
+/// the process again (its old records must already be gone).
+pub fn rearm(
+    probes: &mut Probes,
+    attachment: &mut Attachment,
+    library: AllocatorLibrary,
+) -> Result<(), aya::maps::MapError> {
+    let pid = attachment.pid;
+    allocator_text(
+        probes,
+        pid,
+        library
+            .text_range
+            .map(|(start, end)| AllocatorText { start, end }),
+    );
+    attachment.library = library;
+    arm(probes, pid, true)
+}
+
+/// Disarms a process (its exec was seen some other way than the kernel hook, which disarms by
+/// itself).
+pub fn disarm(probes: &mut Probes, pid: u32) {
+    if let Err(error) = arm(probes, pid, false) {
+        warn!(pid, %error, "cannot disarm the process");
     }
 }
 
@@ -443,6 +596,16 @@ pub fn attach(
             }
         }
     }
+    // Every probe is live: from now on each recorded allocation's end is seen.
+    if programs == ProgramSet::Tracing
+        && let Err(error) = arm(probes, pid, true)
+    {
+        drop(detach(probes, attachment));
+        return Err(AttachError::Arm {
+            pid,
+            source: Box::new(error),
+        });
+    }
     debug!(pid, library = %attachment.library.path, probes = attachment.links.len(), "attached");
     Ok(attachment)
 }
@@ -458,6 +621,8 @@ pub fn detach(probes: &mut Probes, attachment: Attachment) -> DetachedLinks {
         sessions,
         ..
     } = attachment;
+    // Before any probe goes: nothing is recorded whose free could then be missed.
+    disarm(probes, pid);
     allocator_text(probes, pid, None);
     let (entries, exits): (Vec<_>, Vec<_>) = links
         .into_iter()

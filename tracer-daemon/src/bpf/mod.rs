@@ -67,6 +67,15 @@ pub const KERNEL_FEATURES: &[KernelFeature] = &[
         required: false,
     },
     KernelFeature {
+        name: "tp_btf/sched_process_exec",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "following a traced process into the program it execs: recording stops at \
+                    the exec in the kernel, and the daemon re-attaches within milliseconds",
+        without: "runs without it (checked by attaching): an exec is noticed at the next poll \
+                  (200 ms), and allocations between the exec and the re-attach are not seen",
+        required: false,
+    },
+    KernelFeature {
         name: "tp_btf/mark_victim",
         sysfs_path: "kernel/btf/vmlinux",
         needed_by: "the OOM-kill hook: the victim's pid, rss and cgroups at the moment of the kill",
@@ -104,6 +113,11 @@ pub struct MapSizes {
     pub unwind_rows: u32,
 }
 
+/// Default capacity for outstanding allocations: a real service holds hundreds of thousands
+/// (a 200,000-key Redis about 800,000), so the default leaves room for two such; about 100 B of
+/// kernel memory each (200 MiB, charged to the agent's memory cgroup).
+pub const DEFAULT_ALLOCATIONS: u32 = 1 << 21;
+
 /// Default unwind-table capacity: glibc has about 28,000 rows, libstdc++ about 40,000; 16 bytes
 /// of kernel memory each (8 MiB).
 pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 19;
@@ -111,7 +125,7 @@ pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 19;
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            allocations: 1 << 19,
+            allocations: DEFAULT_ALLOCATIONS,
             stack_totals: 1 << 16,
             stack_traces: 1 << 15,
             threads: 1 << 14,
@@ -233,6 +247,8 @@ pub struct Probes {
     pub(crate) ebpf: Ebpf,
     /// Whether OOM kills are seen at the kernel hook.
     pub oom_hook: OomHook,
+    /// Whether execs of traced processes are seen at the kernel hook (else at the next poll).
+    pub exec_hook: bool,
     /// malloc as a uprobe session, where the kernel has them (see [`session`]).
     pub(crate) malloc_session: Option<session::SessionProgram>,
     /// Why sessions are not used, when they are not.
@@ -298,11 +314,21 @@ impl Probes {
             }
         };
         fill_sampling_tables(&mut ebpf)?;
-        let oom_hook = match attach_oom_hook(&mut ebpf) {
-            Ok(()) => {
-                info!("OOM-kill hook attached (tp_btf/mark_victim)");
-                OomHook::Attached
+        let btf = Btf::from_sys_fs();
+        let exec_hook = match attach_btf_hook(
+            &mut ebpf,
+            btf.as_ref(),
+            EXEC_PROGRAM,
+            "sched_process_exec",
+        ) {
+            Ok(()) => true,
+            Err(reason) => {
+                warn!(%reason, "exec hook unavailable; a traced process that execs is re-attached at the next poll");
+                false
             }
+        };
+        let oom_hook = match attach_btf_hook(&mut ebpf, btf.as_ref(), OOM_PROGRAM, "mark_victim") {
+            Ok(()) => OomHook::Attached,
             Err(reason) => {
                 warn!(%reason, "OOM-kill hook unavailable; OOM kills are seen from cgroup counters only");
                 OomHook::Unavailable(reason)
@@ -329,6 +355,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             oom_hook,
+            exec_hook,
             malloc_session,
             sessions_unavailable,
             logger,
@@ -389,19 +416,28 @@ fn fill_sampling_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 /// The program on the kernel's OOM path (see [`KERNEL_FEATURES`] for the fallback).
 const OOM_PROGRAM: &str = "oom_mark_victim";
 
-fn attach_oom_hook(ebpf: &mut Ebpf) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(OOM_PROGRAM)
-        .ok_or("the object has no OOM program")?
+/// The program that follows traced processes into the programs they exec.
+const EXEC_PROGRAM: &str = "process_exec";
+
+fn attach_btf_hook(
+    ebpf: &mut Ebpf,
+    btf: Result<&Btf, &aya::BtfError>,
+    program: &str,
+    function: &str,
+) -> Result<(), String> {
+    let btf = btf.map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
+    let loaded: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("the object has no program {program}"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    program
-        .load("mark_victim", &btf)
-        .map_err(|e| format!("cannot load tp_btf/mark_victim: {e}"))?;
-    let _link = program
+    loaded
+        .load(function, btf)
+        .map_err(|e| format!("cannot load tp_btf/{function}: {e}"))?;
+    let _link = loaded
         .attach()
-        .map_err(|e| format!("cannot attach tp_btf/mark_victim: {e}"))?;
+        .map_err(|e| format!("cannot attach tp_btf/{function}: {e}"))?;
+    info!("attached tp_btf/{function}");
     Ok(())
 }
 

@@ -4,7 +4,9 @@ pub mod probe_cost;
 pub mod run;
 pub mod trace;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::ops::RangeInclusive;
+
+use clap::{Parser, Subcommand, ValueEnum, builder::RangedU64ValueParser};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -42,4 +44,9 @@ pub enum Command {
     /// Attach empty probes to a binary's functions (benchmark helper).
     #[command(hide = true)]
     ProbeCost(probe_cost::ProbeCostArgs),
+}
+
+/// A flag's parser for a capacity within `range` (the config file checks the same range).
+pub(crate) fn within(range: RangeInclusive<u32>) -> RangedU64ValueParser<u32> {
+    RangedU64ValueParser::new().range(u64::from(*range.start())..=u64::from(*range.end()))
 }

@@ -1,17 +1,21 @@
 //! `tracer-daemon run`: the node agent (the DaemonSet's process). Discovers pods' processes
 //! from cgroups, traces the selected ones, and serves the gRPC API until SIGTERM or Ctrl-C.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Args;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::{
-    agent::{self, AgentConfig, DEFAULT_STATE_DIR},
+    agent::{self, AgentConfig, AgentExit, AgentHandle, DEFAULT_STATE_DIR, Fault},
     api::{
-        metrics,
-        server::{self, DEFAULT_SOCKET, Listen, ServeOptions, TlsFiles},
+        ApiStats, connections, metrics,
+        server::{self, DEFAULT_SOCKET, Health, Listen, ServeOptions, TlsFiles},
     },
     attach::placement::PlacementMode,
     bpf::MapSizes,
@@ -94,33 +98,33 @@ pub struct RunArgs {
     pub exclude_pods: Vec<String>,
 
     /// Most processes traced at once [default: config file, else 256].
-    #[arg(long)]
-    pub max_processes: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_processes: Option<u64>,
 
     /// Span of growth history kept per stack [default: config file, else 5m].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_interval)]
     pub growth_window: Option<Duration>,
 
     /// Time between growth samples [default: config file, else 10s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_interval)]
     pub sample_interval: Option<Duration>,
 
     /// Time between scans of /proc for new processes and pods.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
     pub discovery_interval: Duration,
 
     /// Outstanding allocations across the node (kernel memory, ~100 B each) [default: config
-    /// file, else 524288].
-    #[arg(long)]
+    /// file, else 2097152].
+    #[arg(long, value_parser = crate::cli::within(config::ALLOCATIONS_RANGE))]
     pub max_allocations: Option<u32>,
 
     /// Distinct stacks across the node (~600 B each) [default: config file, else 32768].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::within(config::STACKS_RANGE))]
     pub max_stacks: Option<u32>,
 
     /// Unwind-table rows of binaries without frame pointers (16 B each) [default: config
     /// file, else 524288].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::within(config::UNWIND_ROWS_RANGE))]
     pub max_unwind_rows: Option<u32>,
 
     /// Where probes go: on the first instruction the kernel emulates (smart) or at entry.
@@ -157,17 +161,41 @@ pub struct RunArgs {
     pub evidence_cooldown: Duration,
 
     /// How often traced containers' memory figures are checked.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = parse_interval)]
     pub memory_watch_interval: Duration,
 
     /// PSI trigger for cgroup v2 memory.pressure ("some|full STALL_US WINDOW_US", the window a
     /// multiple of 2 s without CAP_SYS_RESOURCE); "off" disables it.
     #[arg(long, default_value = "some 500000 2000000")]
     pub pressure_trigger: String,
+
+    /// Health turns NOT_SERVING when the agent has not answered for this long (it turns back
+    /// when the agent answers again).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    pub unresponsive_after: Duration,
+
+    /// Fault injection for the reliability tests: panic-after=DURATION or stall-after=DURATION.
+    #[arg(long, hide = true)]
+    pub inject_fault: Option<Fault>,
 }
+
+/// How often the watchdog asks the agent whether it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 5m)"))
+}
+
+/// The period of a periodic task: a duration of at least [`config::MIN_INTERVAL`].
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < config::MIN_INTERVAL {
+        return Err(format!(
+            "{text:?} is too short: a periodic task needs at least {}",
+            humantime::format_duration(config::MIN_INTERVAL)
+        ));
+    }
+    Ok(interval)
 }
 
 /// Runs the node agent.
@@ -213,8 +241,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     selection
         .exclude_pods
         .extend(args.exclude_pods.iter().cloned());
-    if args.max_processes.is_some() {
-        selection.max_processes = args.max_processes;
+    if let Some(max) = args.max_processes {
+        selection.max_processes = Some(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    for (flag, list) in [
+        ("--namespace", &selection.namespaces),
+        ("--exclude-namespace", &selection.exclude_namespaces),
+        ("--pod", &selection.pods),
+        ("--exclude-pod", &selection.exclude_pods),
+    ] {
+        config::check_list(&format!("{flag} (with the config file's list)"), list)
+            .map_err(anyhow::Error::msg)?;
     }
     if selection.namespaces.is_empty() && selection.pods.is_empty() {
         info!("no --namespace/--pod selection: nothing is traced until StartTracing names a pod");
@@ -240,7 +277,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 allocations: args
                     .max_allocations
                     .or(file.limits.max_allocations)
-                    .unwrap_or(1 << 19),
+                    .unwrap_or(crate::bpf::DEFAULT_ALLOCATIONS),
                 stack_totals: max_stacks,
                 stack_traces: max_stacks,
                 unwind_rows: args
@@ -273,15 +310,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             pressure_trigger: Some(args.pressure_trigger.clone()).filter(|t| t != "off"),
         },
         watch_interval: args.memory_watch_interval,
+        fault: args.inject_fault,
         ..AgentConfig::default()
     };
+    match connections::raise_file_limit() {
+        Ok(limit) => info!(open_files = limit, "file descriptor limit"),
+        Err(error) => warn!(%error, "cannot read the file descriptor limit"),
+    }
     // A metrics port already taken is a startup error, not a silent gap in monitoring.
     let metrics_listener = match args.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let (handle, _agent_thread) = agent::spawn(config)?;
+    let (handle, exit) = agent::spawn(config)?;
     info!("agent started");
+    let health = Health::new();
+    let stats = Arc::new(ApiStats::default());
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     if let Some(listener) = metrics_listener {
         let mut stopped = stop.subscribe();
@@ -289,6 +333,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener,
             handle.clone(),
             usize::try_from(args.metrics_max_containers).unwrap_or(usize::MAX),
+            Arc::clone(&stats),
             async move {
                 let _ = stopped.recv().await;
             },
@@ -299,13 +344,72 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    server::serve(&serve_options, handle, async move {
-        shutdown_signal().await;
+    let (failed, failure) = tokio::sync::oneshot::channel::<agent::AgentEnd>();
+    let _watchdog = tokio::spawn(watch_agent(
+        handle.clone(),
+        exit,
+        health.clone(),
+        args.unresponsive_after,
+        failed,
+    ));
+    let ended: Arc<Mutex<Option<agent::AgentEnd>>> = Arc::default();
+    let ended_in_shutdown = Arc::clone(&ended);
+    server::serve(&serve_options, handle, health, stats, async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(end) = failure => {
+                *ended_in_shutdown.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+            }
+        }
         let _ = stop.send(());
     })
     .await?;
+    if let Some(end) = ended.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        anyhow::bail!("{end}; exiting so that the agent is restarted");
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Keeps health true to the agent: NOT_SERVING while it does not answer, and for good (with the
+/// process exiting non-zero, through `failed`) once its thread has ended for any reason.
+async fn watch_agent(
+    agent: AgentHandle,
+    exit: AgentExit,
+    health: Health,
+    unresponsive_after: Duration,
+    failed: tokio::sync::oneshot::Sender<agent::AgentEnd>,
+) {
+    let exit = exit.wait();
+    tokio::pin!(exit);
+    let mut answering = true;
+    let end = loop {
+        let answered = tokio::select! {
+            end = &mut exit => break end,
+            answer = tokio::time::timeout(unresponsive_after, agent.ping()) => {
+                matches!(answer, Ok(Ok(())))
+            }
+        };
+        if answered != answering {
+            answering = answered;
+            health.set(answered).await;
+            if answered {
+                info!("the agent answers again: health is SERVING");
+            } else {
+                error!(
+                    seconds = unresponsive_after.as_secs_f64(),
+                    "the agent has not answered: health is NOT_SERVING"
+                );
+            }
+        }
+        tokio::select! {
+            end = &mut exit => break end,
+            () = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    };
+    health.set(false).await;
+    error!(reason = %end, "the agent has stopped: health is NOT_SERVING and the process exits");
+    let _ = failed.send(end);
 }
 
 async fn shutdown_signal() {

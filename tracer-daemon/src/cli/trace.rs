@@ -16,6 +16,7 @@ use clap::Args;
 use crate::{
     attach::{ProgramSet, placement::PlacementMode},
     bpf::MapSizes,
+    config,
     report::{self, ProcessState, Report},
     tracer::{ReportOptions, Tracer, TracerConfig},
 };
@@ -49,7 +50,7 @@ pub struct TraceArgs {
 
     /// Capacity for outstanding allocations across all targets (kernel memory, preallocated:
     /// about 100 bytes each).
-    #[arg(long, default_value_t = 1 << 19)]
+    #[arg(long, default_value_t = crate::bpf::DEFAULT_ALLOCATIONS, value_parser = crate::cli::within(config::ALLOCATIONS_RANGE))]
     pub max_allocations: u32,
 
     /// Where probes go: on the first instruction the kernel emulates (smart) or at each
@@ -77,12 +78,12 @@ pub struct TraceArgs {
     pub empty_programs: bool,
 
     /// Capacity for distinct stacks (about 600 bytes each).
-    #[arg(long, default_value_t = 1 << 15)]
+    #[arg(long, default_value_t = 1 << 15, value_parser = crate::cli::within(config::STACKS_RANGE))]
     pub max_stacks: u32,
 
     /// Capacity for unwind-table rows of binaries without frame pointers (16 bytes each; a
     /// binary that does not fit is walked by frame pointer, and the report says so).
-    #[arg(long, default_value_t = crate::bpf::DEFAULT_UNWIND_ROWS)]
+    #[arg(long, default_value_t = crate::bpf::DEFAULT_UNWIND_ROWS, value_parser = crate::cli::within(config::UNWIND_ROWS_RANGE))]
     pub max_unwind_rows: u32,
 }
 
@@ -153,10 +154,35 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut reports = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Woken as soon as the kernel side writes a record: an exec is followed at once.
+    // SAFETY: the descriptor belongs to `tracer`, which outlives `events` (dropped first, at
+    // the end of this function).
+    let events = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            EventsFd(tracer.events_fd()),
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .ok();
     loop {
-        let interrupted = tokio::select! {
-            _ = tokio::time::sleep(poll_every) => false,
-            _ = &mut ctrl_c => true,
+        let deadline = tokio::time::sleep(poll_every);
+        tokio::pin!(deadline);
+        let interrupted = loop {
+            tokio::select! {
+                () = &mut deadline => break false,
+                _ = &mut ctrl_c => break true,
+                ready = async {
+                    match &events {
+                        Some(events) => events.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    tracer.drain_events();
+                }
+            }
         };
         tracer.poll();
         let finished = interrupted || tracer.all_ended();
@@ -175,6 +201,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The ring buffer's descriptor, owned by the tracer (which outlives the loop waiting on it).
+struct EventsFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for EventsFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// What one `trace` run remembers between reports: the sequence and the previous bytes, for
 /// growth since the previous report.
 #[derive(Default)]
@@ -183,6 +218,8 @@ struct Session {
     sequence: u64,
     previous_stack_bytes: HashMap<(u32, String), u64>,
     previous_process_bytes: HashMap<u32, u64>,
+    /// Allocations lost when a loss was last logged.
+    logged_lost: u64,
 }
 
 impl Session {
@@ -210,6 +247,15 @@ impl Session {
             process.growth_bytes = signed_delta(process.outstanding_bytes, previous.unwrap_or(0));
             process.stacks = report::rank(std::mem::take(&mut process.stacks), self.top);
         }
+        let stats = tracer.stats();
+        let incomplete_reason = stats.incomplete_reason();
+        let lost = stats.allocations_lost();
+        if lost > self.logged_lost {
+            self.logged_lost = lost;
+            if let Some(reason) = &incomplete_reason {
+                tracing::warn!(allocations_lost = lost, "report incomplete: {reason}");
+            }
+        }
         let report = Report {
             sequence: self.sequence,
             timestamp_unix_ms,
@@ -217,7 +263,9 @@ impl Session {
             estimated: tracer.sample_bytes() > 0,
             min_age_ns: options.min_age_ns,
             processes,
-            stats: tracer.stats(),
+            incomplete: incomplete_reason.is_some(),
+            incomplete_reason,
+            stats,
         };
         for pid in tracer.reap_ended() {
             self.previous_stack_bytes.retain(|(p, _), _| *p != pid);
@@ -247,6 +295,9 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
 pub fn format_text(report: &Report) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "=== leak report #{} ===", report.sequence);
+    if let Some(reason) = &report.incomplete_reason {
+        let _ = writeln!(text, "WARNING: INCOMPLETE REPORT: {reason}");
+    }
     if report.estimated {
         let _ = writeln!(
             text,
@@ -289,13 +340,6 @@ pub fn format_text(report: &Report) -> String {
                 let _ = writeln!(text, "        [stack lost]");
             }
         }
-    }
-    let lost = report.stats.allocations_lost();
-    if lost > 0 {
-        let _ = writeln!(
-            text,
-            "WARNING: {lost} allocations could not be recorded (maps full); see --json stats"
-        );
     }
     text
 }

@@ -16,8 +16,8 @@ use aya::maps::{
     Array, HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray, Queue, RingBuf,
 };
 use tracer_common::{
-    AllocInfo, AllocKey, MmapEvent, MunmapEvent, OomKillEvent, StackKey, StackTotals, StackTrace,
-    event_kind, names,
+    AllocInfo, AllocKey, ExecEvent, MmapEvent, MunmapEvent, OomKillEvent, StackKey, StackTotals,
+    StackTrace, event_kind, names,
 };
 
 use crate::bpf::Probes;
@@ -122,19 +122,19 @@ impl BpfMaps {
         Some(trace.ips[..len].to_vec())
     }
 
-    /// Applies every pending mmap/munmap record and returns the OOM kills seen.
-    pub fn drain_events(
-        &mut self,
-        tracker: &mut MappingTracker,
-        page_size: u64,
-    ) -> Vec<oom::OomKill> {
-        let mut kills = Vec::new();
+    /// Applies every pending mmap/munmap record and returns what the caller must act on.
+    pub fn drain_events(&mut self, tracker: &mut MappingTracker, page_size: u64) -> Notices {
+        let mut notices = Notices::default();
         while let Some(item) = self.events.next() {
-            if let Some(event) = apply_event(&item, tracker) {
-                kills.push(oom::OomKill::from_event(&event, page_size));
+            match apply_event(&item, tracker) {
+                Some(Notice::OomKill(event)) => notices
+                    .oom_kills
+                    .push(oom::OomKill::from_event(&event, page_size)),
+                Some(Notice::Exec(event)) => notices.execs.push(event.tgid),
+                None => {}
             }
         }
-        kills
+        notices
     }
 
     /// The ring buffer's descriptor: readable when records are waiting (for event loops).
@@ -212,7 +212,21 @@ impl BpfMaps {
 }
 
 /// Applies one ring-buffer record; an OOM kill is returned to the caller.
-fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<OomKillEvent> {
+/// Ring-buffer records the caller must act on.
+#[derive(Debug, Default)]
+pub struct Notices {
+    /// OOM kills, in the order seen.
+    pub oom_kills: Vec<oom::OomKill>,
+    /// Traced processes that exec'd (disarmed by the kernel hook), in the order seen.
+    pub execs: Vec<u32>,
+}
+
+enum Notice {
+    OomKill(OomKillEvent),
+    Exec(ExecEvent),
+}
+
+fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<Notice> {
     let kind = bytes
         .get(..4)
         .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
@@ -238,7 +252,13 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<OomKillEven
         }
         event_kind::OOM_KILL if bytes.len() >= size_of::<OomKillEvent>() => {
             // SAFETY: as above.
-            return Some(unsafe { bytes.as_ptr().cast::<OomKillEvent>().read_unaligned() });
+            let event = unsafe { bytes.as_ptr().cast::<OomKillEvent>().read_unaligned() };
+            return Some(Notice::OomKill(event));
+        }
+        event_kind::EXEC if bytes.len() >= size_of::<ExecEvent>() => {
+            // SAFETY: as above.
+            let event = unsafe { bytes.as_ptr().cast::<ExecEvent>().read_unaligned() };
+            return Some(Notice::Exec(event));
         }
         _ => {}
     }

@@ -27,6 +27,44 @@ impl BpfStats {
             + self.get(Stat::THREAD_STATE_FULL)
             + self.get(Stat::EVENTS_DROPPED)
     }
+
+    /// Why reports may be missing bytes, when they may: every loss since the tracer started,
+    /// with the setting that would have avoided it. `None` when nothing was lost.
+    pub fn incomplete_reason(&self) -> Option<String> {
+        let causes: Vec<String> = [
+            (
+                Stat::ALLOCS_MAP_FULL,
+                "the allocation map was full (raise --max-allocations, [limits] max_allocations)",
+            ),
+            (
+                Stat::STACK_TOTALS_MAP_FULL,
+                "the per-stack totals were full (raise --max-stacks, [limits] max_stacks)",
+            ),
+            (
+                Stat::THREAD_STATE_FULL,
+                "the per-thread call state was full (more threads in allocator calls at once \
+                 than it holds)",
+            ),
+            (
+                Stat::EVENTS_DROPPED,
+                "the ring buffer was full (mmap records dropped)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(stat, why)| {
+            let lost = self.get(stat);
+            (lost > 0).then(|| format!("{lost} because {why}"))
+        })
+        .collect();
+        (!causes.is_empty()).then(|| {
+            format!(
+                "{} allocations were not recorded since the tracer started: {}; bytes and \
+                 counts may be short",
+                self.allocations_lost(),
+                causes.join("; ")
+            )
+        })
+    }
 }
 
 /// Reads and sums every counter.

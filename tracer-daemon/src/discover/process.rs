@@ -30,6 +30,51 @@ pub enum ProcessError {
     },
 }
 
+/// What kind of program a process runs, for refusing what cannot be traced with a reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// A kernel thread: no user code, no allocator.
+    KernelThread,
+    /// A 64-bit x86 ELF program (what the tracer decodes and unwinds).
+    X86_64,
+    /// A 32-bit program (i386 or x32 code).
+    Bits32,
+    /// A 64-bit program for another architecture (this e_machine).
+    OtherMachine(u16),
+    /// The executable could not be read.
+    Unknown,
+}
+
+/// PF_KTHREAD in /proc/PID/stat's flags.
+const PF_KTHREAD: u32 = 0x0020_0000;
+/// ELF e_machine of x86-64.
+const EM_X86_64: u16 = 62;
+
+/// What kind of program `pid` runs, from its stat flags and its executable's ELF header.
+pub fn program_kind(pid: u32) -> ProgramKind {
+    let Ok(process) = Process::new(pid as i32) else {
+        return ProgramKind::Unknown;
+    };
+    if process
+        .stat()
+        .is_ok_and(|stat| stat.flags & PF_KTHREAD != 0)
+    {
+        return ProgramKind::KernelThread;
+    }
+    let mut header = [0u8; 20];
+    let read = std::fs::File::open(format!("/proc/{pid}/exe"))
+        .and_then(|mut file| file.read_exact(&mut header));
+    if read.is_err() || &header[..4] != b"\x7fELF" {
+        return ProgramKind::Unknown;
+    }
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    match (header[4], machine) {
+        (1, _) => ProgramKind::Bits32,
+        (2, EM_X86_64) => ProgramKind::X86_64,
+        (_, machine) => ProgramKind::OtherMachine(machine),
+    }
+}
+
 /// Identity of a live process.
 #[derive(Clone, Debug)]
 pub struct ProcessInfo {

@@ -110,6 +110,10 @@ pub struct Report {
     pub estimated: bool,
     /// Traced processes.
     pub processes: Vec<ProcessReport>,
+    /// True when allocations could not be recorded (full maps): bytes may be short.
+    pub incomplete: bool,
+    /// Why, with the setting to raise (`None` when complete).
+    pub incomplete_reason: Option<String>,
     /// The BPF programs' counters, so losses are never silent.
     pub stats: BpfStats,
 }

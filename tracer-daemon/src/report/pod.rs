@@ -73,6 +73,10 @@ pub struct PodReport {
     pub sample_bytes: u64,
     /// True when bytes and counts are estimates (sampled mode).
     pub estimated: bool,
+    /// True when allocations on this node could not be recorded (full maps): bytes may be short.
+    pub incomplete: bool,
+    /// Why, with the setting to raise (`None` when complete).
+    pub incomplete_reason: Option<String>,
     /// The BPF side's counters (node-wide).
     pub stats: BpfStats,
 }

@@ -319,9 +319,23 @@ impl Symbolizer {
             }
         });
         let symbolized = from_debug_file.unwrap_or_else(|| {
-            let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
-            self.blaze
-                .symbolize_single(&source, Input::FileOffset(file_offset))
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            let with_debug = self.blaze.symbolize_single(
+                &Source::Elf(Elf::new(&path)),
+                Input::FileOffset(file_offset),
+            );
+            match with_debug {
+                Ok(symbolized @ Symbolized::Sym(_)) => Ok(symbolized),
+                // A debug file blazesym found on its own may be unreadable (a compression it
+                // does not know) or lack this address: the binary's own .symtab and .dynsym
+                // still name it. Installing a debug package must never make names worse.
+                _ => {
+                    let mut own = Elf::new(&path);
+                    own.debug_syms = false;
+                    self.blaze
+                        .symbolize_single(&Source::Elf(own), Input::FileOffset(file_offset))
+                }
+            }
         });
         match symbolized {
             Ok(Symbolized::Sym(sym)) => {

@@ -112,6 +112,9 @@ pub(crate) fn report(report: &PodReport) -> String {
             .map_or_else(|| "process".to_owned(), |uid| format!("pod uid {uid}")),
     };
     let _ = writeln!(out, "{who}");
+    if let Some(reason) = &report.incomplete_reason {
+        let _ = writeln!(out, "  WARNING: INCOMPLETE REPORT: {reason}");
+    }
     if report.estimated {
         let _ = writeln!(
             out,
@@ -179,13 +182,6 @@ pub(crate) fn report(report: &PodReport) -> String {
                 container.stacks_total - container.stacks.len()
             );
         }
-    }
-    let lost = report.stats.allocations_lost();
-    if lost > 0 {
-        let _ = writeln!(
-            out,
-            "  WARNING: {lost} allocations could not be recorded on this node (maps full)"
-        );
     }
     out
 }
@@ -430,6 +426,8 @@ pub(crate) fn evidence(e: &EvidenceView) -> String {
             min_age_ns: 0,
             sample_bytes: 0,
             estimated: report.estimated,
+            incomplete: false,
+            incomplete_reason: None,
             stats: tracer_daemon::collect::stats::BpfStats::default(),
         };
         let text = self::report(&pod);

@@ -7,6 +7,7 @@ use tracer_daemon::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    keep_large_buffers_returnable();
     let cli = Cli::parse();
     // Before any thread exists: threads inherit the namespace of the thread that creates them.
     // Only the node agent reads pods' cgroups; `trace --pid` does not need the host's view.
@@ -61,5 +62,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reports of deep stacks are megabytes each, built and dropped over and over. glibc raises its
+/// mmap threshold after the first such buffer is freed and then serves the next ones from its
+/// heaps, where freed memory is rarely returned: the agent's RSS would keep its peak for good.
+/// A fixed threshold keeps every buffer past 1 MiB in its own mapping, returned when freed.
+/// (The container image's musl allocator returns large buffers by itself.)
+fn keep_large_buffers_returnable() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's settings; called before any thread exists.
+    unsafe {
+        let _ = libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

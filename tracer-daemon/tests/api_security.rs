@@ -363,3 +363,166 @@ fn the_health_listener_answers_grpc_health_and_nothing_else() {
     });
     drop(agent);
 }
+
+#[test]
+fn a_file_at_the_socket_path_is_never_replaced() {
+    require_root();
+    let root = temp_root("socket-file");
+    let path = root.join("tracer.sock");
+    std::fs::write(&path, "precious\n").expect("write");
+    let (code, stderr) = run_daemon(
+        &[
+            "run",
+            "--listen",
+            &format!("unix:{}", path.display()),
+            "--state-dir",
+            &root.join("state").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is a regular file, not a socket: refusing to replace it"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("agent started"),
+        "refused before loading: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("still there"),
+        "precious\n"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_second_agent_never_takes_over_a_live_socket_and_a_stale_one_is_replaced() {
+    require_root();
+    let root = temp_root("socket-taken");
+    let first = Agent::start(&root, &[]);
+    let (code, stderr) = run_daemon(
+        &[
+            "run",
+            "--listen",
+            &first.server(),
+            "--state-dir",
+            &root.join("other-state").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another process is serving") && stderr.contains("tracer.sock"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("agent started"),
+        "refused before loading: {stderr}"
+    );
+    let (code, _, stderr) = first.ctl(&["pods"]);
+    assert_eq!(code, Some(0), "the first agent still answers: {stderr}");
+    // Killed with -9, its socket stays behind, unanswered: the next agent replaces it.
+    let socket = first.socket.clone();
+    first.kill_9();
+    assert!(socket.exists(), "a killed agent leaves its socket");
+    let launch = Launch {
+        socket: Some(socket),
+        ..Launch::default()
+    };
+    let second = Agent::start_with(&root, launch, &[]);
+    let (code, _, stderr) = second.ctl(&["pods"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn every_directory_above_the_socket_is_checked_and_a_sticky_one_is_allowed() {
+    require_root();
+    let root = temp_root("socket-ancestors");
+    let open = root.join("open");
+    let below = open.join("run");
+    std::fs::create_dir_all(&below).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(&below, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (code, stderr) = run_daemon(
+        &[
+            "run",
+            "--listen",
+            &format!("unix:{}", below.join("tracer.sock").display()),
+            "--state-dir",
+            &root.join("state").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}, an ancestor of the socket directory",
+            open.display()
+        )) && stderr.contains("writable by everyone"),
+        "a world-writable grandparent lets anyone rename the socket directory: {stderr}"
+    );
+    // With the sticky bit (as /tmp has), nobody else can rename an entry we own there.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let launch = Launch {
+        socket: Some(below.join("tracer.sock")),
+        ..Launch::default()
+    };
+    let agent = Agent::start_with(&root, launch, &[]);
+    let (code, _, stderr) = agent.ctl(&["pods"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn with_umask_000_the_socket_never_exists_with_a_wider_mode() {
+    require_root();
+    let root = temp_root("socket-umask");
+    let socket = root.join("tracer.sock");
+    // Watch the path from before the agent starts: every mode it ever shows must be 0600.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (socket, stop) = (socket.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+                    let _ = seen.insert(meta.permissions().mode() & 0o7777);
+                }
+            }
+            seen
+        })
+    };
+    let launch = Launch {
+        wrapper: vec![
+            "sh".into(),
+            "-c".into(),
+            "umask 000; exec \"$@\"".into(),
+            "sh".into(),
+        ],
+        ..Launch::default()
+    };
+    let agent = Agent::start_with(&root, launch, &[]);
+    let (code, stderr) = ctl_as_nobody(&agent.server(), None, &["pods"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().expect("watcher");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![0o600],
+        "modes the socket showed while the agent started with umask 000"
+    );
+    assert_eq!(code, Some(1), "another user must not connect: {stderr}");
+    let leftovers: Vec<_> = std::fs::read_dir(&root)
+        .expect("read root")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tracer-bind")
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the private bind directory is removed"
+    );
+}

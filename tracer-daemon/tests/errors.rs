@@ -81,10 +81,118 @@ fn a_process_with_no_allocator_symbol_is_refused() {
     let (code, stderr) = run_daemon(&["trace", "--pid", &pid], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("maps no ELF file that defines malloc"),
-        "{stderr}"
+        stderr.contains("maps no ELF file that defines malloc")
+            && stderr.contains("statically linked and stripped of .symtab"),
+        "what is really missing is said: {stderr}"
     );
     workload.send("exit");
+}
+
+/// Runs `tracer-daemon run` with a config file holding `config`; returns (exit code, stderr).
+fn run_with_config(name: &str, config: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempdir(name);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).expect("write config");
+    let socket = format!("unix:{}", dir.join("run/tracer.sock").display());
+    let state = dir.join("state").display().to_string();
+    let mut args = vec![
+        "run",
+        "--listen",
+        &socket,
+        "--state-dir",
+        &state,
+        "--config",
+        path.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    run_daemon(&args, &[])
+}
+
+#[test]
+fn zero_intervals_and_capacities_are_refused_at_startup_naming_the_key() {
+    for flag in [
+        "--discovery-interval",
+        "--memory-watch-interval",
+        "--sample-interval",
+        "--growth-window",
+    ] {
+        let (code, stderr) = run_daemon(&["run", flag, "0s"], &[]);
+        assert_eq!(code, Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("too short"),
+            "{flag}: {stderr}"
+        );
+    }
+    let (code, stderr) = run_daemon(&["run", "--max-stacks", "0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--max-stacks") && stderr.contains("1..="),
+        "{stderr}"
+    );
+    for (config, key) in [
+        (
+            "[growth]\nsample_interval = \"0s\"\n",
+            "[growth] sample_interval",
+        ),
+        (
+            "[limits]\nmax_stacks = 0\n",
+            "[limits] max_stacks = 0 is out of range",
+        ),
+        (
+            "[limits]\nmax_allocations = 0\n",
+            "[limits] max_allocations",
+        ),
+    ] {
+        let (code, stderr) = run_with_config("bad-config", config, &[]);
+        assert_eq!(code, Some(1), "{config}: {stderr}");
+        assert!(stderr.contains(key), "{config}: {stderr}");
+        assert!(
+            !stderr.contains("failed to create map") && !stderr.contains("agent started"),
+            "refused before anything loads: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_oversized_config_or_list_is_refused_with_its_bound() {
+    // 1.2 million namespace globs in a 100 MB file once took the agent to 2.7 GB and an abort.
+    let dir = tempdir("huge-config");
+    let path = dir.join("config.toml");
+    {
+        use std::io::Write as _;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        writeln!(file, "[selection]\nnamespaces = [").expect("write");
+        for i in 0..1_200_000 {
+            writeln!(file, "  \"namespace-{i:08}-*\",").expect("write");
+        }
+        writeln!(file, "]").expect("write");
+    }
+    let (code, stderr) = run_daemon(
+        &[
+            "run",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--state-dir",
+            "/nonexistent",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("config.toml is") && stderr.contains("at most 1048576"),
+        "{stderr}"
+    );
+    let many: Vec<String> = (0..300).map(|i| format!("\"ns-{i}\"")).collect();
+    let (code, stderr) = run_with_config(
+        "long-list",
+        &format!("[selection]\nexclude_pods = [{}]\n", many.join(", ")),
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[selection] exclude_pods has 300 entries; at most 256"),
+        "{stderr}"
+    );
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    Agent, AgentError, EvidenceQuery, ProfileSource,
+    Agent, AgentError, EvidenceListing, EvidenceQuery, ProfileSource,
     reports::{Resolved, now_unix_ms},
     selector::Target,
 };
@@ -211,13 +211,20 @@ impl Agent {
             }
             Err(error) => {
                 self.evidence_failed += 1;
-                warn!(%error, "cannot save evidence");
+                warn!(
+                    error = %crate::error_chain(&error),
+                    failures = self.evidence_failed,
+                    "cannot save evidence; the next save opens the store afresh"
+                );
                 None
             }
         }
     }
 
-    pub(super) fn list_evidence(&self, query: &EvidenceQuery) -> Result<Vec<Evidence>, AgentError> {
+    pub(super) fn list_evidence(
+        &self,
+        query: &EvidenceQuery,
+    ) -> Result<EvidenceListing, AgentError> {
         let mut filter = ListFilter {
             kind: query.oom_kills_only.then(|| KIND_OOM_KILL.to_owned()),
             since_unix_ms: query.since_unix_ms,
@@ -246,7 +253,20 @@ impl Agent {
             }
             out.push(self.get_evidence(meta.id)?);
         }
-        Ok(out)
+        let health = self.store.health();
+        let store_warning = match (health.damage, health.last_failure) {
+            (Some(damage), Some(failure)) => {
+                Some(format!("{damage}; the last save failed: {failure}"))
+            }
+            (Some(damage), None) => Some(damage),
+            (None, Some(failure)) => Some(format!("the last save failed: {failure}")),
+            (None, None) => None,
+        };
+        Ok(EvidenceListing {
+            records: out,
+            store_warning,
+            save_failures: self.evidence_failed,
+        })
     }
 
     pub(super) fn get_evidence(&self, id: u64) -> Result<Evidence, AgentError> {

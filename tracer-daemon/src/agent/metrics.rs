@@ -45,6 +45,8 @@ pub struct NodeMetrics {
     pub evidence_records: u64,
     /// Payload bytes in the store now.
     pub evidence_bytes: u64,
+    /// What the store found wrong with itself.
+    pub evidence_store: crate::evidence::store::StoreHealth,
     /// Selected processes that could not be traced.
     pub trace_failures: u64,
     /// Per container, most bytes first, at most `max_containers`.
@@ -106,6 +108,7 @@ impl Agent {
             evidence_failed: self.evidence_failed,
             evidence_records: evidence_records as u64,
             evidence_bytes,
+            evidence_store: self.store.health(),
             trace_failures: self.failures.len() as u64,
             containers,
             containers_not_shown,

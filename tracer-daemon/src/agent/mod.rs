@@ -188,7 +188,7 @@ enum Command {
     Stop(Selector, oneshot::Sender<Result<Vec<u32>, AgentError>>),
     ListEvidence(
         EvidenceQuery,
-        oneshot::Sender<Result<Vec<Evidence>, AgentError>>,
+        oneshot::Sender<Result<EvidenceListing, AgentError>>,
     ),
     GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
     Profile(ProfileSource, oneshot::Sender<Result<Vec<u8>, AgentError>>),
@@ -209,6 +209,17 @@ pub struct EvidenceQuery {
     pub until_unix_ms: Option<u64>,
     /// At most this many.
     pub limit: usize,
+}
+
+/// Evidence records and what the store says about itself.
+#[derive(Clone, Debug, Default)]
+pub struct EvidenceListing {
+    /// The records, newest first.
+    pub records: Vec<Evidence>,
+    /// Damage found at start, or the cause of the last failed save; `None` when whole.
+    pub store_warning: Option<String>,
+    /// Saves that failed since the agent started.
+    pub save_failures: u64,
 }
 
 /// What a pprof export is of.
@@ -268,8 +279,9 @@ impl AgentHandle {
         self.ask(|reply| Command::Stop(selector, reply)).await?
     }
 
-    /// Evidence records, newest first (payloads included: callers summarise).
-    pub async fn list_evidence(&self, query: EvidenceQuery) -> Result<Vec<Evidence>, AgentError> {
+    /// Evidence records, newest first (payloads included: callers summarise), with the store's
+    /// state.
+    pub async fn list_evidence(&self, query: EvidenceQuery) -> Result<EvidenceListing, AgentError> {
         self.ask(|reply| Command::ListEvidence(query, reply))
             .await?
     }

@@ -45,10 +45,11 @@ pub const HEALTH_LIMITS: ConnectionLimits = ConnectionLimits {
     idle_timeout: Duration::from_secs(10),
 };
 
-/// The metrics port: a scrape or two at a time.
+/// The metrics port: a scrape or two at a time (Prometheus reconnects when a kept-alive
+/// connection was closed between scrapes).
 pub const METRICS_LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 32,
-    idle_timeout: Duration::from_secs(30),
+    idle_timeout: Duration::from_secs(10),
 };
 
 /// What happened on one listener (read by the metrics endpoint).

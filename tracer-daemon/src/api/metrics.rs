@@ -310,6 +310,27 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
         Unit::Bytes,
         gauge(figures.evidence_bytes),
     );
+    let store = &figures.evidence_store;
+    registry.register(
+        "evidence_store_damaged",
+        "1 when the evidence store was found damaged at start (records lost, or the file moved aside; see the log)",
+        gauge(u64::from(store.damage.is_some())),
+    );
+    registry.register(
+        "evidence_ids_lost",
+        "Evidence ids given before that the store can no longer serve (rolled back by damage)",
+        gauge(store.lost_ids),
+    );
+    registry.register(
+        "evidence_store_reopened",
+        "Times the evidence store was reopened after a failed write (a full disk, an I/O error)",
+        counter(store.reopened),
+    );
+    registry.register(
+        "evidence_last_save_failed",
+        "1 when the last evidence save failed (see the log for the cause)",
+        gauge(u64::from(store.last_failure.is_some())),
+    );
     registry.register_with_unit(
         "resident_memory",
         "The agent's resident set size",

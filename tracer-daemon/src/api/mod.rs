@@ -13,12 +13,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use prost::Message as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracer_proto::v1::{self as pb, leak_tracer_server::LeakTracer};
@@ -29,10 +28,15 @@ use connections::ListenerStats;
 /// Watch streams open at once, node-wide; more are refused with RESOURCE_EXHAUSTED.
 pub const MAX_WATCH_STREAMS: usize = 64;
 
-/// Encoded bytes of watch-stream reports waiting for their clients, node-wide. A stream holds
-/// at most one report its client has not taken; a report that would pass this budget is
-/// skipped (counted) and the stream tries again at its next tick.
+/// What watch streams may hold in the agent, node-wide: each open stream is charged twice its
+/// largest report (tonic's encoding buffer, which the frame in flight shares) for as long as it
+/// lives. A report that would pass the budget is skipped (counted in the stream's next report
+/// and in the metrics) and the stream tries again at its next tick.
 pub const WATCH_QUEUE_BYTES: usize = 64 << 20;
+
+/// Leak reports built and encoded at once for API calls: a top-1000 report of deep stacks is
+/// megabytes while it is converted, and 64 clients asking at once must not hold 64 of them.
+const REPORTS_AT_ONCE: usize = 2;
 
 /// How long a request may wait for the agent.
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
@@ -52,6 +56,8 @@ pub struct ApiStats {
     pub watch_reports_skipped: AtomicU64,
     /// The node-wide budget of queued watch-stream bytes.
     watch_queue: Arc<Semaphore>,
+    /// Reports being built and encoded (see [`REPORTS_AT_ONCE`]).
+    report_slots: Arc<Semaphore>,
 }
 
 impl Default for ApiStats {
@@ -63,12 +69,13 @@ impl Default for ApiStats {
             watch_reports_sent: AtomicU64::new(0),
             watch_reports_skipped: AtomicU64::new(0),
             watch_queue: Arc::new(Semaphore::new(WATCH_QUEUE_BYTES)),
+            report_slots: Arc::new(Semaphore::new(REPORTS_AT_ONCE)),
         }
     }
 }
 
 impl ApiStats {
-    /// Encoded bytes of watch-stream reports sent to clients that have not taken them yet.
+    /// Bytes watch streams hold in the agent (their charges against [`WATCH_QUEUE_BYTES`]).
     pub fn watch_queued_bytes(&self) -> u64 {
         WATCH_QUEUE_BYTES.saturating_sub(self.watch_queue.available_permits()) as u64
     }
@@ -121,8 +128,8 @@ impl LeakTracer for LeakTracerService {
         request: Request<pb::GetLeakReportRequest>,
     ) -> Result<Response<pb::LeakReport>, Status> {
         let request = convert::report_request(request.into_inner())?;
-        let report = within_deadline(self.agent.report(request)).await?;
-        Ok(Response::new((&report).into()))
+        let report = leak_report(&self.agent, &self.stats, request).await?;
+        Ok(Response::new(report))
     }
 
     type WatchLeakReportsStream = ReportStream;
@@ -140,68 +147,26 @@ impl LeakTracer for LeakTracerService {
                 ))
             })?;
         // The first report is produced now, so a bad target fails the call itself.
-        let first = within_deadline(self.agent.report(report_request.clone())).await?;
-        // One slot: the producer waits for the client to take a report before making the next,
-        // so an unread stream holds one report, never a queue of them.
-        let (sender, receiver) = mpsc::channel(1);
-        let agent = self.agent.clone();
-        let stats = Arc::clone(&self.stats);
-        let _watcher = tokio::spawn(async move {
-            let _slot = slot;
-            let mut pending = Some(pb::LeakReport::from(&first));
-            let mut skipped = 0u64;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let _first_tick = ticks.tick().await;
-            let mut last_tick = Instant::now();
-            loop {
-                let Ok(room) = sender.reserve().await else {
-                    return;
-                };
-                let mut report = match pending.take() {
-                    Some(report) => report,
-                    None => {
-                        tokio::select! {
-                            _ = ticks.tick() => {}
-                            () = sender.closed() => return,
-                        }
-                        // Ticks that passed while the client was not reading.
-                        let missed = last_tick.elapsed().as_nanos() / interval.as_nanos().max(1);
-                        let missed = u64::try_from(missed).unwrap_or(u64::MAX).saturating_sub(1);
-                        last_tick = Instant::now();
-                        if missed > 0 {
-                            skipped = skipped.saturating_add(missed);
-                            let _ = stats
-                                .watch_reports_skipped
-                                .fetch_add(missed, Ordering::Relaxed);
-                        }
-                        match within_deadline(agent.report(report_request.clone())).await {
-                            Ok(report) => pb::LeakReport::from(&report),
-                            Err(status) => {
-                                room.send((Err(status), None));
-                                return;
-                            }
-                        }
-                    }
-                };
-                report.reports_skipped = skipped;
-                let size = u32::try_from(report.encoded_len()).unwrap_or(u32::MAX);
-                match Arc::clone(&stats.watch_queue).try_acquire_many_owned(size) {
-                    Ok(bytes) => {
-                        let _ = stats.watch_reports_sent.fetch_add(1, Ordering::Relaxed);
-                        room.send((Ok(report), Some(bytes)));
-                    }
-                    Err(_) => {
-                        skipped = skipped.saturating_add(1);
-                        let _ = stats.watch_reports_skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(WatchStream {
-            receiver,
-            held: None,
-        })))
+        let first = leak_report(&self.agent, &self.stats, report_request.clone()).await?;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let watcher = Watcher {
+            agent: self.agent.clone(),
+            stats: Arc::clone(&self.stats),
+            request: report_request,
+            interval,
+            ticks,
+            last_tick: Instant::now(),
+            expected_bytes: first.encoded_len(),
+            first: Some(first),
+            skipped: 0,
+            charge: None,
+            charged_bytes: 0,
+            ended: false,
+            _slot: slot,
+        };
+        let stream = futures_util::stream::unfold(watcher, Watcher::next);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn start_tracing(
@@ -229,9 +194,13 @@ impl LeakTracer for LeakTracerService {
         request: Request<pb::ListOomEventsRequest>,
     ) -> Result<Response<pb::ListOomEventsResponse>, Status> {
         let query = convert::evidence_query(request.into_inner().filter, true)?;
-        let evidence = within_deadline(self.agent.list_evidence(query)).await?;
+        let listing = within_deadline(self.agent.list_evidence(query)).await?;
         Ok(Response::new(pb::ListOomEventsResponse {
-            events: evidence.iter().filter_map(convert::oom_event).collect(),
+            events: listing
+                .records
+                .iter()
+                .filter_map(convert::oom_event)
+                .collect(),
         }))
     }
 
@@ -240,9 +209,15 @@ impl LeakTracer for LeakTracerService {
         request: Request<pb::ListEvidenceRequest>,
     ) -> Result<Response<pb::ListEvidenceResponse>, Status> {
         let query = convert::evidence_query(request.into_inner().filter, false)?;
-        let evidence = within_deadline(self.agent.list_evidence(query)).await?;
+        let listing = within_deadline(self.agent.list_evidence(query)).await?;
         Ok(Response::new(pb::ListEvidenceResponse {
-            evidence: evidence.iter().map(convert::evidence_summary).collect(),
+            evidence: listing
+                .records
+                .iter()
+                .map(convert::evidence_summary)
+                .collect(),
+            store_warning: listing.store_warning.unwrap_or_default(),
+            save_failures: listing.save_failures,
         }))
     }
 
@@ -287,27 +262,134 @@ impl LeakTracer for LeakTracerService {
     }
 }
 
-/// A watch stream's reports as the client takes them. A report's share of the node's queue
-/// budget is held until the client asks for the next one: by then tonic has encoded it and the
-/// HTTP/2 layer (which only asks for more data once the previous data went out) has sent it.
-struct WatchStream {
-    receiver: mpsc::Receiver<(Result<pb::LeakReport, Status>, Option<OwnedSemaphorePermit>)>,
-    held: Option<OwnedSemaphorePermit>,
+/// A leak report as protobuf, built and encoded in one of the few report slots.
+async fn leak_report(
+    agent: &AgentHandle,
+    stats: &ApiStats,
+    request: crate::agent::ReportRequest,
+) -> Result<pb::LeakReport, Status> {
+    let _slot = Arc::clone(&stats.report_slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Status::unavailable("the API is shutting down"))?;
+    let report = within_deadline(agent.report(request)).await?;
+    Ok(pb::LeakReport::from(&report))
 }
 
-impl Stream for WatchStream {
-    type Item = Result<pb::LeakReport, Status>;
+/// One watch stream's state. A report is produced only when tonic asks for the next one, which
+/// it does only once the client has taken the previous one (HTTP/2 flow control): a stream its
+/// client does not read produces nothing and holds nothing but what tonic keeps for it.
+struct Watcher {
+    agent: AgentHandle,
+    stats: Arc<ApiStats>,
+    request: crate::agent::ReportRequest,
+    interval: Duration,
+    ticks: tokio::time::Interval,
+    last_tick: Instant,
+    first: Option<pb::LeakReport>,
+    /// Encoded size of the last report produced: the next is about as large.
+    expected_bytes: usize,
+    /// Reports not sent since the stream opened.
+    skipped: u64,
+    /// This stream's share of the node's budget ([`WATCH_QUEUE_BYTES`]), held while it lives:
+    /// tonic keeps an encoding buffer of about twice its largest report for the stream's life.
+    charge: Option<OwnedSemaphorePermit>,
+    charged_bytes: usize,
+    /// An error was sent: the stream ends.
+    ended: bool,
+    _slot: OwnedSemaphorePermit,
+}
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        this.held = None;
-        match this.receiver.poll_recv(cx) {
-            Poll::Ready(Some((item, bytes))) => {
-                this.held = bytes;
-                Poll::Ready(Some(item))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+/// What one sent report costs the agent while its stream lives, per encoded byte: tonic's
+/// encoding buffer grows by doubling, and the frame it hands HTTP/2 shares that buffer.
+const WATCH_BYTES_PER_ENCODED_BYTE: usize = 2;
+
+impl Watcher {
+    /// The next report to send (`None` ends the stream).
+    async fn next(mut self) -> Option<(Result<pb::LeakReport, Status>, Self)> {
+        if self.ended {
+            return None;
         }
+        if let Some(first) = self.first.take() {
+            if self.charge_for(first.encoded_len()) {
+                return Some((Ok(self.sent(first)), self));
+            }
+            self.skip(1);
+        }
+        loop {
+            let _ = self.ticks.tick().await;
+            // Ticks that passed while the client was not reading.
+            let missed = self.last_tick.elapsed().as_nanos() / self.interval.as_nanos().max(1);
+            self.skip(u64::try_from(missed).unwrap_or(u64::MAX).saturating_sub(1));
+            self.last_tick = Instant::now();
+            // Nothing is produced that the budget could not take (a stream that never gets
+            // room costs a check per tick, not a report).
+            if !self.has_room_for(self.expected_bytes) {
+                self.skip(1);
+                continue;
+            }
+            let report = match leak_report(&self.agent, &self.stats, self.request.clone()).await {
+                Ok(report) => report,
+                Err(status) => {
+                    self.ended = true;
+                    return Some((Err(status), self));
+                }
+            };
+            self.expected_bytes = report.encoded_len();
+            if self.charge_for(self.expected_bytes) {
+                return Some((Ok(self.sent(report)), self));
+            }
+            // The node's budget has no room for this stream's buffer: try at the next tick.
+            self.skip(1);
+        }
+    }
+
+    fn sent(&mut self, mut report: pb::LeakReport) -> pb::LeakReport {
+        report.reports_skipped = self.skipped;
+        let _ = self
+            .stats
+            .watch_reports_sent
+            .fetch_add(1, Ordering::Relaxed);
+        report
+    }
+
+    fn skip(&mut self, reports: u64) {
+        if reports > 0 {
+            self.skipped = self.skipped.saturating_add(reports);
+            let _ = self
+                .stats
+                .watch_reports_skipped
+                .fetch_add(reports, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this stream's share, grown to cover a report of `encoded_bytes`, would fit now.
+    fn has_room_for(&self, encoded_bytes: usize) -> bool {
+        let wanted = encoded_bytes
+            .max(1)
+            .saturating_mul(WATCH_BYTES_PER_ENCODED_BYTE);
+        wanted <= self.charged_bytes
+            || wanted - self.charged_bytes <= self.stats.watch_queue.available_permits()
+    }
+
+    /// Grows this stream's share of the budget to cover a report of `encoded_bytes`; false when
+    /// the node's budget has no room.
+    fn charge_for(&mut self, encoded_bytes: usize) -> bool {
+        let wanted = encoded_bytes
+            .max(1)
+            .saturating_mul(WATCH_BYTES_PER_ENCODED_BYTE);
+        if wanted <= self.charged_bytes {
+            return true;
+        }
+        let more = u32::try_from(wanted - self.charged_bytes).unwrap_or(u32::MAX);
+        let Ok(more) = Arc::clone(&self.stats.watch_queue).try_acquire_many_owned(more) else {
+            return false;
+        };
+        match &mut self.charge {
+            Some(charge) => charge.merge(more),
+            None => self.charge = Some(more),
+        }
+        self.charged_bytes = wanted;
+        true
     }
 }

@@ -117,6 +117,7 @@ impl ServeOptions {
                     source,
                 })?;
             check_directory(dir)?;
+            refuse_live_or_foreign(path)?;
         }
         Ok(())
     }

@@ -280,6 +280,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(status)?;
+            let warning = &response.get_ref().store_warning;
+            if !warning.is_empty() {
+                eprintln!("WARNING: the evidence store is not whole: {warning}");
+            }
             let list: Vec<format::SummaryView> = response
                 .get_ref()
                 .evidence

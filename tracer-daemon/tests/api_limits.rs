@@ -273,7 +273,7 @@ fn thousands_of_idle_connections_are_capped_and_never_starve_the_api_or_attachin
             &format!("{listener}: refused / timed out"),
             format!("{refused} / {timed_out}"),
         );
-        assert!(refused > 9_000.0, "{listener}: {refused} refused");
+        assert!(refused > 1_000.0, "{listener}: {refused} refused");
         assert!(timed_out >= 1.0, "{listener}: {timed_out} timed out");
     }
     for child in &mut flood {

@@ -39,8 +39,9 @@ const EXPECTED_CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PT
 
 /// Measured daemon RSS at a million outstanding allocations (BENCHMARKS.md), rounded up.
 const DAEMON_RSS_BYTES: u64 = 55 << 20;
-/// Kernel memory per outstanding-allocation slot, charged to the pod's memory cgroup.
-const BYTES_PER_ALLOCATION_SLOT: u64 = 100;
+/// Kernel memory per outstanding-allocation slot, charged to the pod's memory cgroup (bpftool's
+/// memlock of the preallocated map: 234,882,128 B for 2^21 slots).
+const BYTES_PER_ALLOCATION_SLOT: u64 = 112;
 /// Kernel memory per stack slot (stack trace plus per-stack totals).
 const BYTES_PER_STACK_SLOT: u64 = 600;
 /// The ring buffer (1 MiB) and the per-thread scratch map.
@@ -465,7 +466,7 @@ fn memory_requests_cover_the_configured_bpf_maps() {
         let rendered = render(dir);
         let file = config::parse(&mounted_config(&rendered, dir)).expect("valid config");
         // The daemon's defaults when [limits] leaves them out (cli/run.rs).
-        let allocations = u64::from(file.limits.max_allocations.unwrap_or(1 << 19));
+        let allocations = u64::from(file.limits.max_allocations.unwrap_or(1 << 20));
         let stacks = u64::from(file.limits.max_stacks.unwrap_or(1 << 15));
         let unwind_rows = u64::from(file.limits.max_unwind_rows.unwrap_or(1 << 19));
         let working_set = DAEMON_RSS_BYTES

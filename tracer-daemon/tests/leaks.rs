@@ -248,6 +248,14 @@ fn a_full_stack_table_counts_what_it_lost_and_an_ended_process_gives_its_slots_b
         "{:#}",
         report["stats"]
     );
+    // Impossible to miss: a top-level flag with the reason and the setting to raise.
+    assert_eq!(report["incomplete"], true, "{report:#}");
+    assert!(
+        report["incomplete_reason"].as_str().is_some_and(|r| r
+            .contains("4000 because the per-stack totals were full")
+            && r.contains("--max-stacks")),
+        "{report:#}"
+    );
     // Once that process has ended and been reported, its 600 slots are free again: the other
     // process's leak gets one and is recorded exactly.
     let many_pid = many.pid;

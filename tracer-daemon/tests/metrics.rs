@@ -290,6 +290,31 @@ fn a_full_allocation_map_shows_its_losses_in_the_api_and_the_metrics() {
         metric_lost >= lost as f64,
         "metrics {metric_lost} vs API {lost} (the counter only grows)"
     );
+    // Incomplete is impossible to miss: in the JSON (a top-level flag with the reason), the
+    // text tracerctl prints first, and the agent's log.
+    assert_eq!(report["incomplete"], true, "{report:#}");
+    let reason = report["incomplete_reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("the allocation map was full") && reason.contains("--max-allocations"),
+        "{reason}"
+    );
+    let (code, text, stderr) = agent.ctl(&["top", &pod.display()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let second_line = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        second_line.contains("WARNING: INCOMPLETE REPORT")
+            && second_line.contains("max-allocations"),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !agent.stderr().contains("reports are incomplete") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -660,3 +660,34 @@ fn starting_the_tracer_itself_or_a_kernel_thread_fails_with_the_reason() {
         "a refused pid is not listed as traced: {targets:#}"
     );
 }
+
+#[test]
+fn a_pod_that_started_a_moment_ago_is_found_without_waiting_for_discovery() {
+    require_root();
+    let root = temp_root("fresh-pod");
+    let namespace = format!("fresh-{}", std::process::id());
+    // Discovery so slow that only the lookup made for the request can find the pod.
+    let agent = Agent::start(&root, &["--discovery-interval", "1h"]);
+    let pod = FakePod::create(
+        &namespace,
+        "api-0",
+        Driver::Systemd,
+        "besteffort",
+        &["app"],
+        &root.join("pods"),
+        &root.join("containers"),
+    );
+    let mut leaker = Workload::start(&workload("one_leak_site"), &[]);
+    pod.place(leaker.pid, "app");
+    let started = agent.ctl_json(&["trace", "start", &pod.display()]);
+    assert_eq!(started[0]["pid"], u64::from(leaker.pid), "{started:#}");
+    assert_eq!(started[0]["traced"], true, "{started:#}");
+    let _ = leaker.run_to_done();
+    let report = agent.ctl_json(&["top", &pod.display()]);
+    assert_eq!(
+        report_totals(&report, "leak_here"),
+        (409_600, 100),
+        "{report:#}"
+    );
+    leaker.finish();
+}

@@ -33,6 +33,11 @@ const APT_PACKAGES: &[&str] = &[
     "libjemalloc-dev",
     "libgoogle-perftools-dev",
     "libmimalloc-dev",
+    // Real programs the tests check the tracer against, and glibc's debug package (the
+    // symbolizer must name libc frames from its compressed DWARF).
+    "memcached",
+    "redis-server",
+    "libc6-dbg",
 ];
 
 /// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the

@@ -418,6 +418,8 @@ struct Agent {
     evidence_failed: u64,
     /// Allocations lost when that was last logged.
     logged_lost: u64,
+    /// When the node was last rescanned for a name a request did not find.
+    last_rescan: Instant,
 }
 
 impl Agent {
@@ -448,6 +450,10 @@ impl Agent {
             evidence_saved: 0,
             evidence_failed: 0,
             logged_lost: 0,
+            // Long enough ago that the first request may rescan at once.
+            last_rescan: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
         })
     }
 
@@ -683,7 +689,7 @@ impl Agent {
     }
 
     fn start(&mut self, selector: &Selector) -> Result<Vec<TargetProcess>, AgentError> {
-        let resolved = self.resolve(selector)?;
+        let resolved = self.resolve_now(selector)?;
         match (&selector.target, &resolved.pod) {
             (Target::Pid(pid), _) => {
                 let _ = self.failures.remove(pid);
@@ -713,7 +719,7 @@ impl Agent {
     }
 
     fn stop(&mut self, selector: &Selector) -> Result<Vec<u32>, AgentError> {
-        let resolved = self.resolve(selector)?;
+        let resolved = self.resolve_now(selector)?;
         if let (Some(pod), false) = (&resolved.pod, matches!(selector.target, Target::Pid(_))) {
             self.selection.stop(Explicit {
                 pod_uid: pod.uid.clone(),

@@ -33,6 +33,22 @@ pub(super) fn now_unix_ms() -> u64 {
 
 impl Agent {
     /// The pids a selector names (traced or not) with their container id, or why none.
+    /// Like [`Agent::resolve`], but a pod or container not in the last discovery pass is looked
+    /// for again on the node before NOT_FOUND is answered (a pod that started a second ago).
+    pub(super) fn resolve_now(&mut self, selector: &Selector) -> Result<Resolved, AgentError> {
+        match self.resolve(selector) {
+            // At most a few rescans a second, however many unknown names clients ask for.
+            Err(AgentError::NotFound(_))
+                if self.last_rescan.elapsed() >= std::time::Duration::from_millis(100) =>
+            {
+                self.view = crate::discover::node::scan(&self.config.paths, &self.mounts);
+                self.last_rescan = std::time::Instant::now();
+                self.resolve(selector)
+            }
+            resolved => resolved,
+        }
+    }
+
     pub(super) fn resolve(&self, selector: &Selector) -> Result<Resolved, AgentError> {
         let pod = match &selector.target {
             Target::Pid(pid) => {
@@ -200,7 +216,7 @@ impl Agent {
     pub(super) fn report(&mut self, request: &ReportRequest) -> Result<PodReport, AgentError> {
         let taken_at_unix_ms = now_unix_ms();
         self.tracer.poll();
-        let resolved = self.resolve(&request.selector)?;
+        let resolved = self.resolve_now(&request.selector)?;
         let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
         if !resolved
             .containers

@@ -113,10 +113,10 @@ pub struct MapSizes {
     pub unwind_rows: u32,
 }
 
-/// Default capacity for outstanding allocations: a real service holds hundreds of thousands
-/// (a 200,000-key Redis about 800,000), so the default leaves room for two such; about 100 B of
-/// kernel memory each (200 MiB, charged to the agent's memory cgroup).
-pub const DEFAULT_ALLOCATIONS: u32 = 1 << 21;
+/// Default capacity for outstanding allocations: a real service holds hundreds of thousands (a
+/// 200,000-key Redis about 800,000), so the default holds one such; 112 B of kernel memory each
+/// (bpftool's memlock for the preallocated map: 112 MiB, charged to the agent's memory cgroup).
+pub const DEFAULT_ALLOCATIONS: u32 = 1 << 20;
 
 /// Default unwind-table capacity: glibc has about 28,000 rows, libstdc++ about 40,000; 16 bytes
 /// of kernel memory each (8 MiB).

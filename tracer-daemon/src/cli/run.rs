@@ -114,7 +114,7 @@ pub struct RunArgs {
     pub discovery_interval: Duration,
 
     /// Outstanding allocations across the node (kernel memory, ~100 B each) [default: config
-    /// file, else 2097152].
+    /// file, else 1048576].
     #[arg(long, value_parser = crate::cli::within(config::ALLOCATIONS_RANGE))]
     pub max_allocations: Option<u32>,
 

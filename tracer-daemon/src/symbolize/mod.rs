@@ -99,6 +99,9 @@ struct ModuleMapping {
 /// those, the longest prefix of the mangled name that demangles to a plain name (its scope and
 /// template arguments, without the signature) is used.
 fn demangled(name: &str) -> String {
+    // glibc's debug info names its internal aliases `__GI_<name>` (`__GI___strdup`): the name
+    // after the prefix is the one its symbol tables and people use.
+    let name = name.strip_prefix("__GI_").unwrap_or(name);
     if !name.starts_with("_Z") {
         return name.to_owned();
     }
@@ -390,6 +393,7 @@ mod tests {
             "std::make_shared<Node>"
         );
         assert_eq!(demangled("malloc"), "malloc");
+        assert_eq!(demangled("__GI___strdup"), "__strdup");
         assert_eq!(demangled("_Z"), "_Z");
         assert_eq!(demangled("_ZN5Cache8rememberEi"), "Cache::remember(int)");
     }

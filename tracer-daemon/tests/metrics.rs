@@ -138,7 +138,7 @@ fn container_leak_figures_in_metrics_equal_the_reports_exact_bytes() {
     );
     assert_eq!(
         sample(&scraped, "tracer_map_capacity", &[("map", "allocations")]),
-        Some(524_288.0)
+        Some(f64::from(tracer_daemon::bpf::DEFAULT_ALLOCATIONS))
     );
     assert!(
         sample(&scraped, "tracer_symbol_cache_misses_total", &[]).is_some_and(|m| m >= 1.0),

@@ -248,3 +248,28 @@ fn the_victim_is_the_leaker_not_the_process_whose_allocation_tripped_the_limit()
     agent.stop_keeping_state();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn trace_logs_an_oom_kill_of_a_process_it_does_not_trace_only_at_debug_level() {
+    require_root();
+    let root = temp_root("oom-untraced");
+    let namespace = format!("oom-untraced-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "oomer-0", &["app"]);
+    // `trace` follows one quiet process; another one, untraced, is OOM-killed meanwhile.
+    let quiet = Workload::start(&workload("one_leak_site"), &[]);
+    let trace = Trace::start(&[quiet.pid], &["--interval", "200ms"]);
+    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "15"]);
+    pod.place(leaker.pid, "app");
+    leaker.send("go");
+    let _ = leaker.last_allocated_before_death();
+    assert_eq!(leaker.wait_killed(), Some(libc::SIGKILL));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = trace.stderr();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("OOM kill")),
+        "an OOM kill of a process trace does not follow is not a warning:\n{log}"
+    );
+    drop(trace);
+    quiet.finish();
+}

@@ -411,6 +411,16 @@ fn start_and_stop_tracing_at_runtime_through_tracerctl() {
         (409_600, 100),
         "{report:#}"
     );
+    // A person's table stops at main; --full-stacks (and JSON) keep libc's frames below it.
+    let (code, table, _) = agent.ctl(&["top", &pod.display()]);
+    assert_eq!(code, Some(0));
+    assert!(
+        !table.contains("__libc_start") && table.contains("frames below; --full-stacks shows them"),
+        "{table}"
+    );
+    let (code, full, _) = agent.ctl(&["top", &pod.display(), "--full-stacks"]);
+    assert_eq!(code, Some(0));
+    assert!(full.contains("__libc_start"), "{full}");
 
     let stopped = agent.ctl_json(&["trace", "stop", &pod.display()]);
     assert_eq!(stopped, serde_json::json!([leaker.pid]));
@@ -454,9 +464,39 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
     let agent = Agent::start(&root, &["--namespace", &namespace]);
     agent.wait_traced(&[workload.pid]);
     let _ = workload.run_to_done();
+    // Before half the 4 s window has passed nothing is classed, yet the measured rate shows,
+    // marked provisional with the time until it is classed.
+    std::thread::sleep(Duration::from_millis(1000));
+    let early = agent.ctl_json(&["top", &pod.display(), "--sort", "growth"]);
+    let early_container = &early["containers"][0];
+    let leak = early_container["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "leak_slowly")
+        .unwrap_or_else(|| panic!("leak_slowly missing: {early:#}"));
+    if leak["growth"]["class"] == "insufficient_data" {
+        assert!(
+            early_container["provisional_leak_bytes_per_second"]
+                .as_f64()
+                .is_some_and(|r| r > 10_000.0),
+            "the measured rate shows before the leak is classed: {early:#}"
+        );
+        assert!(
+            early_container["classed_in_ns"].as_u64().is_some(),
+            "{early:#}"
+        );
+        let (code, text, _) = agent.ctl(&["top", &pod.display(), "--sort", "growth"]);
+        assert_eq!(code, Some(0));
+        assert!(
+            text.contains("/s provisional, from call sites classed in ~")
+                && text.contains("new (in "),
+            "{text}"
+        );
+    }
     // The window is 4 s with a sample every 200 ms: after 3 s the cache has been flat for the
     // whole recent half while the leak kept growing.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     let report = agent.ctl_json(&["top", &pod.display(), "--sort", "growth"]);
     let class_of = |function: &str| -> String {
         report["containers"][0]["stacks"]
@@ -468,6 +508,23 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
             .unwrap_or_else(|| panic!("{function} missing: {report:#}"))
     };
     assert_eq!(class_of("leak_slowly"), "growing", "{report:#}");
+    // The samples behind the class reach the client (they were 0 in every report).
+    let leak = report["containers"][0]["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "leak_slowly")
+        .expect("leak_slowly");
+    assert!(
+        leak["growth"]["samples"].as_u64().is_some_and(|n| n >= 4),
+        "{leak:#}"
+    );
+    assert!(
+        leak["growth"]["span_ns"]
+            .as_u64()
+            .is_some_and(|ns| ns >= 2_000_000_000),
+        "{leak:#}"
+    );
     assert_eq!(class_of("fill_cache"), "levelling_off", "{report:#}");
     let container = &report["containers"][0];
     assert_eq!(

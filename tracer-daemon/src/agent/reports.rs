@@ -162,6 +162,8 @@ impl Agent {
                 .collect();
             // The leak rate counts every growing stack, shown or not.
             let leak_bytes_per_second = pod::leak_rate_of(tracked.values());
+            let (provisional_leak_bytes_per_second, classed_in_ns) =
+                pod::provisional_rate_of(tracked.values());
             match sort_by {
                 SortBy::Bytes => keep_largest(&mut raw, candidates(top)),
                 SortBy::Growth => {
@@ -202,6 +204,8 @@ impl Agent {
                 outstanding_bytes,
                 outstanding_count,
                 leak_bytes_per_second,
+                provisional_leak_bytes_per_second,
+                classed_in_ns,
                 time_to_limit_ns: pod::time_to_limit_ns(memory.as_ref(), leak_bytes_per_second),
                 memory,
                 stacks_total,

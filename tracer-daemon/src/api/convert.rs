@@ -360,6 +360,14 @@ impl From<&StackReport> for pb::StackReport {
             recent_growth_bytes_per_second: s.growth.map_or(0.0, |g| g.recent_bytes_per_second),
             growth_class: growth_class(s.growth.map(|g| g.class)) as i32,
             frames: s.frames.iter().map(Into::into).collect(),
+            growth_samples: s
+                .growth
+                .map_or(0, |g| u32::try_from(g.samples).unwrap_or(u32::MAX)),
+            growth_span: s.growth.map(|g| proto_duration_ns(g.span_ns)),
+            classed_in: s
+                .growth
+                .filter(|g| g.class == GrowthClass::InsufficientData)
+                .map(|g| proto_duration_ns(g.classed_in_ns)),
         }
     }
 }
@@ -384,8 +392,9 @@ impl From<&pb::StackReport> for StackReport {
                 bytes_per_second: s.growth_bytes_per_second,
                 recent_bytes_per_second: s.recent_growth_bytes_per_second,
                 class,
-                samples: 0,
-                span_ns: 0,
+                samples: s.growth_samples as usize,
+                span_ns: ns_of(s.growth_span.as_ref()),
+                classed_in_ns: ns_of(s.classed_in.as_ref()),
             }),
             frames: s.frames.iter().map(Frame::from).collect::<Vec<_>>().into(),
             members: Vec::new(),
@@ -478,6 +487,8 @@ impl From<&pb::LeakReport> for PodReport {
                     outstanding_bytes: c.outstanding_bytes,
                     outstanding_count: c.outstanding_count,
                     leak_bytes_per_second: c.leak_bytes_per_second,
+                    provisional_leak_bytes_per_second: c.provisional_leak_bytes_per_second,
+                    classed_in_ns: c.classed_in.as_ref().map(|d| ns_of(Some(d))),
                     time_to_limit_ns: c.time_to_limit.as_ref().map(|d| ns_of(Some(d))),
                     stacks: c.stacks.iter().map(Into::into).collect(),
                     stacks_total: c.stacks_total as usize,
@@ -623,6 +634,8 @@ fn container_report(c: &ContainerReport) -> pb::ContainerReport {
         outstanding_bytes: c.outstanding_bytes,
         outstanding_count: c.outstanding_count,
         leak_bytes_per_second: c.leak_bytes_per_second,
+        provisional_leak_bytes_per_second: c.provisional_leak_bytes_per_second,
+        classed_in: c.classed_in_ns.map(proto_duration_ns),
         time_to_limit: c.time_to_limit_ns.map(proto_duration_ns),
         stacks: c.stacks.iter().map(Into::into).collect(),
         stacks_total: u32::try_from(c.stacks_total).unwrap_or(u32::MAX),
@@ -727,6 +740,8 @@ mod tests {
                 outstanding_bytes: 4096,
                 outstanding_count: 1,
                 leak_bytes_per_second: 12.5,
+                provisional_leak_bytes_per_second: 3.0,
+                classed_in_ns: Some(60_000_000_000),
                 time_to_limit_ns: Some(3_000_000_000),
                 stacks: vec![StackReport {
                     stack_id: "00000000000000ff".into(),
@@ -740,8 +755,9 @@ mod tests {
                         bytes_per_second: 12.5,
                         recent_bytes_per_second: 10.0,
                         class: GrowthClass::Growing,
-                        samples: 0,
-                        span_ns: 0,
+                        samples: 12,
+                        span_ns: 110_000_000_000,
+                        classed_in_ns: 0,
                     }),
                     frames: vec![Frame {
                         addr: 0x1234,

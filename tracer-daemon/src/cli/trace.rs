@@ -68,6 +68,11 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Sessions::Auto)]
     pub uprobe_sessions: Sessions,
 
+    /// Show every frame of a stack in text reports (by default the C library's frames below
+    /// `main` or a thread's start are folded).
+    #[arg(long)]
+    pub full_stacks: bool,
+
     /// Print where each probe goes in each target's allocator, and why, then exit.
     #[arg(long)]
     pub explain_probes: bool,
@@ -188,7 +193,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         let finished = interrupted || tracer.all_ended();
         if finished || Instant::now() >= next_report {
             let report = session.report(&mut tracer, &options)?;
-            print_report(&report, args.json)?;
+            print_report(&report, args.json, args.full_stacks)?;
             reports += 1;
             next_report += args.interval;
             if Instant::now() > next_report {
@@ -279,20 +284,20 @@ fn signed_delta(now: u64, before: u64) -> i64 {
     i64::try_from(i128::from(now) - i128::from(before)).unwrap_or(i64::MAX)
 }
 
-fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+fn print_report(report: &Report, json: bool, full_stacks: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, report)?;
         writeln!(out)?;
     } else {
-        out.write_all(format_text(report).as_bytes())?;
+        out.write_all(format_text(report, full_stacks).as_bytes())?;
     }
     out.flush()?;
     Ok(())
 }
 
-/// The human form of a report.
-pub fn format_text(report: &Report) -> String {
+/// The human form of a report (`full_stacks`: every frame, none folded).
+pub fn format_text(report: &Report, full_stacks: bool) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "=== leak report #{} ===", report.sequence);
     if let Some(reason) = &report.incomplete_reason {
@@ -333,8 +338,15 @@ pub fn format_text(report: &Report) -> String {
                 signed_bytes(stack.growth_bytes),
                 stack.kind,
             );
-            for frame in stack.frames.iter().take(12) {
+            let (shown, folded) = report::frames_to_show(&stack.frames, full_stacks);
+            for frame in shown.iter().take(12) {
                 let _ = writeln!(text, "        {}", frame.display_name());
+            }
+            if folded > 0 {
+                let _ = writeln!(
+                    text,
+                    "        ({folded} C library frames below; --full-stacks shows them)"
+                );
             }
             if stack.frames.is_empty() {
                 let _ = writeln!(text, "        [stack lost]");

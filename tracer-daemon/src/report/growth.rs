@@ -76,6 +76,11 @@ pub struct Growth {
     pub samples: usize,
     /// Time between the oldest and the newest sample, ns.
     pub span_ns: u64,
+    /// While the class is [`GrowthClass::InsufficientData`]: about how long until there are
+    /// enough samples over enough of the window to class it, ns (the rates above are already
+    /// measured, and provisional until then); 0 once classed.
+    #[serde(default)]
+    pub classed_in_ns: u64,
 }
 
 /// One key's samples, oldest first, at strictly increasing times.
@@ -246,12 +251,22 @@ pub fn classify(points: &[(u64, u64)], config: &GrowthConfig) -> Growth {
             _ => GrowthClass::Stable,
         }
     };
+    let classed_in_ns = if class == GrowthClass::InsufficientData {
+        // Half the window must be covered, and min_samples taken at the pace seen so far.
+        let span_missing_ns = (config.window_ns / 2).saturating_sub(span_ns);
+        let samples_missing = config.min_samples.saturating_sub(points.len()) as u64;
+        let pace_ns = span_ns / (points.len().max(2) as u64 - 1);
+        span_missing_ns.max(samples_missing.saturating_mul(pace_ns))
+    } else {
+        0
+    };
     Growth {
         bytes_per_second: whole.slope_per_ns * NANOS_PER_SECOND,
         recent_bytes_per_second: recent.slope_per_ns * NANOS_PER_SECOND,
         class,
         samples: points.len(),
         span_ns,
+        classed_in_ns,
     }
 }
 
@@ -329,6 +344,11 @@ pub fn combine(members: &[Growth]) -> Option<Growth> {
         class,
         samples: members.iter().map(|g| g.samples).max().unwrap_or(0),
         span_ns: members.iter().map(|g| g.span_ns).max().unwrap_or(0),
+        classed_in_ns: if class == GrowthClass::InsufficientData {
+            members.iter().map(|g| g.classed_in_ns).min().unwrap_or(0)
+        } else {
+            0
+        },
     })
 }
 
@@ -560,6 +580,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_stack_has_its_measured_rate_and_says_when_it_will_be_classed() {
+        let config = GrowthConfig::default();
+        // 2 MiB/s for 40 s, sampled every 10 s: the rate is known, the class is not yet.
+        let points: Vec<(u64, u64)> = (0..=4)
+            .map(|i| (i * 10 * SECOND_NS, i * 20 * MIB))
+            .collect();
+        let growth = classify(&points, &config);
+        assert_eq!(growth.class, GrowthClass::InsufficientData);
+        assert!(
+            (growth.bytes_per_second - 2.0 * MIB as f64).abs() < 1.0,
+            "{growth:?}"
+        );
+        assert_eq!((growth.samples, growth.span_ns), (5, 40 * SECOND_NS));
+        // Half of the 5-minute window is 150 s: 110 s to go.
+        assert_eq!(growth.classed_in_ns, 110 * SECOND_NS);
+        let classed: Vec<(u64, u64)> = (0..=15)
+            .map(|i| (i * 10 * SECOND_NS, i * 20 * MIB))
+            .collect();
+        let growth = classify(&classed, &config);
+        assert_eq!(
+            (growth.class, growth.classed_in_ns),
+            (GrowthClass::Growing, 0)
+        );
+    }
+
+    #[test]
     fn merged_call_sites_add_their_rates_and_take_the_most_telling_class() {
         let growth = |rate: f64, class: GrowthClass| Growth {
             bytes_per_second: rate,
@@ -567,6 +613,7 @@ mod tests {
             class,
             samples: 5,
             span_ns: 10,
+            classed_in_ns: 0,
         };
         assert_eq!(combine(&[]), None);
         let merged = combine(&[

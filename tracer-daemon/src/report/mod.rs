@@ -118,6 +118,29 @@ pub struct Report {
     pub stats: BpfStats,
 }
 
+/// The frames a person reads: up to and including `main`, or up to the thread's start
+/// (`start_thread` and the `clone` below it), since what lies below is the C library starting
+/// the program or thread; with `full`, all of them. Returns them and how many were folded.
+pub fn frames_to_show(frames: &[Frame], full: bool) -> (&[Frame], usize) {
+    if full {
+        return (frames, 0);
+    }
+    fn name(frame: &Frame) -> &str {
+        frame.function.as_deref().unwrap_or_default()
+    }
+    let end = frames
+        .iter()
+        .position(|f| name(f) == "main")
+        .map(|at| at + 1)
+        .or_else(|| {
+            frames
+                .iter()
+                .position(|f| matches!(name(f), "start_thread" | "clone3" | "__clone" | "clone"))
+        })
+        .unwrap_or(frames.len());
+    (&frames[..end], frames.len() - end)
+}
+
 /// Merges stacks whose frames are the same source locations: an unrolled loop calls malloc
 /// from two addresses of one line, which a person reads as one call site. Frames without line
 /// info keep their address, so distinct call sites are never merged by function name alone.

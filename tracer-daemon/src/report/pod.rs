@@ -39,6 +39,13 @@ pub struct ContainerReport {
     pub outstanding_count: u64,
     /// Sum of the growth rates of the stacks classed as growing, bytes per second.
     pub leak_bytes_per_second: f64,
+    /// Sum of the measured growth rates of the stacks not classed yet (too new), bytes per
+    /// second: provisional, shown from the start so an obvious leak is not "0 B/s".
+    #[serde(default)]
+    pub provisional_leak_bytes_per_second: f64,
+    /// When those stacks will be classed (the soonest), ns; `None` when none is waiting.
+    #[serde(default)]
+    pub classed_in_ns: Option<u64>,
     /// Time until usage reaches the limit at that rate, ns (no limit or no growth: `None`).
     pub time_to_limit_ns: Option<u64>,
     /// The top stacks.
@@ -112,6 +119,22 @@ pub fn leak_rate_of<'a>(growths: impl IntoIterator<Item = &'a Growth>) -> f64 {
         .sum()
 }
 
+/// Sum of the measured rates of the growing stacks not classed yet, and when the first of them
+/// will be classed (`None` when none is waiting).
+pub fn provisional_rate_of<'a>(
+    growths: impl IntoIterator<Item = &'a Growth>,
+) -> (f64, Option<u64>) {
+    growths
+        .into_iter()
+        .filter(|g| g.class == GrowthClass::InsufficientData && g.bytes_per_second > 0.0)
+        .fold((0.0, None), |(rate, soonest), g| {
+            (
+                rate + g.bytes_per_second,
+                Some(soonest.map_or(g.classed_in_ns, |s: u64| s.min(g.classed_in_ns))),
+            )
+        })
+}
+
 /// Time until usage reaches the limit at `bytes_per_second`, ns; `None` without a limit or
 /// without growth; 0 when already at or above the limit.
 pub fn time_to_limit_ns(memory: Option<&MemoryFigures>, bytes_per_second: f64) -> Option<u64> {
@@ -145,6 +168,7 @@ mod tests {
             oldest_age_ns: 0,
             growth_bytes: 0,
             growth: Some(Growth {
+                classed_in_ns: 0,
                 bytes_per_second: rate,
                 recent_bytes_per_second: rate,
                 class,

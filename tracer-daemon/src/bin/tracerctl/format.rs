@@ -1,6 +1,9 @@
 //! Human output of tracerctl.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use tracer_daemon::{
     agent::targets::{NodeTargets, TargetProcess},
@@ -26,6 +29,14 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Whether text reports show every frame (`--full-stacks`), set once from the command line.
+static FULL_STACKS: AtomicBool = AtomicBool::new(false);
+
+/// Shows every frame of a stack in text reports, none folded.
+pub(crate) fn show_full_stacks(full: bool) {
+    FULL_STACKS.store(full, Ordering::Relaxed);
 }
 
 fn human_duration_ns(ns: u64) -> String {
@@ -125,13 +136,14 @@ pub(crate) fn report(report: &PodReport) -> String {
     for container in &report.containers {
         let _ = writeln!(
             out,
-            "  container {}: {} outstanding ({} B) in {} allocations; memory {}; leaking {}/s{}",
+            "  container {}: {} outstanding ({} B) in {} allocations; memory {}; leaking {}/s{}{}",
             container.name.as_deref().unwrap_or("-"),
             human_bytes(container.outstanding_bytes),
             container.outstanding_bytes,
             container.outstanding_count,
             memory(container.memory.as_ref()),
             human_bytes(container.leak_bytes_per_second.max(0.0) as u64),
+            provisional(container),
             container
                 .time_to_limit_ns
                 .map(|ns| format!("; limit reached in ~{}", human_duration_ns(ns)))
@@ -143,19 +155,27 @@ pub(crate) fn report(report: &PodReport) -> String {
             "#", "BYTES", "ALLOCS", "OLDEST", "GROWTH/s", "TREND"
         );
         for (rank, stack) in container.stacks.iter().enumerate() {
-            let (rate, class) = stack.growth.map_or((0.0, "-"), |g| {
+            let (rate, class) = stack.growth.map_or((0.0, "-".to_owned()), |g| {
                 (
                     g.bytes_per_second,
                     match g.class {
-                        GrowthClass::InsufficientData => "new",
-                        GrowthClass::Growing => "GROWING",
-                        GrowthClass::LevellingOff => "levelling off",
-                        GrowthClass::Stable => "stable",
-                        GrowthClass::Shrinking => "shrinking",
+                        // The rate is measured already; it is classed once enough of the
+                        // window has passed.
+                        GrowthClass::InsufficientData => {
+                            format!("new (in {})", human_duration_ns(g.classed_in_ns))
+                        }
+                        GrowthClass::Growing => "GROWING".to_owned(),
+                        GrowthClass::LevellingOff => "levelling off".to_owned(),
+                        GrowthClass::Stable => "stable".to_owned(),
+                        GrowthClass::Shrinking => "shrinking".to_owned(),
                     },
                 )
             });
-            let mut frames = stack.frames.iter();
+            let (shown, folded) = tracer_daemon::report::frames_to_show(
+                &stack.frames,
+                FULL_STACKS.load(Ordering::Relaxed),
+            );
+            let mut frames = shown.iter();
             let site = frames
                 .next()
                 .map_or_else(|| "[stack lost]".to_owned(), |f| f.display_name());
@@ -174,6 +194,13 @@ pub(crate) fn report(report: &PodReport) -> String {
             for frame in frames.take(8) {
                 let _ = writeln!(out, "    {:>69} {}", "", frame.display_name());
             }
+            if folded > 0 {
+                let _ = writeln!(
+                    out,
+                    "    {:>69} ({folded} C library frames below; --full-stacks shows them)",
+                    ""
+                );
+            }
         }
         if container.stacks_total > container.stacks.len() {
             let _ = writeln!(
@@ -184,6 +211,18 @@ pub(crate) fn report(report: &PodReport) -> String {
         }
     }
     out
+}
+
+/// The provisional part of a container's leak rate: what its stacks too new to class grow by.
+fn provisional(container: &tracer_daemon::report::pod::ContainerReport) -> String {
+    match container.classed_in_ns {
+        Some(ns) if container.provisional_leak_bytes_per_second > 0.0 => format!(
+            " (+{}/s provisional, from call sites classed in ~{})",
+            human_bytes(container.provisional_leak_bytes_per_second as u64),
+            human_duration_ns(ns)
+        ),
+        _ => String::new(),
+    }
 }
 
 pub(crate) fn processes(processes: &Vec<TargetProcess>) -> String {

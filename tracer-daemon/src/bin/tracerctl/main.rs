@@ -52,6 +52,11 @@ struct Cli {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
+    /// Show every frame of a stack in tables (by default the C library's frames below `main`
+    /// or a thread's start are folded).
+    #[arg(long, global = true)]
+    full_stacks: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -176,6 +181,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    format::show_full_stacks(cli.full_stacks);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -119,6 +119,12 @@ fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
         python_view["unknown_pod_status"], "NOT_FOUND",
         "{python_view:#}"
     );
+    // The README quotes this error for a client that forgets the authority option.
+    assert_eq!(
+        python_view["without_authority"],
+        "StatusCode.INTERNAL Stream removed (RST_STREAM (Received RST_STREAM with error code 1))",
+        "{python_view:#}"
+    );
 
     api.finish();
     worker.finish();

@@ -46,8 +46,16 @@ def main():
         unknown = "OK"
     except grpc.RpcError as error:
         unknown = error.code().name
+    # Without the authority option: the error the README quotes, so a user can search for it.
+    bare = tracer_pb2_grpc.LeakTracerStub(grpc.insecure_channel(f"unix://{socket}"))
+    try:
+        bare.GetLeakReport(request(namespace, name), timeout=30)
+        without_authority = "OK"
+    except grpc.RpcError as error:
+        without_authority = f"{error.code()} {error.details()}"
     print(json.dumps({"pod": f"{report.pod.namespace}/{report.pod.name}", "stacks": stacks,
-                      "unknown_pod_status": unknown}))
+                      "unknown_pod_status": unknown,
+                      "without_authority": without_authority}))
 
 
 if __name__ == "__main__":

@@ -482,18 +482,19 @@ impl Agent {
         // milliseconds, not at the next tick.
         // SAFETY: the descriptor belongs to `self.tracer`, which outlives `events` (a local of
         // this function, dropped before `self`).
-        let registered = unsafe {
+        let registered = self.tracer.events_fd().map(|fd| unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(
-                EventsFd(self.tracer.events_fd()),
+                EventsFd(fd),
                 tokio::io::Interest::READABLE,
             )
-        };
+        });
         let events = match registered {
-            Ok(events) => Some(events),
-            Err(error) => {
+            Some(Ok(events)) => Some(events),
+            Some(Err(error)) => {
                 warn!(%error, "cannot wait on the ring buffer; OOM kills are captured at the next tick");
                 None
             }
+            None => None,
         };
         loop {
             tokio::select! {

@@ -13,10 +13,11 @@ use super::{
 use crate::{
     discover::node,
     report::{
-        growth::{self, Growth},
+        self,
+        assemble::RawStack,
         pod::{self, ContainerReport, PodReport, SortBy},
     },
-    tracer::{RawStack, ReportOptions, candidates, keep_largest},
+    tracer::ReportOptions,
 };
 
 /// What a selector resolved to: the pod (if any) and pids per container id.
@@ -144,72 +145,37 @@ impl Agent {
             if included.is_empty() {
                 continue;
             }
-            let mut raw: Vec<RawStack> = included
+            let raw: Vec<RawStack> = included
                 .iter()
                 .flat_map(|p| by_pid[p].iter().copied())
                 .collect();
-            let outstanding_bytes = raw.iter().map(|s| s.bytes).sum();
-            let outstanding_count = raw.iter().map(|s| s.count).sum();
-            let stacks_total = raw.len();
-            // Only tracked stacks (the largest node-wide) have a growth: look those up, not
-            // every stack the container has.
-            let pid_set: HashSet<u32> = included.iter().copied().collect();
-            let tracked: foldhash::HashMap<(u32, u64), Growth> = self
-                .growth
-                .keys()
-                .filter(|(pid, _)| pid_set.contains(pid))
-                .map(|key| (*key, self.growth.growth(key)))
-                .collect();
-            // The leak rate counts every growing stack, shown or not.
-            let leak_bytes_per_second = pod::leak_rate_of(tracked.values());
-            let (provisional_leak_bytes_per_second, classed_in_ns) =
-                pod::provisional_rate_of(tracked.values());
-            match sort_by {
-                SortBy::Bytes => keep_largest(&mut raw, candidates(top)),
-                SortBy::Growth => {
-                    let rate = |s: &RawStack| {
-                        tracked
-                            .get(&(s.pid, s.stack_id))
-                            .map_or(0.0, |g| g.bytes_per_second)
-                    };
-                    let by_rate = |a: &RawStack, b: &RawStack| rate(b).total_cmp(&rate(a));
-                    if raw.len() > candidates(top) {
-                        let _ = raw.select_nth_unstable_by(candidates(top), by_rate);
-                        raw.truncate(candidates(top));
-                    }
-                }
-            }
-            let growths = |pid: u32, id: u64| {
-                tracked
-                    .get(&(pid, id))
-                    .copied()
-                    .unwrap_or_else(|| self.growth.growth(&(pid, id)))
+            // Only tracked stacks (the largest node-wide) have a growth window.
+            let growth = &self.growth;
+            let growth_of = |pid: u32, id: u64| {
+                growth
+                    .contains(&(pid, id))
+                    .then(|| growth.growth(&(pid, id)))
             };
-            if top == 0 {
-                raw.clear();
-            }
-            let mut stacks = self.tracer.symbolize_stacks(&raw);
-            for stack in &mut stacks {
-                let members: Vec<Growth> = stack
-                    .members
-                    .iter()
-                    .map(|id| growths(stack.pid, *id))
-                    .collect();
-                stack.growth = growth::combine(&members);
-            }
+            let tracer = &mut self.tracer;
+            let assembled = report::assemble::assemble(raw, &growth_of, sort_by, top, &mut |raw| {
+                tracer.symbolize_stacks(raw)
+            });
             let memory = container.and_then(node::Container::memory);
             containers.push(ContainerReport {
                 name: container.and_then(|c| c.name.clone()),
                 id: container_id.clone(),
-                outstanding_bytes,
-                outstanding_count,
-                leak_bytes_per_second,
-                provisional_leak_bytes_per_second,
-                classed_in_ns,
-                time_to_limit_ns: pod::time_to_limit_ns(memory.as_ref(), leak_bytes_per_second),
+                outstanding_bytes: assembled.outstanding_bytes,
+                outstanding_count: assembled.outstanding_count,
+                leak_bytes_per_second: assembled.leak_bytes_per_second,
+                provisional_leak_bytes_per_second: assembled.provisional_leak_bytes_per_second,
+                classed_in_ns: assembled.classed_in_ns,
+                time_to_limit_ns: pod::time_to_limit_ns(
+                    memory.as_ref(),
+                    assembled.leak_bytes_per_second,
+                ),
                 memory,
-                stacks_total,
-                stacks: pod::rank_stacks(stacks, sort_by, top),
+                stacks_total: assembled.stacks_total,
+                stacks: assembled.stacks,
                 pids: included,
                 estimated: self.tracer.sample_bytes() > 0,
             });

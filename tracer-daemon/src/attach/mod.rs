@@ -13,10 +13,7 @@ pub mod placement;
 
 pub use functions::{ALLOCATOR_FUNCTIONS, AllocatorFunction, ProbeRule};
 
-use std::{
-    collections::HashMap, fmt::Write as _, num::NonZeroU32, os::unix::fs::MetadataExt as _,
-    path::PathBuf,
-};
+use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf, sync::Arc};
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
@@ -28,7 +25,10 @@ use crate::{
     attach::closer::DetachedLinks,
     attach::placement::{Placement, PlacementMode},
     bpf::{Probes, session::SessionLink},
-    discover::process::{self, ProcessError},
+    discover::{
+        process::{self, ProcessError},
+        snapshot::{MappedFile, ProcessSnapshot},
+    },
 };
 
 /// Why a process could not be attached.
@@ -137,78 +137,132 @@ pub struct Attachment {
     sessions: Vec<SessionLink>,
 }
 
-/// A mapped ELF file and the functions it defines.
-struct MappedFile {
-    path: String,
-    host_path: PathBuf,
-    id: Option<(u64, u64)>,
-    data: Vec<u8>,
-    symbols: HashMap<String, u64>,
+impl Attachment {
+    /// An attachment without links, for the tests' in-memory kernel side.
+    #[cfg(test)]
+    pub(crate) fn unlinked(pid: u32, library: AllocatorLibrary) -> Self {
+        Self {
+            pid,
+            library,
+            links: Vec::new(),
+            sessions: Vec::new(),
+        }
+    }
+}
+
+/// What the tracer needs to know of one ELF file, read once per file (device and inode) for
+/// every process that maps it: the allocator entry points it defines, with the first bytes of
+/// each (for placement), its dynamic linkage, and why it defines no malloc if it does not.
+#[derive(Debug)]
+pub struct FileFacts {
+    /// Allocator entry points it defines: symbol -> (file offset, first bytes of the code).
+    functions: HashMap<&'static str, (u64, Vec<u8>)>,
+    linkage: lookup_order::Linkage,
+    /// Said when this file is a program that maps no malloc.
+    why_no_malloc: String,
+}
+
+impl FileFacts {
+    fn read(data: &[u8]) -> Option<Self> {
+        let symbols = defined_functions(data).ok()?;
+        let functions = ALLOCATOR_FUNCTIONS
+            .iter()
+            .filter_map(|function| {
+                let &offset = symbols.get(function.symbol)?;
+                let start = usize::try_from(offset).ok()?.min(data.len());
+                let code = data[start..(start + PROLOGUE_BYTES).min(data.len())].to_vec();
+                Some((function.symbol, (offset, code)))
+            })
+            .collect();
+        Some(Self {
+            functions,
+            linkage: lookup_order::Linkage::of(data),
+            why_no_malloc: why_no_malloc(data),
+        })
+    }
+}
+
+/// Files read so far, by (device, inode): a node's hundred processes sharing one libc read it
+/// once, not once per attach.
+#[derive(Debug, Default)]
+pub struct ElfCatalog {
+    files: HashMap<(u64, u64), Arc<FileFacts>>,
+}
+
+/// Files kept in the catalog at most (each is a few kilobytes).
+const CATALOG_FILES: usize = 4096;
+
+impl ElfCatalog {
+    /// The facts of a mapped file (`None` when it cannot be read or is not ELF).
+    fn facts(&mut self, file: &MappedFile) -> Option<Arc<FileFacts>> {
+        if let Some(facts) = file.id.and_then(|id| self.files.get(&id)) {
+            return Some(Arc::clone(facts));
+        }
+        let data = std::fs::read(&file.host_path).ok()?;
+        let facts = Arc::new(FileFacts::read(&data)?);
+        if let Some(id) = file.id {
+            if self.files.len() >= CATALOG_FILES {
+                self.files.clear();
+            }
+            let _ = self.files.insert(id, Arc::clone(&facts));
+        }
+        Some(facts)
+    }
 }
 
 /// The mapped ELF files of a process in the dynamic linker's symbol lookup order (see
-/// [`lookup_order`]), and every path that was looked at.
-fn files_in_lookup_order(pid: u32) -> Result<(Vec<MappedFile>, Vec<String>), AttachError> {
-    let mappings = process::exec_mappings(pid)?;
-    let mut paths: Vec<(u64, &str)> = Vec::new();
-    for mapping in &mappings {
-        match paths.iter_mut().find(|(_, path)| *path == mapping.path) {
-            Some((start, _)) => *start = (*start).min(mapping.start),
-            None => paths.push((mapping.start, &mapping.path)),
-        }
-    }
+/// [`lookup_order`]), with their facts, and every path that was looked at.
+fn files_in_lookup_order<'s>(
+    snapshot: &'s ProcessSnapshot,
+    catalog: &mut ElfCatalog,
+) -> (Vec<(&'s MappedFile, Arc<FileFacts>)>, Vec<String>) {
     let mut files = Vec::new();
     let mut candidates = Vec::new();
-    let mut checked = Vec::new();
-    for (start, path) in paths {
-        checked.push(path.to_owned());
-        let host_path = process::host_path(pid, path);
-        let Ok(data) = std::fs::read(&host_path) else {
-            debug!(pid, path, "cannot read mapped file");
-            continue;
-        };
-        let Ok(symbols) = defined_functions(&data) else {
+    let checked = snapshot.files.iter().map(|f| f.path.clone()).collect();
+    for file in &snapshot.files {
+        let Some(facts) = catalog.facts(file) else {
+            debug!(pid = snapshot.pid(), path = %file.path, "cannot read mapped file");
             continue;
         };
         candidates.push(lookup_order::Candidate {
-            path: path.to_owned(),
-            start,
-            linkage: lookup_order::Linkage::of(&data),
+            path: file.path.clone(),
+            start: file.start,
+            linkage: facts.linkage.clone(),
         });
-        let id = std::fs::metadata(&host_path)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()));
-        files.push(Some(MappedFile {
-            path: path.to_owned(),
-            host_path,
-            id,
-            data,
-            symbols,
-        }));
+        files.push(Some((file, facts)));
     }
-    let executable = process::executable_path(pid);
-    let preload = process::preload(pid);
-    let ordered = lookup_order::order(&candidates, executable.as_deref(), preload.as_deref())
-        .into_iter()
-        .filter_map(|index| files.get_mut(index).and_then(Option::take))
-        .collect();
-    Ok((ordered, checked))
+    let ordered = lookup_order::order(
+        &candidates,
+        snapshot.executable.as_deref(),
+        snapshot.preload.as_deref(),
+    )
+    .into_iter()
+    .filter_map(|index| files.get_mut(index).and_then(Option::take))
+    .collect();
+    (ordered, checked)
 }
 
 /// Finds which mapped file serves each allocator function of a process (the first in symbol
 /// lookup order that defines it: jemalloc linked in front of the C library serves malloc and
 /// operator new, while mmap stays the C library's), the offsets of the functions and where to
 /// probe them.
-pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary, AttachError> {
-    let (files, checked) = files_in_lookup_order(pid)?;
-    let Some(malloc_file) = files.iter().find(|f| f.symbols.contains_key("malloc")) else {
-        let executable = process::executable_path(pid);
+pub fn find_allocator(
+    snapshot: &ProcessSnapshot,
+    catalog: &mut ElfCatalog,
+    mode: PlacementMode,
+) -> Result<AllocatorLibrary, AttachError> {
+    let pid = snapshot.pid();
+    let (files, checked) = files_in_lookup_order(snapshot, catalog);
+    let Some((malloc_file, _)) = files
+        .iter()
+        .find(|(_, facts)| facts.functions.contains_key("malloc"))
+    else {
         let why = files
             .iter()
-            .find(|f| Some(&f.path) == executable.as_ref())
+            .find(|(file, _)| Some(&file.path) == snapshot.executable.as_ref())
             .map_or_else(
                 || "its executable could not be read".to_owned(),
-                |f| why_no_malloc(&f.data),
+                |(_, facts)| facts.why_no_malloc.clone(),
             );
         return Err(AttachError::NoAllocator {
             pid,
@@ -219,12 +273,13 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
     let mut functions = Vec::new();
     let mut taken: HashMap<(&str, u64), &'static str> = HashMap::new();
     for function in ALLOCATOR_FUNCTIONS {
-        let served = files.iter().find_map(|file| {
-            file.symbols
+        let served = files.iter().find_map(|(file, facts)| {
+            facts
+                .functions
                 .get(function.symbol)
-                .map(|&offset| (file, offset))
+                .map(|(offset, code)| (*file, *offset, code))
         });
-        let Some((file, offset)) = served else {
+        let Some((file, offset, code)) = served else {
             if function.required {
                 return Err(AttachError::MissingSymbol {
                     pid,
@@ -248,10 +303,6 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
             continue;
         }
         let _ = taken.insert((file.path.as_str(), offset), function.symbol);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(file.data.len());
-        let code = &file.data[start..(start + PROLOGUE_BYTES).min(file.data.len())];
         let placement = placement::place(code, &function.needs(), mode);
         debug!(
             pid,
@@ -275,9 +326,9 @@ pub fn find_allocator(pid: u32, mode: PlacementMode) -> Result<AllocatorLibrary,
     // chunks). Not so when the allocator is linked into the executable: there that range is
     // the whole program, whose own mmaps would vanish; the allocator's mmaps then happen
     // inside traced calls, which the thread's depth already tells apart.
-    let static_allocator = process::executable_path(pid).as_deref() == Some(&malloc_file.path);
-    let mappings = process::exec_mappings(pid)?;
-    let text_range = mappings
+    let static_allocator = snapshot.executable.as_deref() == Some(&malloc_file.path);
+    let text_range = snapshot
+        .mappings
         .iter()
         .filter(|m| m.path == malloc_file.path && !static_allocator)
         .fold(None, |range: Option<(u64, u64)>, m| match range {

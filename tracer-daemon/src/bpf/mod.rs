@@ -4,8 +4,12 @@
 //! without it; [`Probes::load`] checks privileges and features first so a missing one is a
 //! clear error, not an EPERM from deep inside a syscall.
 
+pub mod kernel;
 pub mod kernel_layout;
 pub mod session;
+
+#[cfg(test)]
+pub mod fake;
 
 use std::{
     fs,

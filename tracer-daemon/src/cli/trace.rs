@@ -17,7 +17,7 @@ use crate::{
     attach::{ProgramSet, placement::PlacementMode},
     bpf::MapSizes,
     config,
-    report::{self, ProcessState, Report},
+    report::{self, ProcessReport, ProcessState, Report},
     tracer::{ReportOptions, Tracer, TracerConfig},
 };
 
@@ -123,8 +123,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     if args.explain_probes {
         for &pid in &args.pids {
-            let library = crate::attach::find_allocator(pid, args.probe_placement)
+            let snapshot = crate::discover::snapshot::ProcessSnapshot::read(pid)
                 .with_context(|| format!("cannot inspect pid {pid}"))?;
+            let library = crate::attach::find_allocator(
+                &snapshot,
+                &mut crate::attach::ElfCatalog::default(),
+                args.probe_placement,
+            )
+            .with_context(|| format!("cannot inspect pid {pid}"))?;
             println!("pid {pid}: {}", crate::attach::explain(&library));
         }
         return Ok(());
@@ -162,13 +168,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     // Woken as soon as the kernel side writes a record: an exec is followed at once.
     // SAFETY: the descriptor belongs to `tracer`, which outlives `events` (dropped first, at
     // the end of this function).
-    let events = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(
-            EventsFd(tracer.events_fd()),
-            tokio::io::Interest::READABLE,
-        )
-    }
-    .ok();
+    let events = tracer.events_fd().and_then(|fd| {
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                EventsFd(fd),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .ok()
+    });
     loop {
         let deadline = tokio::time::sleep(poll_every);
         tokio::pin!(deadline);
@@ -236,7 +244,28 @@ impl Session {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         tracer.poll();
         tracer.refresh_ages()?;
-        let mut processes = tracer.process_reports(&tracer.pids(), options, self.top)?;
+        let mut processes = Vec::new();
+        for process in tracer.process_stacks(&tracer.pids(), options)? {
+            let assembled = report::assemble::assemble(
+                process.stacks,
+                &|_, _| None,
+                report::pod::SortBy::Bytes,
+                self.top,
+                &mut |raw| tracer.symbolize_stacks(raw),
+            );
+            processes.push(ProcessReport {
+                pid: process.pid,
+                comm: process.comm,
+                state: process.state,
+                allocator: process.allocator,
+                unwinding: process.unwinding,
+                outstanding_bytes: assembled.outstanding_bytes,
+                outstanding_count: assembled.outstanding_count,
+                growth_bytes: 0,
+                stacks_total: assembled.stacks_total,
+                stacks: assembled.stacks,
+            });
+        }
         self.sequence += 1;
         for process in &mut processes {
             let pid = process.pid;
@@ -250,7 +279,6 @@ impl Session {
                 .previous_process_bytes
                 .insert(pid, process.outstanding_bytes);
             process.growth_bytes = signed_delta(process.outstanding_bytes, previous.unwrap_or(0));
-            process.stacks = report::rank(std::mem::take(&mut process.stacks), self.top);
         }
         let stats = tracer.stats();
         let incomplete_reason = stats.incomplete_reason();

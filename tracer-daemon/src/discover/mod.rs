@@ -7,5 +7,6 @@ pub mod memory;
 pub mod node;
 pub mod pods;
 pub mod process;
+pub mod snapshot;
 #[cfg(test)]
 mod test_log;

@@ -166,6 +166,11 @@ impl<K: Eq + Hash + Copy> GrowthTracker<K> {
     }
 
     /// The keys currently tracked.
+    /// Whether `key` has a window (it is one of the tracked stacks).
+    pub fn contains(&self, key: &K) -> bool {
+        self.series.contains_key(key)
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.series.keys()
     }

@@ -3,6 +3,7 @@
 //! These are the daemon's domain types; the CLI prints them and the API converts them at its
 //! edge. Nothing here knows about maps or protobuf.
 
+pub mod assemble;
 pub mod growth;
 pub mod pod;
 

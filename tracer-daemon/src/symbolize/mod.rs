@@ -19,7 +19,7 @@ use blazesym::symbolize::{self, Input, Symbolized, source::Elf, source::Source};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::discover::process;
+use crate::discover::{process, snapshot::ProcessSnapshot};
 
 mod debug_file;
 
@@ -172,24 +172,13 @@ impl Symbolizer {
         }
     }
 
-    /// Re-reads a live process's executable mappings (new libraries after dlopen); keeps the
-    /// last snapshot when the process is gone. True when they changed.
-    pub fn refresh(&mut self, pid: u32) -> bool {
-        let Ok(mappings) = process::exec_mappings(pid) else {
-            return false;
-        };
-        let known = self.modules.get(&pid);
-        if known.is_some_and(|known| {
-            known.len() == mappings.len()
-                && known
-                    .iter()
-                    .zip(&mappings)
-                    .all(|(k, m)| k.start == m.start && k.path == m.path)
-        }) {
-            return false;
-        }
-        let snapshot = mappings
-            .into_iter()
+    /// Takes a process's executable mappings from its snapshot (again after it mapped new code);
+    /// the files stay open, so its stacks can still be symbolized after it has exited.
+    pub fn update(&mut self, snapshot: &ProcessSnapshot) {
+        let pid = snapshot.pid();
+        let modules = snapshot
+            .mappings
+            .iter()
             .map(|m| {
                 let file = self.open_mapped(pid, m.start, m.end, &m.path);
                 let debug = file
@@ -199,14 +188,15 @@ impl Symbolizer {
                     start: m.start,
                     end: m.end,
                     file_offset: m.file_offset,
-                    path: m.path,
+                    path: m.path.clone(),
                     file,
                     debug,
                 }
             })
             .collect();
-        let _ = self.modules.insert(pid, snapshot);
-        true
+        let _ = self.modules.insert(pid, modules);
+        // Stacks through code mapped since (dlopen) were cached with unknown frames.
+        self.stacks.retain(|&(p, _), _| p != pid);
     }
 
     /// Opens the file behind a mapping: the exact mapped inode via map_files when allowed, else
@@ -256,12 +246,6 @@ impl Symbolizer {
             return Arc::clone(frames);
         }
         self.misses += 1;
-        if addrs
-            .iter()
-            .any(|&addr| self.mapping_of(pid, addr).is_none())
-        {
-            let _ = self.refresh(pid);
-        }
         let mut frames = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             self.symbolize_address(pid, addr, &mut frames);

@@ -5,24 +5,20 @@
 //! each traced process gets its executable mappings in the `UNWIND_MAPPINGS` trie, split into
 //! aligned power-of-two blocks, each saying which method unwinds that code.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
-use aya::maps::{
-    Array, MapData, MapError,
-    lpm_trie::{Key, LpmTrie},
-};
+use aya::maps::lpm_trie::Key;
 use object::{Object as _, ObjectSegment as _};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use tracer_common::{
-    UNWIND_MAPPING_KEY_PREFIX_BITS, UnwindEntry, UnwindMapping, UnwindMappingKey, names,
-    unwind_method,
+    UNWIND_MAPPING_KEY_PREFIX_BITS, UnwindMapping, UnwindMappingKey, unwind_method,
 };
 
 use crate::{
-    bpf::Probes,
-    discover::process::{self, ExecMapping},
+    bpf::kernel::UnwindMaps,
+    discover::{process::ExecMapping, snapshot::ProcessSnapshot},
     unwind::table::{self, UnwindMethod},
 };
 
@@ -79,10 +75,8 @@ struct ProcessEntries {
     binaries: Vec<(u64, u64)>,
 }
 
-/// The BPF maps of the unwinder and what is in them.
+/// What the unwinder put in its BPF maps (which it reaches through [`UnwindMaps`]).
 pub struct UnwindTables {
-    entries: Array<MapData, UnwindEntry>,
-    mappings: LpmTrie<MapData, UnwindMappingKey, UnwindMapping>,
     binaries: HashMap<(u64, u64), LoadedBinary>,
     /// Per process: what it put in the maps.
     processes: HashMap<u32, ProcessEntries>,
@@ -91,64 +85,43 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    /// Takes the unwinder's two maps out of the loaded object.
-    pub fn take(probes: &mut Probes) -> Result<Self, MissingMap> {
-        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-            probes: &mut Probes,
-            name: &'static str,
-        ) -> Result<T, MissingMap> {
-            let map = probes
-                .ebpf
-                .take_map(name)
-                .ok_or(MissingMap { name, source: None })?;
-            T::try_from(map).map_err(|source| MissingMap {
-                name,
-                source: Some(source),
-            })
-        }
-        let entries: Array<MapData, UnwindEntry> = take(probes, names::UNWIND_ENTRIES)?;
-        let mappings = take(probes, names::UNWIND_MAPPINGS)?;
-        let capacity = entries.len();
-        Ok(Self {
-            entries,
-            mappings,
+    /// An empty table of `rows` rows (the capacity of `UNWIND_ENTRIES`).
+    pub fn new(rows: u32) -> Self {
+        Self {
             binaries: HashMap::new(),
             processes: HashMap::new(),
-            free: vec![(0, capacity)],
-        })
+            free: vec![(0, rows)],
+        }
     }
 
     /// Loads how to unwind each executable mapping of a process, or updates it after the
     /// process mapped new code (dlopen): the new entries go in before the old ones go out, so
     /// no stack is taken without them. Never fails the attach: a binary whose table cannot be
     /// loaded is walked by frame pointer, and says so.
-    pub fn add_process(&mut self, pid: u32) -> Vec<BinaryUnwinding> {
+    pub fn add_process(
+        &mut self,
+        snapshot: &ProcessSnapshot,
+        maps: &mut dyn UnwindMaps,
+    ) -> Vec<BinaryUnwinding> {
+        let pid = snapshot.pid();
         let old = self.processes.remove(&pid);
-        let mappings = match process::exec_mappings(pid) {
-            Ok(mappings) => mappings,
-            Err(error) => {
-                debug!(pid, %error, "no mappings for the unwinder");
-                if let Some(old) = old {
-                    self.release(old, &[]);
-                }
-                return Vec::new();
-            }
-        };
         let mut report: Vec<BinaryUnwinding> = Vec::new();
         let mut keys = Vec::new();
         let mut held = Vec::new();
-        for mapping in &mappings {
-            let host_path = process::host_path(pid, &mapping.path);
-            let Ok(metadata) = std::fs::metadata(&host_path) else {
+        for mapping in &snapshot.mappings {
+            let Some(file) = snapshot.file(&mapping.path) else {
                 continue;
             };
-            let id = (metadata.dev(), metadata.ino());
+            let Some(id) = file.id else {
+                continue;
+            };
             if !self.binaries.contains_key(&id) {
                 // Compiled once per binary, whatever the number of processes mapping it.
-                let Ok(data) = std::fs::read(&host_path) else {
+                let Ok(data) = std::fs::read(&file.host_path) else {
+                    debug!(pid, path = %file.path, "cannot read a mapped binary for the unwinder");
                     continue;
                 };
-                let binary = self.load_binary(&mapping.path, &data);
+                let binary = self.load_binary(&mapping.path, &data, maps);
                 let _ = self.binaries.insert(id, binary);
             }
             let Some(binary) = self.binaries.get_mut(&id) else {
@@ -172,7 +145,7 @@ impl UnwindTables {
                 _pad: 0,
             };
             for key in blocks(pid, mapping.start, mapping.end) {
-                match self.mappings.insert(&key, value, 0) {
+                match maps.insert_unwind_mapping(&key, value) {
                     Ok(()) => keys.push(key),
                     Err(error) => {
                         warn!(pid, path = %mapping.path, %error, "unwind mapping not loaded; its frames are walked by frame pointer");
@@ -182,7 +155,7 @@ impl UnwindTables {
             }
         }
         if let Some(old) = old {
-            self.release(old, &keys);
+            self.release(old, &keys, maps);
         }
         let _ = self.processes.insert(
             pid,
@@ -195,20 +168,25 @@ impl UnwindTables {
     }
 
     /// Forgets a process's mappings, and the tables no traced process maps any more.
-    pub fn remove_process(&mut self, pid: u32) {
+    pub fn remove_process(&mut self, pid: u32, maps: &mut dyn UnwindMaps) {
         if let Some(entries) = self.processes.remove(&pid) {
-            self.release(entries, &[]);
+            self.release(entries, &[], maps);
         }
     }
 
     /// Takes a process's old entries out of the maps, except the keys it still uses.
-    fn release(&mut self, entries: ProcessEntries, kept: &[Key<UnwindMappingKey>]) {
+    fn release(
+        &mut self,
+        entries: ProcessEntries,
+        kept: &[Key<UnwindMappingKey>],
+        maps: &mut dyn UnwindMaps,
+    ) {
         let same = |a: &Key<UnwindMappingKey>, b: &Key<UnwindMappingKey>| {
             a.prefix_len() == b.prefix_len() && a.data() == b.data()
         };
         for key in entries.keys {
             if !kept.iter().any(|kept| same(kept, &key)) {
-                let _ = self.mappings.remove(&key);
+                maps.remove_unwind_mapping(&key);
             }
         }
         for id in entries.binaries {
@@ -226,7 +204,7 @@ impl UnwindTables {
     }
 
     /// Compiles a binary's table and loads it (or says why it is walked by frame pointer).
-    fn load_binary(&mut self, path: &str, data: &[u8]) -> LoadedBinary {
+    fn load_binary(&mut self, path: &str, data: &[u8], maps: &mut dyn UnwindMaps) -> LoadedBinary {
         let mut binary = LoadedBinary {
             method: unwind_method::FRAME_POINTERS,
             start: 0,
@@ -256,7 +234,7 @@ impl UnwindTables {
             return binary;
         };
         for (index, entry) in (start..).zip(&compiled.entries) {
-            if let Err(error) = self.entries.set(index, entry, 0) {
+            if let Err(error) = maps.set_unwind_row(index, entry) {
                 self.free.push((start, len));
                 binary.note = Some(format!("loading its unwind table failed: {error}"));
                 return binary;
@@ -332,16 +310,6 @@ fn blocks(pid: u32, start: u64, end: u64) -> Vec<Key<UnwindMappingKey>> {
         at += 1 << bits;
     }
     keys
-}
-
-/// Why the unwinder's maps are missing from the object.
-#[derive(Debug, thiserror::Error)]
-#[error("the BPF object has no usable {name} map")]
-pub struct MissingMap {
-    /// The map.
-    pub name: &'static str,
-    #[source]
-    source: Option<MapError>,
 }
 
 #[cfg(test)]

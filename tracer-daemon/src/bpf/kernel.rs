@@ -1,0 +1,237 @@
+//! The one seam between the daemon and the kernel side: everything the tracer does with the
+//! loaded BPF object (probes per process, the records they keep, the unwinder's maps) goes
+//! through [`Kernel`]. [`LoadedKernel`] is the real object; tests use the in-memory
+//! `bpf::fake::FakeKernel`, so the tracer and the agent are tested without root.
+
+use std::{collections::HashSet, os::fd::RawFd, time::Duration};
+
+use aya::maps::{Array, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use tracer_common::{
+    AllocInfo, AllocKey, StackKey, StackTotals, UnwindEntry, UnwindMapping, UnwindMappingKey, names,
+};
+
+use crate::{
+    attach::{self, AllocatorLibrary, AttachError, Attachment, ProgramSet, closer::DetachedLinks},
+    bpf::{MapSizes, OomHook, Probes},
+    collect::{
+        BpfMaps, CollectError, Notices, mappings::MappingTracker, scanner::Scanner, stats::BpfStats,
+    },
+};
+
+/// The unwinder's two maps: each binary's rows, and each process's mappings.
+pub trait UnwindMaps {
+    /// Writes row `index` of `UNWIND_ENTRIES`.
+    fn set_unwind_row(&mut self, index: u32, row: &UnwindEntry) -> Result<(), String>;
+    /// Adds (or replaces) a block of a process's mappings.
+    fn insert_unwind_mapping(
+        &mut self,
+        key: &Key<UnwindMappingKey>,
+        value: UnwindMapping,
+    ) -> Result<(), String>;
+    /// Removes a block.
+    fn remove_unwind_mapping(&mut self, key: &Key<UnwindMappingKey>);
+    /// Rows `UNWIND_ENTRIES` holds.
+    fn unwind_rows(&self) -> u32;
+}
+
+/// Everything the tracer needs from the kernel side.
+pub trait Kernel: UnwindMaps {
+    /// Attaches a process's probes and arms it (see `attach::attach`).
+    fn attach(
+        &mut self,
+        pid: u32,
+        library: AllocatorLibrary,
+        programs: ProgramSet,
+    ) -> Result<Attachment, AttachError>;
+    /// Disarms a process and takes its links out (dropping them detaches).
+    fn detach(&mut self, attachment: Attachment) -> DetachedLinks;
+    /// Arms a process again on the same probes after an exec (see `attach::rearm`).
+    fn rearm(
+        &mut self,
+        attachment: &mut Attachment,
+        library: AllocatorLibrary,
+    ) -> Result<(), AttachError>;
+    /// Moves the programs' pending log lines to the log.
+    fn flush_log(&mut self);
+    /// Whether OOM kills are seen at the kernel hook.
+    fn oom_hook(&self) -> &OomHook;
+    /// Every per-stack total (O(stacks), no syscall for the real object).
+    fn for_each_total(&self, visit: &mut dyn FnMut(StackKey, StackTotals));
+    /// Every outstanding allocation (O(allocations)).
+    fn for_each_allocation(
+        &self,
+        visit: &mut dyn FnMut(AllocKey, AllocInfo),
+    ) -> Result<(), CollectError>;
+    /// A stack's return addresses, innermost first.
+    fn stack_frames(&self, stack_id: u64) -> Option<Vec<u64>>;
+    /// The programs' counters.
+    fn stats(&self) -> BpfStats;
+    /// Drops every record of these processes, and the stacks nobody else uses.
+    fn forget_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError>;
+    /// Applies pending mmap/munmap records; returns what the caller must act on.
+    fn drain_events(&mut self, tracker: &mut MappingTracker, page_size: u64) -> Notices;
+    /// A descriptor readable when records are waiting (`None`: poll instead).
+    fn events_fd(&self) -> Option<RawFd>;
+    /// Starts the background scans (`None` when this kernel side has none).
+    fn start_scanner(&self, interval: Duration, keep: usize) -> std::io::Result<Option<Scanner>>;
+}
+
+/// The loaded BPF object: its programs and links, and its maps.
+pub struct LoadedKernel {
+    probes: Probes,
+    maps: BpfMaps,
+    unwind_entries: Array<MapData, UnwindEntry>,
+    unwind_mappings: LpmTrie<MapData, UnwindMappingKey, UnwindMapping>,
+}
+
+/// Why the kernel side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Loading the BPF object failed.
+    #[error(transparent)]
+    Load(#[from] super::LoadError),
+    /// Its maps could not be opened.
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    /// The unwinder's maps are missing.
+    #[error("the BPF object has no usable map {name}")]
+    MissingMap {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: Option<MapError>,
+    },
+}
+
+impl LoadedKernel {
+    /// Loads and verifies the BPF programs (nothing is attached yet) and opens their maps.
+    pub fn load(sizes: &MapSizes, sample_bytes: u64, sessions: bool) -> Result<Self, KernelError> {
+        let mut probes = Probes::load(sizes, sample_bytes, sessions)?;
+        let maps = BpfMaps::take(&mut probes)?;
+        let mut take = |name: &'static str| {
+            probes
+                .ebpf
+                .take_map(name)
+                .ok_or(KernelError::MissingMap { name, source: None })
+        };
+        let entries = take(names::UNWIND_ENTRIES)?;
+        let mappings = take(names::UNWIND_MAPPINGS)?;
+        Ok(Self {
+            unwind_entries: Array::try_from(entries).map_err(|source| KernelError::MissingMap {
+                name: names::UNWIND_ENTRIES,
+                source: Some(source),
+            })?,
+            unwind_mappings: LpmTrie::try_from(mappings).map_err(|source| {
+                KernelError::MissingMap {
+                    name: names::UNWIND_MAPPINGS,
+                    source: Some(source),
+                }
+            })?,
+            probes,
+            maps,
+        })
+    }
+}
+
+impl UnwindMaps for LoadedKernel {
+    fn set_unwind_row(&mut self, index: u32, row: &UnwindEntry) -> Result<(), String> {
+        self.unwind_entries
+            .set(index, row, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn insert_unwind_mapping(
+        &mut self,
+        key: &Key<UnwindMappingKey>,
+        value: UnwindMapping,
+    ) -> Result<(), String> {
+        self.unwind_mappings
+            .insert(key, value, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove_unwind_mapping(&mut self, key: &Key<UnwindMappingKey>) {
+        let _ = self.unwind_mappings.remove(key);
+    }
+
+    fn unwind_rows(&self) -> u32 {
+        self.unwind_entries.len()
+    }
+}
+
+impl Kernel for LoadedKernel {
+    fn attach(
+        &mut self,
+        pid: u32,
+        library: AllocatorLibrary,
+        programs: ProgramSet,
+    ) -> Result<Attachment, AttachError> {
+        attach::attach(&mut self.probes, pid, library, programs)
+    }
+
+    fn detach(&mut self, attachment: Attachment) -> DetachedLinks {
+        attach::detach(&mut self.probes, attachment)
+    }
+
+    fn rearm(
+        &mut self,
+        attachment: &mut Attachment,
+        library: AllocatorLibrary,
+    ) -> Result<(), AttachError> {
+        let pid = attachment.pid;
+        attach::rearm(&mut self.probes, attachment, library).map_err(|source| AttachError::Arm {
+            pid,
+            source: Box::new(source),
+        })
+    }
+
+    fn flush_log(&mut self) {
+        self.probes.flush_log();
+    }
+
+    fn oom_hook(&self) -> &OomHook {
+        &self.probes.oom_hook
+    }
+
+    fn for_each_total(&self, visit: &mut dyn FnMut(StackKey, StackTotals)) {
+        self.maps.for_each_total(visit);
+    }
+
+    fn for_each_allocation(
+        &self,
+        visit: &mut dyn FnMut(AllocKey, AllocInfo),
+    ) -> Result<(), CollectError> {
+        crate::collect::batch::for_each_fd(self.maps.allocs_fd(), visit).map_err(|source| {
+            CollectError::Read {
+                name: names::ALLOCS,
+                source,
+            }
+        })
+    }
+
+    fn stack_frames(&self, stack_id: u64) -> Option<Vec<u64>> {
+        self.maps.stack_frames(stack_id)
+    }
+
+    fn stats(&self) -> BpfStats {
+        self.maps.stats()
+    }
+
+    fn forget_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError> {
+        self.maps.forget_processes(tgids)
+    }
+
+    fn drain_events(&mut self, tracker: &mut MappingTracker, page_size: u64) -> Notices {
+        self.maps.drain_events(tracker, page_size)
+    }
+
+    fn events_fd(&self) -> Option<RawFd> {
+        Some(self.maps.events_fd())
+    }
+
+    fn start_scanner(&self, interval: Duration, keep: usize) -> std::io::Result<Option<Scanner>> {
+        let allocs = self.maps.allocs_fd().try_clone_to_owned()?;
+        let totals = self.maps.stack_table();
+        Scanner::spawn(allocs, totals, interval, keep).map(Some)
+    }
+}

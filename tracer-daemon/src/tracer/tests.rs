@@ -1,0 +1,232 @@
+//! The tracer on the in-memory kernel side: real processes (children of the test), real
+//! /proc reads and symbolization, no root; the BPF programs' part is played by the test.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tracer_common::Stat;
+
+use super::*;
+use crate::{
+    bpf::fake::FakeKernel,
+    collect::{self, oom::OomKill},
+    report::{ProcessState, assemble::RawStack},
+};
+
+/// A child that waits (a dynamic /bin/sleep: it maps glibc), killed on drop.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn start(script: &str) -> Self {
+        let child = Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn wait_comm(&self, comm: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
+            .map_or(true, |c| c.trim() != comm)
+        {
+            assert!(Instant::now() < deadline, "never became {comm}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tracer() -> (Tracer, FakeKernel) {
+    let kernel = FakeKernel::default();
+    let tracer = Tracer::with_kernel(Box::new(kernel.clone()), &TracerConfig::default());
+    (tracer, kernel)
+}
+
+/// An address inside the process's first executable mapping (its program's code).
+fn code_address(tracer: &Tracer, pid: u32) -> u64 {
+    let traced = &tracer.processes[&pid];
+    traced.snapshot.mappings[0].start + 0x10
+}
+
+#[test]
+fn a_process_is_armed_only_with_its_probes_and_disarmed_before_they_go() {
+    let (mut tracer, kernel) = tracer();
+    let sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    // Allocations before the attach are not recorded: nothing is armed yet.
+    kernel.state().allocate(pid, &[1], 0x1000, 64, 1);
+    tracer.trace(pid).expect("trace a sleeping child");
+    assert!(kernel.state().armed.contains(&pid));
+    assert_eq!(
+        tracer.allocator(pid).map(|a| a.ends_with("libc.so.6")),
+        Some(true)
+    );
+    assert!(
+        tracer
+            .unwinding(pid)
+            .iter()
+            .any(|b| b.binary.ends_with("libc.so.6")),
+        "the unwinder loaded libc's table: {:?}",
+        tracer.unwinding(pid)
+    );
+    assert!(
+        !kernel.state().unwind_rows.is_empty(),
+        "rows written through the seam"
+    );
+    tracer.untrace(pid);
+    let state = kernel.state();
+    assert!(!state.armed.contains(&pid));
+    assert_eq!(state.history, [(pid, true), (pid, false)]);
+    assert_eq!(state.counters.get(&Stat::UNARMED_ALLOCATIONS.0), Some(&1));
+}
+
+#[test]
+fn stacks_come_from_the_kernels_totals_with_ages_from_its_allocations() {
+    let (mut tracer, kernel) = tracer();
+    let sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    tracer.trace(pid).expect("trace");
+    let site = code_address(&tracer, pid);
+    let now = collect::monotonic_now_ns();
+    {
+        let mut state = kernel.state();
+        for i in 0..10 {
+            state.allocate(pid, &[site], 0x10_000 + i * 64, 64, now - 5_000_000_000);
+        }
+        state.allocate(pid, &[site + 1, site], 0x20_000, 4096, now);
+        state.free(pid, 0x10_000);
+    }
+    let stacks = tracer
+        .process_stacks(&[pid], &ReportOptions::default())
+        .expect("stacks");
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(stacks[0].comm, "sleep");
+    let mut by_bytes: Vec<(u64, u64)> = stacks[0]
+        .stacks
+        .iter()
+        .map(|s| (s.bytes, s.count))
+        .collect();
+    by_bytes.sort_unstable();
+    assert_eq!(by_bytes, [(576, 9), (4096, 1)]);
+    // Only allocations at least a second old count with a minimum age.
+    let aged = tracer
+        .process_stacks(
+            &[pid],
+            &ReportOptions {
+                min_age_ns: 1_000_000_000,
+            },
+        )
+        .expect("aged stacks");
+    let aged: Vec<(u64, u64)> = aged[0].stacks.iter().map(|s| (s.bytes, s.count)).collect();
+    assert_eq!(aged, [(576, 9)]);
+    // Symbolized from the process's own snapshot: the frame is in sleep's code.
+    let raw: Vec<RawStack> = stacks[0].stacks.clone();
+    let reports = tracer.symbolize_stacks(&raw);
+    assert!(reports.iter().all(|r| {
+        r.frames[0]
+            .module
+            .as_deref()
+            .is_some_and(|m| m.ends_with("/sleep"))
+    }));
+}
+
+#[test]
+fn an_exec_keeps_the_probes_when_the_new_program_maps_the_same_allocator() {
+    let (mut tracer, kernel) = tracer();
+    // dash first, then sleep: both map the same glibc.
+    let sleeper = Sleeper::start("sleep 0.5; exec sleep 1000");
+    sleeper.wait_comm("sh");
+    let pid = sleeper.pid();
+    tracer.trace(pid).expect("trace sh");
+    let site = code_address(&tracer, pid);
+    kernel.state().allocate(pid, &[site], 0x30_000, 128, 1);
+    sleeper.wait_comm("sleep");
+    // What the exec hook does in the kernel: disarm, and tell the daemon.
+    {
+        let mut state = kernel.state();
+        let _ = state.armed.remove(&pid);
+        state.execs.push_back(pid);
+    }
+    tracer.drain_events();
+    let state = kernel.state();
+    assert!(state.armed.contains(&pid), "armed again");
+    assert_eq!(
+        state.history,
+        [(pid, true)],
+        "the same probes serve the new program"
+    );
+    assert!(
+        state.allocations.is_empty(),
+        "the old program's records went with it"
+    );
+    drop(state);
+    assert_eq!(tracer.state(pid), Some(ProcessState::Running));
+    let stacks = tracer
+        .process_stacks(&[pid], &ReportOptions::default())
+        .expect("stacks");
+    assert_eq!(stacks[0].comm, "sleep");
+}
+
+#[test]
+fn an_oom_killed_process_is_reported_so_and_its_records_go_once_reaped() {
+    let (mut tracer, kernel) = tracer();
+    let mut sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    tracer.trace(pid).expect("trace");
+    let site = code_address(&tracer, pid);
+    kernel.state().allocate(pid, &[site], 0x40_000, 1 << 20, 1);
+    kernel.state().oom_kills.push_back(OomKill {
+        victim_pid: Some(pid),
+        victim_tid: Some(pid),
+        victim_comm: "sleep".into(),
+        trigger_pid: pid,
+        trigger_comm: "sleep".into(),
+        timestamp_ns: 1,
+        rss_anon_bytes: 1 << 20,
+        rss_file_bytes: 0,
+        rss_shmem_bytes: 0,
+        swap_bytes: 0,
+        victim_cgroup_id: 0,
+        victim_memcg_id: 0,
+        trigger_cgroup_id: 0,
+    });
+    tracer.drain_events();
+    assert_eq!(tracer.take_oom_kills().len(), 1);
+    let _ = sleeper.0.kill();
+    let _ = sleeper.0.wait();
+    tracer.poll();
+    assert_eq!(tracer.state(pid), Some(ProcessState::OomKilled));
+    // Its records stay until the last report of it, then go.
+    assert_eq!(kernel.state().allocations.len(), 1);
+    assert_eq!(tracer.reap_ended(), [pid]);
+    assert!(kernel.state().allocations.is_empty());
+    assert!(tracer.pids().is_empty());
+}
+
+#[test]
+fn what_cannot_be_traced_never_reaches_the_kernel() {
+    let (mut tracer, kernel) = tracer();
+    let own = std::process::id();
+    let error = tracer.trace(own).expect_err("not the tracer itself");
+    assert!(error.to_string().contains("the tracer itself"), "{error}");
+    let error = tracer.trace(2).expect_err("not a kernel thread");
+    assert!(error.to_string().contains("kernel thread"), "{error}");
+    assert!(kernel.state().history.is_empty());
+}

@@ -7,14 +7,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-use crate::{is_root, run, workspace_root};
+use crate::{run, workspace_root};
 
+/// Runs the demo; the caller has checked for root (the probes need it).
 pub(crate) fn demo() -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("the demo loads BPF programs and must run as root (e.g. `sudo -E cargo xtask demo`)");
-    }
     let root = workspace_root();
     run(crate::cargo().args(["build", "--release", "--package", "tracer-daemon"]))?;
     let out_dir = root.join("target/demo");

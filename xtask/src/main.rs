@@ -25,6 +25,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install the nightly components, bpf-linker and Debian packages the build needs.
+    ///
+    /// It first surveys what is missing; when installing that needs root (apt-get) or write
+    /// access this user lacks, it fails before installing anything and says what. With
+    /// everything installed it needs no root.
     Setup,
     /// Build the BPF object on its own (the daemon's build script also does this).
     BuildEbpf,
@@ -54,28 +58,46 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Setup => setup::setup(),
+        Task::Setup => setup::setup("setup"),
         Task::BuildEbpf => {
-            setup::setup()?;
+            setup::bpf_toolchain("build-ebpf")?;
             build_ebpf()
         }
         Task::Demo => {
-            setup::setup()?;
+            // Root first: setup would otherwise install for a run that cannot happen.
+            require_root(
+                "the demo loads BPF programs and must run as root (e.g. `sudo -E cargo xtask demo`)",
+            )?;
+            setup::setup("demo")?;
             demo::demo()
         }
         Task::Test { args } => {
-            setup::setup()?;
+            require_root(
+                "the test suite loads BPF programs into the kernel and must run as root \
+                 (e.g. `sudo -E cargo xtask test`)",
+            )?;
+            setup::setup("test")?;
             test(&args)
         }
         Task::Bench(args) => {
-            setup::setup()?;
+            require_root(
+                "benchmarks attach uprobes and must run as root (e.g. `sudo -E cargo xtask bench`)",
+            )?;
+            setup::setup("bench")?;
             bench::bench(&args)
         }
         Task::Image(args) => {
-            setup::setup()?;
+            setup::setup("image")?;
             image::image(&args)
         }
     }
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("{why}");
+    }
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -123,12 +145,6 @@ fn build_ebpf() -> anyhow::Result<()> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!(
-            "the test suite loads BPF programs into the kernel and must run as root \
-             (e.g. `sudo -E cargo xtask test`)"
-        );
-    }
     run(cargo()
         .args(["test", "--no-fail-fast"])
         .args(args)

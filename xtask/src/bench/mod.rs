@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{is_root, run, workspace_root};
+use crate::{run, workspace_root};
 
 /// Which benchmarks to run.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,10 +67,8 @@ pub(crate) struct BenchArgs {
     no_write: bool,
 }
 
+/// Runs the chosen suites; the caller has checked for root (they attach uprobes).
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("benchmarks attach uprobes and must run as root");
-    }
     if matches!(args.suite, Suite::All | Suite::Overhead) {
         crate::setup::apt_packages(&["bpftrace"])?;
         overhead::overhead(args)?;

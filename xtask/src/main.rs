@@ -9,7 +9,7 @@ mod setup;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -30,7 +30,11 @@ enum Task {
     /// access this user lacks, it fails before installing anything and says what. With
     /// everything installed it needs no root.
     Setup,
-    /// Build the BPF object on its own (the daemon's build script also does this).
+    /// Build the BPF object exactly as the daemon embeds it and print its path.
+    ///
+    /// Runs `cargo check --package tracer-daemon`: the daemon's build script (aya-build)
+    /// compiles tracer-ebpf, the one place the BPF build recipe lives, and the check skips the
+    /// daemon's own code generation. The object is the build script's OUT_DIR/tracer.
     BuildEbpf,
     /// Build everything, trace a real leaking process and print its leak report.
     Demo,
@@ -125,23 +129,50 @@ pub(crate) fn cargo() -> Command {
     cmd
 }
 
+/// Checks tracer-daemon so that its build script builds the BPF object (the recipe lives there
+/// only), then prints where the object is: the build script's OUT_DIR, as cargo reports it.
 fn build_ebpf() -> anyhow::Result<()> {
-    run(cargo()
-        .args([
-            "+nightly",
-            "build",
-            "--package",
-            "tracer-ebpf",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        ))
+    let messages = cmd_output(
+        cargo()
+            .args([
+                "check",
+                "--package",
+                "tracer-daemon",
+                "--message-format=json-render-diagnostics",
+            ])
+            // A stub object is no object: this task exists to build the real one.
+            .env_remove("AYA_BUILD_SKIP")
+            .stderr(Stdio::inherit()),
+    )?;
+    let out_dir = messages
+        .lines()
+        .filter(|line| line.contains(r#""reason":"build-script-executed""#))
+        .filter(|line| {
+            json_string(line, "package_id").is_some_and(|id| {
+                id.starts_with("path+file://")
+                    && (id.contains("/tracer-daemon#") || id.contains("#tracer-daemon@"))
+            })
+        })
+        .find_map(|line| json_string(line, "out_dir"))
+        .context("cargo reported no build script run for tracer-daemon")?;
+    let object = Path::new(&out_dir).join("tracer");
+    let size_bytes = std::fs::metadata(&object)
+        .with_context(|| format!("failed to read {}", object.display()))?
+        .len();
+    if size_bytes == 0 {
+        bail!("{} is the empty stub, not a BPF object", object.display());
+    }
+    eprintln!("xtask: BPF object built ({size_bytes} bytes)");
+    println!("{}", object.display());
+    Ok(())
+}
+
+/// The value of the string field `key` in one line of cargo's JSON messages, when it has no
+/// escapes (cargo's paths and package ids in this workspace have none).
+fn json_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(r#""{key}":""#))? + key.len() + 4;
+    let value = &line[start..][..line[start..].find('"')?];
+    (!value.contains('\\')).then_some(value)
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask demo` and `cargo xtask test` are the two commands the README
-//! promises work on a fresh machine; both run `setup` first.
+//! promises work on a fresh machine; both run `setup` first. `cargo xtask unit` needs no setup
+//! and no root.
 
 mod bench;
 mod demo;
@@ -38,6 +39,20 @@ enum Task {
     BuildEbpf,
     /// Build everything, trace a real leaking process and print its leak report.
     Demo,
+    /// Run the unit tests, which need neither root nor any setup.
+    ///
+    /// Runs `cargo test --workspace --exclude tracer-ebpf --exclude tracer-daemon` (every test
+    /// of the other crates, their integration tests included), then `cargo test --package
+    /// tracer-daemon --lib --bins` (the daemon's unit tests). The integration tests under
+    /// tracer-daemon/tests load BPF programs and need root: `cargo xtask test` runs them. The
+    /// BPF object is stubbed (AYA_BUILD_SKIP=1), so neither nightly nor bpf-linker is needed,
+    /// and the build goes to target/unit so it never replaces the real daemon other tasks
+    /// build.
+    Unit {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run every test: unit tests and the real-kernel tests (needs root).
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
@@ -75,6 +90,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             setup::setup("demo")?;
             demo::demo()
         }
+        Task::Unit { args } => unit(&args),
         Task::Test { args } => {
             require_root(
                 "the test suite loads BPF programs into the kernel and must run as root \
@@ -173,6 +189,26 @@ fn json_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(r#""{key}":""#))? + key.len() + 4;
     let value = &line[start..][..line[start..].find('"')?];
     (!value.contains('\\')).then_some(value)
+}
+
+/// The unit tests: no root, no BPF toolchain (see `Task::Unit`).
+fn unit(args: &[String]) -> anyhow::Result<()> {
+    let cargo_test = |selection: &[&str]| {
+        run(Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["test", "--target-dir", "target/unit"])
+            .args(selection)
+            .args(args)
+            .env("AYA_BUILD_SKIP", "1"))
+    };
+    cargo_test(&[
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--exclude",
+        "tracer-daemon",
+    ])?;
+    cargo_test(&["--package", "tracer-daemon", "--lib", "--bins"])
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {

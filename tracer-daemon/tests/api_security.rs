@@ -24,7 +24,7 @@ fn ctl_as_nobody(server: &str, group: Option<u32>, args: &[&str]) -> (Option<i32
         None => command.arg("--clear-groups"),
     };
     let output = command
-        .arg(env!("CARGO_BIN_EXE_tracerctl"))
+        .arg(tracerctl_binary())
         .args(["--server", server])
         .args(args)
         .output()
@@ -197,7 +197,7 @@ fn pods_over_tls(server: &str, pki: &Pki, ca: &str, client: Option<&str>) -> (Op
 }
 
 fn tracerctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tracerctl"))
+    let output = Command::new(tracerctl_binary())
         .args(args)
         .output()
         .expect("run tracerctl");

@@ -309,7 +309,7 @@ struct Tracerctl {
 
 impl Tracerctl {
     fn json(&self, args: &[&str]) -> Value {
-        let output = Command::new(env!("CARGO_BIN_EXE_tracerctl"))
+        let output = Command::new(tracerctl_binary())
             .args(["--server", &self.server])
             .args(args)
             .args(["-o", "json"])

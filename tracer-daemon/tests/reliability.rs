@@ -880,7 +880,7 @@ fn many_clients_and_oversized_or_malformed_requests_get_precise_answers_with_bou
         for _ in 0..CTL_PROCESSES {
             let (server, pod) = (server.clone(), format!("{ns}/api-0"));
             ctl.push(tokio::task::spawn_blocking(move || {
-                let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracerctl"))
+                let output = std::process::Command::new(tracerctl_binary())
                     .args(["--server", &server, "top", &pod, "-o", "json"])
                     .output()
                     .expect("run tracerctl");

@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{TIMEOUT, daemon_binary, now_ms};
+use super::{TIMEOUT, daemon_binary, now_ms, tracerctl_binary};
 
 /// A running `tracer-daemon run` with its temp roots.
 pub(crate) struct Agent {
@@ -126,7 +126,7 @@ impl Agent {
 
     /// Runs tracerctl against this agent; returns (exit code, stdout, stderr).
     pub(crate) fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_tracerctl"))
+        let output = Command::new(tracerctl_binary())
             .args(["--server", &self.server()])
             .args(args)
             .output()

@@ -279,6 +279,21 @@ pub(crate) fn daemon_binary() -> &'static str {
     env!("CARGO_BIN_EXE_tracer-daemon")
 }
 
+/// The tracerctl binary, beside the daemon's. It is its own package (`tracerctl/`), so cargo
+/// gives these tests no `CARGO_BIN_EXE_tracerctl`. `cargo test` at the workspace root builds
+/// it (tracerctl's own integration test needs it); `cargo test -p tracer-daemon` does not.
+pub(crate) fn tracerctl_binary() -> PathBuf {
+    let path = Path::new(daemon_binary()).with_file_name("tracerctl");
+    assert!(
+        path.is_file(),
+        "tracerctl is not built at {}: it is its own package, which `cargo test -p \
+         tracer-daemon` does not build; run `cargo build -p tracerctl` first (or `cargo test` \
+         at the workspace root, which builds both)",
+        path.display()
+    );
+    path
+}
+
 /// A running `tracer-daemon trace --json`.
 pub(crate) struct Trace {
     child: Child,

@@ -1,0 +1,272 @@
+//! What is on the node (`pods`) and what `trace start|stop` did: pods, containers and
+//! processes with memory figures, whether each is traced and how its stacks are unwound.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tracer_proto::v1 as pb;
+
+use super::{MemoryView, memory_text, non_empty};
+
+/// Everything on the node.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeTargetsView<'a> {
+    pods: Vec<PodView<'a>>,
+    /// Processes traced by pid outside any pod.
+    other_processes: Vec<ProcessView<'a>>,
+}
+
+/// A pod.
+#[derive(Debug, Serialize)]
+struct PodView<'a> {
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    uid: &'a str,
+    qos_class: &'a str,
+    /// Whether the agent's selection includes it.
+    selected: bool,
+    containers: Vec<ContainerView<'a>>,
+}
+
+/// A container.
+#[derive(Debug, Serialize)]
+struct ContainerView<'a> {
+    name: Option<&'a str>,
+    /// Runtime id.
+    id: &'a str,
+    runtime: &'a str,
+    memory: Option<MemoryView>,
+    processes: Vec<ProcessView<'a>>,
+}
+
+/// A process.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProcessView<'a> {
+    pid: u32,
+    comm: &'a str,
+    /// True when its allocator is probed.
+    traced: bool,
+    /// The allocator library probed.
+    allocator: Option<&'a str>,
+    /// Why a selected process is not traced.
+    not_traced_reason: Option<&'a str>,
+    unwinding: Vec<UnwindingView<'a>>,
+}
+
+/// How stacks are unwound through one of a process's executable files.
+#[derive(Debug, Serialize)]
+struct UnwindingView<'a> {
+    /// The binary's path as the process sees it.
+    binary: &'a str,
+    /// `frame pointers` or `unwind table`.
+    method: &'a str,
+    /// Rows of its unwind table (0 when walked by frame pointer).
+    rows: u64,
+    /// Why the preferred method could not be used, if so.
+    note: Option<&'a str>,
+}
+
+impl<'a> From<&'a pb::ListTargetsResponse> for NodeTargetsView<'a> {
+    fn from(response: &'a pb::ListTargetsResponse) -> Self {
+        Self {
+            pods: response
+                .pods
+                .iter()
+                .map(|pod| PodView {
+                    namespace: pod.pod.as_ref().and_then(|p| non_empty(&p.namespace)),
+                    name: pod.pod.as_ref().and_then(|p| non_empty(&p.name)),
+                    uid: &pod.uid,
+                    qos_class: &pod.qos_class,
+                    selected: pod.selected,
+                    containers: pod
+                        .containers
+                        .iter()
+                        .map(|c| ContainerView {
+                            name: non_empty(&c.name),
+                            id: &c.id,
+                            runtime: &c.runtime,
+                            memory: c.memory.as_ref().map(MemoryView::from),
+                            processes: c.processes.iter().map(ProcessView::from).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            other_processes: response
+                .other_processes
+                .iter()
+                .map(ProcessView::from)
+                .collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a pb::ProcessTarget> for ProcessView<'a> {
+    fn from(p: &'a pb::ProcessTarget) -> Self {
+        Self {
+            pid: p.pid,
+            comm: &p.comm,
+            traced: p.traced,
+            allocator: non_empty(&p.allocator),
+            not_traced_reason: non_empty(&p.not_traced_reason),
+            unwinding: p
+                .unwinding
+                .iter()
+                .map(|u| UnwindingView {
+                    binary: &u.binary,
+                    method: &u.method,
+                    rows: u.rows,
+                    note: non_empty(&u.note),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One line per container: its pod, how many of its processes are traced, its memory and
+/// its processes (with why one is not traced); then the processes traced outside any pod.
+pub(crate) fn table(targets: &NodeTargetsView<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<20} {:<8} {:<26} PROCESSES",
+        "POD", "CONTAINER", "TRACED", "MEMORY"
+    );
+    for pod in &targets.pods {
+        let name = match (pod.namespace, pod.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => format!("uid:{}", pod.uid),
+        };
+        for container in &pod.containers {
+            let traced = container.processes.iter().filter(|p| p.traced).count();
+            let processes: Vec<String> = container
+                .processes
+                .iter()
+                .map(|p| match p.not_traced_reason {
+                    Some(reason) if !p.traced => format!("{}({}: {reason})", p.pid, p.comm),
+                    _ => format!("{}({})", p.pid, p.comm),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<40} {:<20} {:<8} {:<26} {}",
+                name,
+                container
+                    .name
+                    .unwrap_or_else(|| container.id.get(..12).unwrap_or(container.id)),
+                format!("{traced}/{}", container.processes.len()),
+                memory_text(container.memory.as_ref()),
+                processes.join(" ")
+            );
+        }
+    }
+    for process in &targets.other_processes {
+        let _ = writeln!(
+            out,
+            "{:<40} {:<20} {:<8} {:<26} {}({})",
+            "-", "-", "1/1", "-", process.pid, process.comm
+        );
+    }
+    out
+}
+
+/// What `trace start` found: each process, whether it is traced (with which allocator) and
+/// how its stacks are unwound through each binary.
+pub(crate) fn processes_table(processes: &[ProcessView<'_>]) -> String {
+    let mut out = String::new();
+    for p in processes {
+        let state = if p.traced {
+            format!("traced ({})", p.allocator.unwrap_or("?"))
+        } else {
+            format!("not traced: {}", p.not_traced_reason.unwrap_or("pending"))
+        };
+        let _ = writeln!(out, "{} {} {state}", p.pid, p.comm);
+        for binary in &p.unwinding {
+            let name = binary.binary.rsplit('/').next().unwrap_or(binary.binary);
+            let note = binary
+                .note
+                .map(|note| format!(" ({note})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    stacks through {name}: {}{note}", binary.method);
+        }
+    }
+    out
+}
+
+/// What `trace stop` stopped.
+pub(crate) fn stopped_table(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return "nothing was traced\n".into();
+    }
+    format!(
+        "stopped tracing {}\n",
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::json_line;
+
+    #[test]
+    fn the_node_prints_the_json_the_daemon_package_printed() {
+        for (targets, printed) in [
+            fixture!(pb::ListTargetsResponse, "pods-json"),
+            fixture!(pb::ListTargetsResponse, "pods-process-outside-pods-json"),
+            fixture!(pb::ListTargetsResponse, "pods-none-json"),
+        ] {
+            assert_eq!(json_line(&NodeTargetsView::from(&targets)), printed);
+        }
+    }
+
+    #[test]
+    fn the_node_table_names_pods_or_uids_and_why_a_process_is_not_traced() {
+        for (targets, printed) in [
+            fixture!(
+                pb::ListTargetsResponse,
+                "pods-table-with-a-reason-not-traced"
+            ),
+            fixture!(pb::ListTargetsResponse, "pods-table-two-drivers"),
+            fixture!(pb::ListTargetsResponse, "pods-process-outside-pods-table"),
+            fixture!(pb::ListTargetsResponse, "pods-none-table"),
+        ] {
+            assert_eq!(table(&NodeTargetsView::from(&targets)), printed);
+        }
+        let (_, printed) = fixture!(
+            pb::ListTargetsResponse,
+            "pods-table-with-a-reason-not-traced"
+        );
+        assert!(
+            printed.contains("(aged_leaks: max processes reached (1))"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn started_processes_print_as_before_with_their_unwinding() {
+        let (started, printed) = fixture!(pb::StartTracingResponse, "trace-start-json");
+        let views: Vec<ProcessView<'_>> = started.processes.iter().map(Into::into).collect();
+        assert_eq!(json_line(&views), printed);
+        let (started, printed) = fixture!(pb::StartTracingResponse, "trace-start-table");
+        let views: Vec<ProcessView<'_>> = started.processes.iter().map(Into::into).collect();
+        assert_eq!(processes_table(&views), printed);
+        assert!(
+            printed.contains("stacks through libc.so.6: unwind table"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn stopping_says_which_pids_or_that_nothing_was_traced() {
+        let (stopped, printed) = fixture!(pb::StopTracingResponse, "trace-stop-json");
+        assert_eq!(json_line(&stopped.pids), printed);
+        let (stopped, printed) = fixture!(pb::StopTracingResponse, "trace-stop-table");
+        assert_eq!(stopped_table(&stopped.pids), printed);
+        let (stopped, printed) = fixture!(pb::StopTracingResponse, "trace-stop-nothing-table");
+        assert_eq!(stopped_table(&stopped.pids), printed);
+        assert_eq!(printed, "nothing was traced\n");
+    }
+}

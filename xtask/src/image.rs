@@ -65,6 +65,8 @@ fn build_static_binaries() -> anyhow::Result<Vec<PathBuf>> {
         "--release",
         "--package",
         "tracer-daemon",
+        "--package",
+        "tracerctl",
         "--target",
         MUSL_TARGET,
     ]);

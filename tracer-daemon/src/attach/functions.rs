@@ -1,7 +1,9 @@
 //! Every allocator entry point the probes know: the C library's malloc family, C++'s operator
 //! new and delete, and the non-standard APIs of jemalloc (also its `je_` prefixed builds and
-//! Rust's `_rjem_` build) and mimalloc. Each names the BPF programs that trace it; several share one pair of programs
-//! because their arguments sit in the same registers.
+//! Rust's `_rjem_` build) and mimalloc. Each names the BPF programs that trace it; several
+//! share one pair of programs because their arguments sit in the same registers. The daemon
+//! loads the programs named here (`bpf::tracing_programs`), so a program's name is spelled
+//! here and in tracer-ebpf only.
 
 use iced_x86::Register;
 

@@ -24,7 +24,7 @@ use tracer_common::{AllocatorText, names};
 use crate::{
     attach::closer::DetachedLinks,
     attach::placement::{Placement, PlacementMode},
-    bpf::{Probes, session::SessionLink},
+    bpf::{FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM, Probes, session::SessionLink},
     discover::{
         process::{self, ProcessError},
         snapshot::{MappedFile, ProcessSnapshot},
@@ -132,6 +132,7 @@ pub struct Attachment {
     pub pid: u32,
     /// What was probed.
     pub library: AllocatorLibrary,
+    /// Uprobe links with their programs, in the order attached (return probes first).
     links: Vec<(&'static str, UProbeLinkId)>,
     /// Session links (dropping one detaches it).
     sessions: Vec<SessionLink>,
@@ -551,14 +552,14 @@ impl ProgramSet {
     fn entry(self, function: &AllocatorFunction) -> &'static str {
         match self {
             Self::Tracing => function.entry,
-            Self::Empty => "floor_enter",
+            Self::Empty => FLOOR_ENTRY_PROGRAM,
         }
     }
 
     fn exit(self, function: &AllocatorFunction) -> Option<&'static str> {
         match self {
             Self::Tracing => function.exit,
-            Self::Empty => function.exit.map(|_| "floor_exit"),
+            Self::Empty => function.exit.map(|_| FLOOR_EXIT_PROGRAM),
         }
     }
 }
@@ -661,7 +662,6 @@ pub fn attach(
     Ok(attachment)
 }
 
-/// Detaches a process's probes: entries first, then returns (the reverse of attaching).
 /// Takes a process's links out of their programs, entries first, then returns (the reverse of
 /// attaching); dropping the result detaches them (see [`closer::LinkCloser`] to do that off the
 /// agent's thread).
@@ -675,14 +675,12 @@ pub fn detach(probes: &mut Probes, attachment: Attachment) -> DetachedLinks {
     // Before any probe goes: nothing is recorded whose free could then be missed.
     disarm(probes, pid);
     allocator_text(probes, pid, None);
-    let (entries, exits): (Vec<_>, Vec<_>) = links
-        .into_iter()
-        .partition(|(name, _)| name.ends_with("_enter"));
     let mut detached = DetachedLinks {
         uprobes: Vec::new(),
         sessions,
     };
-    for (program_name, link) in entries.into_iter().chain(exits) {
+    // `attach` linked every return probe before any entry.
+    for (program_name, link) in links.into_iter().rev() {
         let taken = probes
             .uprobe(program_name)
             .map(|program| program.take_link(link));

@@ -1,4 +1,4 @@
-//! The BPF object embedded in this binary: kernel checks, loading, and the programs' names.
+//! The BPF object embedded in this binary: kernel checks, and loading its maps and programs.
 //!
 //! One table ([`KERNEL_FEATURES`]) says what each part needs from the kernel and what happens
 //! without it; [`Probes::load`] checks privileges and features first so a missing one is a
@@ -22,6 +22,8 @@ use aya::{
 };
 use tracer_common::{KernelLayout, names};
 use tracing::{info, warn};
+
+use crate::attach::ALLOCATOR_FUNCTIONS;
 
 /// The object built from `tracer-ebpf` by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -218,33 +220,26 @@ pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
     ),
 ];
 
-/// Every uprobe program in the object, in the order they load.
-pub const UPROBE_PROGRAMS: &[&str] = &[
-    "malloc_enter",
-    "malloc_exit",
-    "calloc_enter",
-    "calloc_exit",
-    "realloc_enter",
-    "realloc_exit",
-    "reallocarray_enter",
-    "reallocarray_exit",
-    "free_enter",
-    "posix_memalign_enter",
-    "posix_memalign_exit",
-    "aligned_alloc_enter",
-    "aligned_alloc_exit",
-    "memalign_enter",
-    "memalign_exit",
-    "valloc_enter",
-    "valloc_exit",
-    "pvalloc_enter",
-    "pvalloc_exit",
-    "mmap_enter",
-    "mmap_exit",
-    "munmap_enter",
-    "floor_enter",
-    "floor_exit",
-];
+/// The uprobe programs tracing loads: each entry and return program that
+/// [`ALLOCATOR_FUNCTIONS`] names, once, in the order it first names them. Program names are
+/// spelled there and in tracer-ebpf, nowhere else.
+pub fn tracing_programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for function in ALLOCATOR_FUNCTIONS {
+        for name in std::iter::once(function.entry).chain(function.exit) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// Empty programs at a function's entry and return (tracer-ebpf's `floor`): what a probe hit
+/// costs the kernel alone, for benchmarks.
+pub const FLOOR_ENTRY_PROGRAM: &str = "floor_enter";
+/// See [`FLOOR_ENTRY_PROGRAM`].
+pub const FLOOR_EXIT_PROGRAM: &str = "floor_exit";
 
 /// The loaded object. Maps are taken out of it by `collect`; programs stay here.
 pub struct Probes {
@@ -293,22 +288,11 @@ impl Probes {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
-        for &name in UPROBE_PROGRAMS {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoadError::Program {
-                    name,
-                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-                })?
-                .try_into()
-                .map_err(|e| LoadError::Program {
-                    name,
-                    source: Box::new(e),
-                })?;
-            program.load().map_err(|e| LoadError::Program {
-                name,
-                source: Box::new(e),
-            })?;
+        for name in tracing_programs()
+            .into_iter()
+            .chain([FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM])
+        {
+            load_uprobe(&mut ebpf, name)?;
         }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -377,6 +361,20 @@ impl Probes {
     pub(crate) fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
         self.ebpf.program_mut(name)?.try_into().ok()
     }
+}
+
+/// Loads one uprobe program of the object (the verifier runs here).
+fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
+    let error = |source: aya::programs::ProgramError| LoadError::Program {
+        name,
+        source: Box::new(source),
+    };
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(error)?;
+    program.load().map_err(error)
 }
 
 /// Fills the tables sampled mode reads (see tracer-ebpf's `sampling`): `-ln(u)` at the

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use clap::Args;
 
-use crate::bpf::{MapSizes, Probes};
+use crate::bpf::{FLOOR_ENTRY_PROGRAM, MapSizes, Probes};
 
 /// Arguments of `probe-cost`.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub async fn run(args: ProbeCostArgs) -> anyhow::Result<()> {
     let functions = crate::attach::defined_functions(&data).context("not an ELF file")?;
     let pid = NonZeroU32::new(args.pid).context("pid 0")?;
     let program = probes
-        .uprobe("floor_enter")
+        .uprobe(FLOOR_ENTRY_PROGRAM)
         .context("no empty program in the object")?;
     let mut attached = 0;
     for (name, offset) in &functions {

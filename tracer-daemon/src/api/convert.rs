@@ -148,27 +148,26 @@ fn ns_of(duration: Option<&prost_types::Duration>) -> u64 {
     })
 }
 
-impl From<&MemoryFigures> for pb::MemoryFigures {
-    fn from(m: &MemoryFigures) -> Self {
-        Self {
-            usage_bytes: m.usage_bytes,
-            limit_bytes: m.limit_bytes,
-            limit_hits: m.limit_hits,
-            oom_kills: m.oom_kills,
-        }
+/// A container's memory figures, as the API sends them (a function: both types are other
+/// crates').
+pub fn memory_figures(m: &MemoryFigures) -> pb::MemoryFigures {
+    pb::MemoryFigures {
+        usage_bytes: m.usage_bytes,
+        limit_bytes: m.limit_bytes,
+        limit_hits: m.limit_hits,
+        oom_kills: m.oom_kills,
     }
 }
 
-impl From<&pb::MemoryFigures> for MemoryFigures {
-    fn from(m: &pb::MemoryFigures) -> Self {
-        Self {
-            usage_bytes: m.usage_bytes,
-            limit_bytes: m.limit_bytes,
-            limit_hits: m.limit_hits,
-            oom_kills: m.oom_kills,
-            high_events: 0,
-            under_oom: false,
-        }
+/// The API's memory figures as the daemon's (what the API does not carry is zero).
+pub fn domain_memory_figures(m: &pb::MemoryFigures) -> MemoryFigures {
+    MemoryFigures {
+        usage_bytes: m.usage_bytes,
+        limit_bytes: m.limit_bytes,
+        limit_hits: m.limit_hits,
+        oom_kills: m.oom_kills,
+        high_events: 0,
+        under_oom: false,
     }
 }
 
@@ -237,7 +236,7 @@ impl From<&NodeTargets> for pb::ListTargetsResponse {
                             name: c.name.clone().unwrap_or_default(),
                             id: c.id.clone(),
                             runtime: c.runtime.clone(),
-                            memory: c.memory.as_ref().map(Into::into),
+                            memory: c.memory.as_ref().map(memory_figures),
                             processes: c.processes.iter().map(Into::into).collect(),
                         })
                         .collect(),
@@ -268,7 +267,7 @@ impl From<&pb::ListTargetsResponse> for NodeTargets {
                             name: non_empty(&c.name),
                             id: c.id.clone(),
                             runtime: c.runtime.clone(),
-                            memory: c.memory.as_ref().map(Into::into),
+                            memory: c.memory.as_ref().map(domain_memory_figures),
                             processes: c.processes.iter().map(Into::into).collect(),
                         })
                         .collect(),
@@ -483,7 +482,7 @@ impl From<&pb::LeakReport> for PodReport {
                 .map(|c| ContainerReport {
                     name: non_empty(&c.name),
                     id: non_empty(&c.id),
-                    memory: c.memory.as_ref().map(Into::into),
+                    memory: c.memory.as_ref().map(domain_memory_figures),
                     outstanding_bytes: c.outstanding_bytes,
                     outstanding_count: c.outstanding_count,
                     leak_bytes_per_second: c.leak_bytes_per_second,
@@ -607,7 +606,7 @@ pub fn oom_event(evidence: &Evidence) -> Option<pb::OomEvent> {
         pod: Some(pod_name(evidence)),
         pod_uid: evidence.pod_uid.clone().unwrap_or_default(),
         container: evidence.container.clone().unwrap_or_default(),
-        memory: evidence.memory.as_ref().map(Into::into),
+        memory: evidence.memory.as_ref().map(memory_figures),
         source: "cgroup counter".into(),
         top_call_site,
         ..pb::OomEvent::default()
@@ -630,7 +629,7 @@ fn container_report(c: &ContainerReport) -> pb::ContainerReport {
     pb::ContainerReport {
         name: c.name.clone().unwrap_or_default(),
         id: c.id.clone().unwrap_or_default(),
-        memory: c.memory.as_ref().map(Into::into),
+        memory: c.memory.as_ref().map(memory_figures),
         outstanding_bytes: c.outstanding_bytes,
         outstanding_count: c.outstanding_count,
         leak_bytes_per_second: c.leak_bytes_per_second,
@@ -647,7 +646,7 @@ impl From<&Evidence> for pb::Evidence {
     fn from(evidence: &Evidence) -> Self {
         Self {
             summary: Some(evidence_summary(evidence)),
-            memory: evidence.memory.as_ref().map(Into::into),
+            memory: evidence.memory.as_ref().map(memory_figures),
             report: evidence.report.as_ref().map(container_report),
             oom: oom_event(evidence),
         }

@@ -109,7 +109,7 @@ impl Agent {
             evidence_records: evidence_records as u64,
             evidence_bytes,
             evidence_store: self.store.health(),
-            trace_failures: self.failures.len() as u64,
+            trace_failures: self.plan.failure_count() as u64,
             containers,
             containers_not_shown,
         }

@@ -1,12 +1,21 @@
-//! The node agent: one actor owns the tracer, the node view, the selection and the growth
-//! windows; RPCs reach it as commands over a channel and get answers on oneshots. It runs on
-//! its own thread so symbolization and map scans never stall the gRPC server.
+//! The node agent: one actor owns the tracer, the node view, the tracing plan (`reconcile`)
+//! and the growth windows; RPCs reach it as commands over a channel and get answers on
+//! oneshots. It runs on its own thread so symbolization and map scans never stall the gRPC
+//! server, and processes found by discovery are read for attaching on another (`preparer`):
+//! the agent's thread does only the kernel half of each attach.
+//!
+//! The agent's work is split by what it answers: `reports` (leak reports), `evidence`
+//! (snapshots at OOM kills and memory pressure, and their queries), `metrics`, `targets`.
 
 mod evidence;
 pub mod metrics;
+pub mod preparer;
+pub mod reconcile;
 mod reports;
 pub mod selector;
 pub mod targets;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,9 +41,11 @@ use crate::{
         growth::{GrowthConfig, GrowthTracker},
         pod::{PodReport, SortBy},
     },
-    select::{Explicit, Selection, SelectionConfig},
-    tracer::{Tracer, TracerConfig, TracerError},
+    select::{Explicit, SelectionConfig},
+    tracer::{Prepared, Tracer, TracerConfig, TracerError},
 };
+use preparer::Preparer;
+use reconcile::Reconciler;
 use selector::{Selector, Target};
 use targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess};
 
@@ -238,10 +249,6 @@ pub struct AgentHandle {
 }
 
 /// Commands queued at most; beyond, callers wait (their deadline bounds the wait).
-/// Longest stretch the agent spends attaching newly found processes before it serves what
-/// waits (requests, OOM kills, memory checks).
-const ATTACH_BUDGET: Duration = Duration::from_millis(200);
-
 const COMMAND_QUEUE: usize = 256;
 
 impl AgentHandle {
@@ -397,12 +404,11 @@ struct Agent {
     tracer: Tracer,
     mounts: CgroupMounts,
     view: NodeView,
-    selection: Selection,
     growth: GrowthTracker<(u32, u64)>,
-    /// Pids traced by pid (outside the pod selection).
-    explicit_pids: HashSet<u32>,
-    /// Selected processes that could not be traced, and why.
-    failures: HashMap<u32, String>,
+    /// What to trace, what waits to be attached, what could not be.
+    plan: Reconciler,
+    /// Reads processes for attaching, off this thread.
+    preparer: Preparer,
     store: EvidenceStore,
     watch: MemoryWatch,
     /// Containers with an OOM kill seen at the kernel hook recently (counter-based sightings of
@@ -410,8 +416,6 @@ struct Agent {
     recent_kernel_ooms: HashMap<String, Instant>,
     /// The background scan round last fed to the growth windows.
     last_sample_ns: u64,
-    /// Selected processes discovery found and not yet attached (see `attach_pending`).
-    pending_attach: Vec<u32>,
     /// Evidence records saved since start.
     evidence_saved: u64,
     /// Evidence saves that failed since start.
@@ -424,15 +428,28 @@ struct Agent {
 
 impl Agent {
     fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let selection = Selection::new(&config.selection)
-            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
-        let store = EvidenceStore::open(&config.state_dir, config.retention)?;
         let mut tracer = Tracer::new(&config.tracer)?;
         tracer
             .start_scanner(config.sample_interval, GROWTH_TRACKED_STACKS)
             .map_err(|e| AgentError::Unavailable(format!("cannot start the age scanner: {e}")))?;
         let mounts = memory::read_cgroup_mounts();
         info!(?mounts, "cgroup filesystems");
+        Self::with_tracer(config, tracer, mounts)
+    }
+
+    /// An agent over a tracer that is already loaded (the tests' runs on the in-memory kernel
+    /// side).
+    fn with_tracer(
+        config: AgentConfig,
+        tracer: Tracer,
+        mounts: CgroupMounts,
+    ) -> Result<Self, AgentError> {
+        let plan = Reconciler::new(&config.selection)
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let store = EvidenceStore::open(&config.state_dir, config.retention)?;
+        let preparer = Preparer::spawn(tracer.placement()).map_err(|e| {
+            AgentError::Unavailable(format!("cannot start the thread that reads processes: {e}"))
+        })?;
         Ok(Self {
             growth: GrowthTracker::new(config.growth),
             watch: MemoryWatch::new(config.watch.clone()),
@@ -440,13 +457,11 @@ impl Agent {
             tracer,
             mounts,
             view: NodeView::default(),
-            selection,
-            explicit_pids: HashSet::new(),
-            failures: HashMap::new(),
+            plan,
+            preparer,
             store,
             recent_kernel_ooms: HashMap::new(),
             last_sample_ns: 0,
-            pending_attach: Vec::new(),
             evidence_saved: 0,
             evidence_failed: 0,
             logged_lost: 0,
@@ -516,9 +531,12 @@ impl Agent {
                 },
                 _ = poll.tick() => self.poll(),
                 _ = discovery.tick() => self.discover(),
-                () = std::future::ready(()), if !self.pending_attach.is_empty() => {
-                    self.attach_pending();
-                }
+                prepared = self.preparer.next() => match prepared {
+                    Some((pid, result)) => self.attach_prepared(pid, result),
+                    // Nothing reads new processes any more: fail loudly (health turns
+                    // NOT_SERVING) rather than stop attaching without a word.
+                    None => panic!("{}", preparer::PreparerGone),
+                },
                 _ = sample.tick() => self.sample(),
                 _ = watch.tick() => self.watch_memory(),
                 () = &mut fault_timer => match fault {
@@ -572,82 +590,56 @@ impl Agent {
         self.handle_oom_kills();
         for pid in self.tracer.reap_ended() {
             self.growth.forget(|&(p, _)| p == pid);
-            let _ = self.explicit_pids.remove(&pid);
+            self.plan.forget_pid(pid);
         }
     }
 
-    /// Rescans the node and attaches every selected process not yet traced.
+    fn traced(&self) -> HashSet<u32> {
+        self.tracer.pids().into_iter().collect()
+    }
+
+    /// Rescans the node, detaches what is no longer selected and sends what is selected and
+    /// not yet traced to be read for attaching.
     fn discover(&mut self) {
         self.view = node::scan(&self.config.paths, &self.mounts);
-        let view = &self.view;
-        self.selection
-            .retain_pods(|uid| view.pods.contains_key(uid));
-        self.failures
-            .retain(|pid, _| view.processes.contains_key(pid) || self.explicit_pids.contains(pid));
-        let mut traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
-        let mut wanted: Vec<u32> = Vec::new();
-        let mut unwanted: Vec<u32> = Vec::new();
-        for pod in self.view.pods.values() {
-            for container in pod.containers.values() {
-                let selected = self.selection.selects(
-                    &pod.uid,
-                    pod.namespace.as_deref(),
-                    pod.name.as_deref(),
-                    container.name.as_deref(),
-                );
-                for &pid in &container.pids {
-                    if selected {
-                        wanted.push(pid);
-                    } else if traced.contains(&pid) && !self.explicit_pids.contains(&pid) {
-                        unwanted.push(pid);
-                    }
-                }
-            }
-        }
+        let unwanted = self.plan.rescanned(&self.view, &self.traced());
         for pid in unwanted {
             info!(pid, "no longer selected; detaching");
             self.untrace(pid);
-            let _ = traced.remove(&pid);
         }
-        self.pending_attach = wanted
-            .into_iter()
-            .filter(|pid| !traced.contains(pid) && !self.failures.contains_key(pid))
-            .collect();
-        self.attach_pending();
+        self.dispatch();
     }
 
-    /// Attaches selected processes found by discovery, for at most [`ATTACH_BUDGET`] per turn:
-    /// attaching takes tens of milliseconds a process, and a burst of new processes must not
-    /// keep requests, OOM capture and memory watching waiting (the event loop calls this again
-    /// at once while some are left).
-    fn attach_pending(&mut self) {
-        let started = Instant::now();
-        let mut traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
-        while let Some(pid) = self.pending_attach.pop() {
-            if started.elapsed() > ATTACH_BUDGET {
-                self.pending_attach.push(pid);
-                break;
-            }
-            if traced.contains(&pid) || self.failures.contains_key(&pid) {
-                continue;
-            }
-            if traced.len() >= self.selection.max_processes {
-                let _ = self.failures.insert(
-                    pid,
-                    format!("max processes reached ({})", self.selection.max_processes),
-                );
-                continue;
-            }
-            match self.tracer.trace(pid) {
-                Ok(()) => {
-                    let _ = traced.insert(pid);
-                }
-                Err(error) => {
-                    warn!(pid, %error, "cannot trace selected process");
-                    let _ = self.failures.insert(pid, format!("{error:#}"));
-                }
+    /// Sends selected processes to be read, as many as may be read at once.
+    fn dispatch(&mut self) {
+        let traced = self.traced();
+        while let Some(pid) = self.plan.next_to_prepare(&traced, preparer::IN_FLIGHT) {
+            if let Err(gone) = self.preparer.send(pid) {
+                panic!("{gone}");
             }
         }
+    }
+
+    /// Attaches a process the preparer has read (the kernel half of the attach), then sends
+    /// the next one to be read.
+    fn attach_prepared(&mut self, pid: u32, result: Result<Prepared, String>) {
+        let wanted = self.plan.prepared(pid);
+        match result {
+            Ok(prepared) if wanted => {
+                if let Err(error) = self.tracer.trace_prepared(prepared) {
+                    warn!(pid, %error, "cannot trace selected process");
+                    self.plan.fail(pid, format!("{error:#}"));
+                }
+            }
+            // Deselected, stopped or gone while it was read.
+            Ok(_) => {}
+            Err(reason) if wanted => {
+                warn!(pid, error = %reason, "cannot trace selected process");
+                self.plan.fail(pid, reason);
+            }
+            Err(_) => {}
+        }
+        self.dispatch();
     }
 
     fn untrace(&mut self, pid: u32) {
@@ -693,21 +685,32 @@ impl Agent {
         let resolved = self.resolve_now(selector)?;
         match (&selector.target, &resolved.pod) {
             (Target::Pid(pid), _) => {
-                let _ = self.failures.remove(pid);
+                self.plan.retry(*pid);
                 if let Err(error) = self.tracer.trace(*pid) {
                     return Err(AgentError::CannotTrace(crate::error_chain(&error)));
                 }
-                let _ = self.explicit_pids.insert(*pid);
+                self.plan.start_pid(*pid);
             }
             (_, Some(pod)) => {
-                self.selection.start(Explicit {
+                self.plan.start_pod(Explicit {
                     pod_uid: pod.uid.clone(),
                     container: selector.container.clone(),
                 });
-                for pid in resolved.containers.values().flatten() {
-                    let _ = self.failures.remove(pid);
+                let pids: Vec<u32> = resolved.containers.values().flatten().copied().collect();
+                for &pid in &pids {
+                    self.plan.retry(pid);
                 }
                 self.discover();
+                // The caller asked for these: attached before the answer, here, so that the
+                // answer says which are traced (the others are read in the background).
+                for pid in pids {
+                    if self.tracer.state(pid).is_none() && self.plan.failure(pid).is_none() {
+                        if let Err(error) = self.tracer.trace(pid) {
+                            warn!(pid, %error, "cannot trace selected process");
+                            self.plan.fail(pid, format!("{error:#}"));
+                        }
+                    }
+                }
             }
             (_, None) => {}
         }
@@ -722,15 +725,15 @@ impl Agent {
     fn stop(&mut self, selector: &Selector) -> Result<Vec<u32>, AgentError> {
         let resolved = self.resolve_now(selector)?;
         if let (Some(pod), false) = (&resolved.pod, matches!(selector.target, Target::Pid(_))) {
-            self.selection.stop(Explicit {
+            self.plan.stop_pod(Explicit {
                 pod_uid: pod.uid.clone(),
                 container: selector.container.clone(),
             });
         }
-        let traced: HashSet<u32> = self.tracer.pids().into_iter().collect();
+        let traced = self.traced();
         let mut stopped = Vec::new();
         for &pid in resolved.containers.values().flatten() {
-            let _ = self.explicit_pids.remove(&pid);
+            self.plan.forget_pid(pid);
             if traced.contains(&pid) {
                 self.untrace(pid);
                 stopped.push(pid);
@@ -757,7 +760,7 @@ impl Agent {
             not_traced_reason: if traced {
                 None
             } else {
-                self.failures.get(&pid).cloned()
+                self.plan.failure(pid).map(str::to_owned)
             },
         }
     }
@@ -784,14 +787,7 @@ impl Agent {
                     name: pod.name.clone(),
                     uid: pod.uid.clone(),
                     qos_class: pod.qos.as_str().to_owned(),
-                    selected: pod.containers.values().any(|c| {
-                        self.selection.selects(
-                            &pod.uid,
-                            pod.namespace.as_deref(),
-                            pod.name.as_deref(),
-                            c.name.as_deref(),
-                        )
-                    }),
+                    selected: pod.containers.values().any(|c| self.plan.selects(pod, c)),
                     containers,
                 }
             })

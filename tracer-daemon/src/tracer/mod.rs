@@ -5,7 +5,7 @@
 
 mod queries;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -117,6 +117,32 @@ pub struct ReportOptions {
     pub min_age_ns: u64,
 }
 
+/// What attaching a process needs read from /proc and its files: who it is, what it maps, and
+/// where its allocator's functions are. Reading it is the slow, kernel-free half of an attach;
+/// the agent does it on another thread ([`Prepared::read`]) and hands the result to
+/// [`Tracer::trace_prepared`].
+#[derive(Debug)]
+pub struct Prepared {
+    /// The one read of the process that attach, unwind and symbolize share.
+    pub snapshot: ProcessSnapshot,
+    /// Its allocator and the functions to probe.
+    pub library: attach::AllocatorLibrary,
+}
+
+impl Prepared {
+    /// Reads a process for attaching; refuses what cannot be traced.
+    pub fn read(
+        pid: u32,
+        catalog: &mut attach::ElfCatalog,
+        placement: PlacementMode,
+    ) -> Result<Self, AttachError> {
+        let snapshot = ProcessSnapshot::read(pid)?;
+        attach::check_traceable(pid)?;
+        let library = attach::find_allocator(&snapshot, catalog, placement)?;
+        Ok(Self { snapshot, library })
+    }
+}
+
 struct TracedProcess {
     /// What was read of it (identity, mappings, files); read again when its code changes.
     snapshot: ProcessSnapshot,
@@ -221,23 +247,45 @@ impl Tracer {
 
     /// Attaches a process with the given programs (the empty ones only for benchmarks).
     pub fn trace_with(&mut self, pid: u32, programs: ProgramSet) -> Result<(), AttachError> {
-        if self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.state == ProcessState::Running)
-        {
+        if self.is_running(pid) {
             return Ok(());
         }
+        let prepared = Prepared::read(pid, &mut self.catalog, self.placement)?;
+        self.attach(prepared, programs)
+    }
+
+    /// Starts tracing a process read elsewhere (the agent reads processes on another thread,
+    /// see [`Prepared`]). A process that ended or exec'd since is read again here.
+    pub fn trace_prepared(&mut self, prepared: Prepared) -> Result<(), AttachError> {
+        let pid = prepared.snapshot.pid();
+        if self.is_running(pid) {
+            return Ok(());
+        }
+        let prepared = match process::liveness(&prepared.snapshot.info) {
+            Liveness::Alive => prepared,
+            Liveness::Gone | Liveness::Execed => {
+                Prepared::read(pid, &mut self.catalog, self.placement)?
+            }
+        };
+        self.attach(prepared, ProgramSet::Tracing)
+    }
+
+    fn is_running(&self, pid: u32) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| p.state == ProcessState::Running)
+    }
+
+    /// The kernel half of attaching: symbols, unwind tables, probes.
+    fn attach(&mut self, prepared: Prepared, programs: ProgramSet) -> Result<(), AttachError> {
+        let Prepared { snapshot, library } = prepared;
+        let pid = snapshot.pid();
         if self.closer.is_closing(pid) {
             // Traced again right after being untraced: the old links must be gone first, or
             // both sets would record the same calls.
             self.closer.wait_for(pid);
         }
         self.forget_closed();
-        // The one read of the process that attach, unwind and symbolize share.
-        let snapshot = ProcessSnapshot::read(pid)?;
-        attach::check_traceable(pid)?;
-        let library = attach::find_allocator(&snapshot, &mut self.catalog, self.placement)?;
         let allocator = library.path.clone();
         self.symbolizer.update(&snapshot);
         // Before the probes: the first allocation's stack already needs the tables.

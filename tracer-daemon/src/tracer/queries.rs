@@ -92,6 +92,11 @@ impl Tracer {
         self.sample_bytes
     }
 
+    /// Where probes go in each function (what [`super::Prepared::read`] needs to know).
+    pub fn placement(&self) -> crate::attach::placement::PlacementMode {
+        self.placement
+    }
+
     /// The BPF programs' counters.
     pub fn stats(&self) -> BpfStats {
         self.kernel.stats()

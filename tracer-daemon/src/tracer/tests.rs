@@ -16,10 +16,10 @@ use crate::{
 };
 
 /// A child that waits (a dynamic /bin/sleep: it maps glibc), killed on drop.
-struct Sleeper(Child);
+pub(crate) struct Sleeper(pub(crate) Child);
 
 impl Sleeper {
-    fn start(script: &str) -> Self {
+    pub(crate) fn start(script: &str) -> Self {
         let child = Command::new("sh")
             .args(["-c", script])
             .stdout(Stdio::null())
@@ -28,15 +28,20 @@ impl Sleeper {
         Self(child)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
 
-    fn wait_comm(&self, comm: &str) {
+    /// Waits until it runs `comm` with its C library mapped (an exec changes the name before
+    /// the dynamic loader maps the libraries).
+    pub(crate) fn wait_comm(&self, comm: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
-            .map_or(true, |c| c.trim() != comm)
-        {
+        let ready = || {
+            let name = std::fs::read_to_string(format!("/proc/{}/comm", self.pid()));
+            let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid()));
+            name.is_ok_and(|c| c.trim() == comm) && maps.is_ok_and(|m| m.contains("/libc.so"))
+        };
+        while !ready() {
             assert!(Instant::now() < deadline, "never became {comm}");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -57,7 +62,7 @@ fn tracer() -> (Tracer, FakeKernel) {
 }
 
 /// An address inside the process's first executable mapping (its program's code).
-fn code_address(tracer: &Tracer, pid: u32) -> u64 {
+pub(crate) fn code_address(tracer: &Tracer, pid: u32) -> u64 {
     let traced = &tracer.processes[&pid];
     traced.snapshot.mappings[0].start + 0x10
 }

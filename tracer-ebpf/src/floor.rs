@@ -1,5 +1,6 @@
 //! Empty programs, attached at exactly the points the tracer uses, to measure the kernel's
-//! own cost of a probe hit (the floor no tracer can go below). Used by `cargo xtask bench`.
+//! own cost of a probe hit (the floor no tracer can go below). Used by `cargo xtask bench`
+//! (`trace --empty-programs`, `probe-cost`), the only paths on which the daemon loads them.
 
 use aya_ebpf::{
     macros::{uprobe, uretprobe},

@@ -24,7 +24,7 @@ use tracer_common::{AllocatorText, names};
 use crate::{
     attach::closer::DetachedLinks,
     attach::placement::{Placement, PlacementMode},
-    bpf::{FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM, Probes, session::SessionLink},
+    bpf::{FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM, LoadError, Probes, session::SessionLink},
     discover::{
         process::{self, ProcessError},
         snapshot::{MappedFile, ProcessSnapshot},
@@ -73,6 +73,9 @@ pub enum AttachError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// The benchmarks' empty programs could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     /// The kernel refused a uprobe.
     #[error("failed to attach {program} to {} in process {pid}", path.display())]
     Uprobe {
@@ -544,7 +547,8 @@ pub enum ProgramSet {
     /// The tracing programs.
     #[default]
     Tracing,
-    /// Empty programs at the same points: the kernel's floor cost, for benchmarks.
+    /// Empty programs at the same points: the kernel's floor cost, for benchmarks. Loaded on
+    /// the first attach that asks for them.
     Empty,
 }
 
@@ -581,6 +585,9 @@ pub fn attach(
     let Some(scope_pid) = NonZeroU32::new(pid) else {
         return Err(ProcessError::NotFound { pid }.into());
     };
+    if programs == ProgramSet::Empty {
+        probes.load_floor_programs()?;
+    }
     if let Some((start, end)) = attachment.library.text_range {
         allocator_text(probes, pid, Some(AllocatorText { start, end }));
     }

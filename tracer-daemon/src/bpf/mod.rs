@@ -236,7 +236,8 @@ pub fn tracing_programs() -> Vec<&'static str> {
 }
 
 /// Empty programs at a function's entry and return (tracer-ebpf's `floor`): what a probe hit
-/// costs the kernel alone, for benchmarks.
+/// costs the kernel alone, for benchmarks. Loaded only when a benchmark asks for them
+/// ([`Probes::load_floor_programs`]): an agent never has them verified or in the kernel.
 pub const FLOOR_ENTRY_PROGRAM: &str = "floor_enter";
 /// See [`FLOOR_ENTRY_PROGRAM`].
 pub const FLOOR_EXIT_PROGRAM: &str = "floor_exit";
@@ -257,7 +258,8 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Checks privileges and kernel features, then loads the object and every program.
+    /// Checks privileges and kernel features, then loads the object and every program tracing
+    /// uses (not the benchmarks' empty ones: see [`Self::load_floor_programs`]).
     pub fn load(sizes: &MapSizes, sample_bytes: u64, sessions: bool) -> Result<Self, LoadError> {
         check_capabilities()?;
         check_kernel_features()?;
@@ -288,10 +290,7 @@ impl Probes {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
-        for name in tracing_programs()
-            .into_iter()
-            .chain([FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM])
-        {
+        for name in tracing_programs() {
             load_uprobe(&mut ebpf, name)?;
         }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -350,6 +349,15 @@ impl Probes {
         })
     }
 
+    /// Loads the empty benchmark programs ([`FLOOR_ENTRY_PROGRAM`], [`FLOOR_EXIT_PROGRAM`]),
+    /// unless they already are.
+    pub fn load_floor_programs(&mut self) -> Result<(), LoadError> {
+        for name in [FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM] {
+            load_uprobe(&mut self.ebpf, name)?;
+        }
+        Ok(())
+    }
+
     /// Moves any pending BPF log lines to the log.
     pub(crate) fn flush_log(&mut self) {
         if let Some(logger) = &mut self.logger {
@@ -363,7 +371,7 @@ impl Probes {
     }
 }
 
-/// Loads one uprobe program of the object (the verifier runs here).
+/// Loads one uprobe program of the object (the verifier runs here); a loaded one stays as it is.
 fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
     let error = |source: aya::programs::ProgramError| LoadError::Program {
         name,
@@ -374,7 +382,10 @@ fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
         .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
         .map_err(error)?;
-    program.load().map_err(error)
+    match program.load() {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(error(source)),
+    }
 }
 
 /// Fills the tables sampled mode reads (see tracer-ebpf's `sampling`): `-ln(u)` at the

@@ -7,7 +7,6 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    str::FromStr,
     sync::Arc,
     time::Duration,
 };
@@ -24,6 +23,8 @@ use crate::{
     },
 };
 
+pub use tracer_parse::listen::Listen;
+
 /// The socket both binaries use when told nothing else.
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
 
@@ -31,36 +32,6 @@ pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest response sent (a report is bounded by top ≤ 1000 stacks of ≤ 64 frames).
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
-
-/// Where to listen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
-    /// A Unix socket path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(SocketAddr),
-}
-
-impl FromStr for Listen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() || !path.starts_with('/') {
-                return Err(format!(
-                    "{text:?}: a unix socket path must be absolute (unix:/run/tracer/tracer.sock)"
-                ));
-            }
-            return Ok(Self::Unix(PathBuf::from(path)));
-        }
-        if let Some(addr) = text.strip_prefix("tcp:") {
-            return addr.parse().map(Self::Tcp).map_err(|e| {
-                format!("{text:?}: {e} (expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:7443)")
-            });
-        }
-        Err(format!("{text:?}: expected unix:PATH or tcp:HOST:PORT"))
-    }
-}
 
 /// Files of the TCP listener's TLS: the server's certificate chain and key, and optionally the
 /// CA whose certificates clients must present.

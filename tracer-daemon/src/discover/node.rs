@@ -272,6 +272,13 @@ mod tests {
     use super::*;
     use crate::discover::test_log::{assert_one_warning, capture_warnings};
 
+    /// A real-format input of tracer-parse's fixtures (its tests pin how each parses).
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!("../../../tracer-parse/src/fixtures/", $name))
+        };
+    }
+
     const WEB_UID: &str = "03f3f104-3215-44f2-9686-d4dd1f05a7ed";
     const WEB_CONTAINER: &str = "09d185410c4e25236cc24717f881589bb0978b24eafd101624e627a4dd8d3439";
 
@@ -335,27 +342,23 @@ mod tests {
     #[test]
     fn malformed_proc_cgroup_files_are_skipped_with_a_warning_and_the_good_pod_is_found() {
         let node = FakeNode::new("scan");
-        let good = include_bytes!("fixtures/proc_cgroup_v2_systemd_containerd.txt");
+        let good = fixture!("proc_cgroup_v2_systemd_containerd.txt");
         node.process("101", "web", good);
         node.process(
             "102",
             "truncated-v1",
-            include_bytes!("fixtures/proc_cgroup_truncated_v1.txt"),
+            fixture!("proc_cgroup_truncated_v1.txt"),
         );
         node.process(
             "103",
             "truncated-v2",
-            include_bytes!("fixtures/proc_cgroup_truncated_v2.txt"),
+            fixture!("proc_cgroup_truncated_v2.txt"),
         );
-        node.process(
-            "104",
-            "garbage",
-            include_bytes!("fixtures/proc_cgroup_garbage.txt"),
-        );
+        node.process("104", "garbage", fixture!("proc_cgroup_garbage.txt"));
         node.process(
             "105",
             "worker",
-            include_bytes!("fixtures/proc_cgroup_v2_nested_non_utf8.txt"),
+            fixture!("proc_cgroup_v2_nested_non_utf8.txt"),
         );
         node.process("106", "empty", b"");
         node.write(node.paths.proc_root.join("107/comm"), b"exited\n");
@@ -424,16 +427,13 @@ mod tests {
         let dir = node.root.join("cgroup");
         node.write(
             dir.join("memory.current"),
-            include_bytes!("fixtures/memory_v2/memory.current"),
+            fixture!("memory_v2/memory.current"),
         );
         node.write(
             dir.join("memory.events"),
-            include_bytes!("fixtures/memory_v2/memory.events"),
+            fixture!("memory_v2/memory.events"),
         );
-        node.write(
-            dir.join("memory.max"),
-            include_bytes!("fixtures/memory_v2/memory.max"),
-        );
+        node.write(dir.join("memory.max"), fixture!("memory_v2/memory.max"));
         let container = Container {
             id: WEB_CONTAINER.to_owned(),
             name: None,
@@ -447,17 +447,11 @@ mod tests {
         assert!(log.is_empty(), "{log:?}");
 
         for (file, content) in [
-            (
-                "memory.max",
-                &include_bytes!("fixtures/memory_v2/memory.max.empty")[..],
-            ),
+            ("memory.max", &fixture!("memory_v2/memory.max.empty")[..]),
+            ("memory.events", fixture!("memory_v2/memory.events.garbage")),
             (
                 "memory.events",
-                include_bytes!("fixtures/memory_v2/memory.events.garbage"),
-            ),
-            (
-                "memory.events",
-                include_bytes!("fixtures/memory_v2/memory.events.truncated"),
+                fixture!("memory_v2/memory.events.truncated"),
             ),
         ] {
             let good = fs::read(dir.join(file)).expect("read the good file");

@@ -1,14 +1,18 @@
 //! Pod identities (namespace, name, containers) from the names of the kubelet's log
-//! directories, so the node agent can label pods without asking the API server.
+//! directories, so the node agent can label pods without asking the API server. The names are
+//! parsed by `tracer_parse::kubelet_logs`; this module lists the directories.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use tracer_parse::kubelet_logs::is_container_name;
 use tracing::warn;
 
-use super::cgroup::{normalize_container_id, normalize_pod_uid};
+pub use tracer_parse::kubelet_logs::{
+    ContainerLogName, LogNameError, PodIdentity, parse_container_log_name, parse_pod_dir_name,
+};
 
 /// Where the kubelet keeps one directory per pod: `<namespace>_<name>_<uid>/<container>/`.
 pub const DEFAULT_POD_LOG_ROOT: &str = "/var/log/pods";
@@ -16,19 +20,6 @@ pub const DEFAULT_POD_LOG_ROOT: &str = "/var/log/pods";
 /// Where the kubelet keeps one symlink per container:
 /// `<pod>_<namespace>_<container>-<container id>.log`.
 pub const DEFAULT_CONTAINER_LOG_ROOT: &str = "/var/log/containers";
-
-/// A pod as the kubelet's log directories name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodIdentity {
-    /// The pod's namespace.
-    pub namespace: String,
-    /// The pod's name.
-    pub name: String,
-    /// The pod's UID, lowercase: a dashed UUID, or 32 hex digits for a static pod.
-    pub uid: String,
-    /// Names of the containers that have a log directory (including exited ones), sorted.
-    pub containers: Vec<String>,
-}
 
 /// Reads `<root>/<namespace>_<name>_<uid>/<container>/` directories (root is usually
 /// [`DEFAULT_POD_LOG_ROOT`]), keyed by pod UID.
@@ -62,19 +53,6 @@ pub fn read_pod_log_dirs(root: &Path) -> HashMap<String, PodIdentity> {
         }
     }
     pods
-}
-
-/// A container as its /var/log/containers symlink names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerLogName {
-    /// The pod's name.
-    pub pod_name: String,
-    /// The pod's namespace.
-    pub namespace: String,
-    /// The container's name in the pod spec.
-    pub container: String,
-    /// The runtime's container id, 64 lowercase hex digits.
-    pub container_id: String,
 }
 
 /// Reads `<root>/<pod>_<namespace>_<container>-<64 hex id>.log` names (root is usually
@@ -160,7 +138,7 @@ fn list_entries(directory: &Path, wanted: EntryKind) -> io::Result<Vec<(PathBuf,
 fn read_container_dirs(pod_dir: &Path) -> io::Result<Vec<String>> {
     let mut containers = Vec::new();
     for (entry_path, name) in list_entries(pod_dir, EntryKind::Directory)? {
-        if is_dns_name(&name, false) {
+        if is_container_name(&name) {
             containers.push(name);
         } else {
             warn!(entry = %entry_path.display(), "skipping container log directory: not a container name");
@@ -168,97 +146,6 @@ fn read_container_dirs(pod_dir: &Path) -> io::Result<Vec<String>> {
     }
     containers.sort();
     Ok(containers)
-}
-
-/// Why a kubelet log name is not a pod's or a container's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LogNameError {
-    /// Not exactly three `_`-separated parts (Kubernetes names never hold `_`).
-    #[error("the name does not split into exactly three '_'-separated parts")]
-    NotThreeParts,
-    /// The namespace is not a DNS-1123 label.
-    #[error("the namespace is not a DNS-1123 label")]
-    Namespace,
-    /// The pod name is not a DNS-1123 subdomain.
-    #[error("the pod name is not a DNS-1123 subdomain")]
-    PodName,
-    /// The container name is not a DNS-1123 label.
-    #[error("the container name is not a DNS-1123 label")]
-    ContainerName,
-    /// The pod uid is neither a UUID nor a static pod's hash.
-    #[error("the uid is neither a UUID nor a static pod's 32-hex hash")]
-    PodUid,
-    /// A container log name lacks its `.log` suffix.
-    #[error("the name does not end in .log")]
-    NoLogSuffix,
-    /// A container log name does not end in `-<64 hex digits>`.
-    #[error("the name does not end in a '-' and a 64-hex-digit container id")]
-    ContainerId,
-}
-
-/// Parses a pod log directory's name, `<namespace>_<name>_<uid>`, into a pod identity without
-/// containers, or says why it is not one.
-pub fn parse_pod_dir_name(name: &str) -> Result<PodIdentity, LogNameError> {
-    let [namespace, pod_name, uid] = split_three(name)?;
-    if !is_dns_name(namespace, false) {
-        return Err(LogNameError::Namespace);
-    }
-    if !is_dns_name(pod_name, true) {
-        return Err(LogNameError::PodName);
-    }
-    let uid = normalize_pod_uid(uid).ok_or(LogNameError::PodUid)?;
-    Ok(PodIdentity {
-        namespace: namespace.to_owned(),
-        name: pod_name.to_owned(),
-        uid,
-        containers: Vec::new(),
-    })
-}
-
-/// Parses a container log symlink's name, `<pod>_<namespace>_<container>-<64 hex id>.log`,
-/// into its parts, or says why it is not one.
-pub fn parse_container_log_name(name: &str) -> Result<ContainerLogName, LogNameError> {
-    let stem = name.strip_suffix(".log").ok_or(LogNameError::NoLogSuffix)?;
-    // Names may hold '-', ids never do: the id follows the last one.
-    let (rest, id) = stem.rsplit_once('-').ok_or(LogNameError::ContainerId)?;
-    let container_id = normalize_container_id(id).ok_or(LogNameError::ContainerId)?;
-    let [pod_name, namespace, container] = split_three(rest)?;
-    if !is_dns_name(pod_name, true) {
-        return Err(LogNameError::PodName);
-    }
-    if !is_dns_name(namespace, false) {
-        return Err(LogNameError::Namespace);
-    }
-    if !is_dns_name(container, false) {
-        return Err(LogNameError::ContainerName);
-    }
-    Ok(ContainerLogName {
-        pod_name: pod_name.to_owned(),
-        namespace: namespace.to_owned(),
-        container: container.to_owned(),
-        container_id,
-    })
-}
-
-/// Exactly three `_`-separated parts: Kubernetes names never hold `_`, so this is unambiguous.
-fn split_three(name: &str) -> Result<[&str; 3], LogNameError> {
-    let mut parts = name.split('_');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(first), Some(second), Some(third), None) => Ok([first, second, third]),
-        _ => Err(LogNameError::NotThreeParts),
-    }
-}
-
-/// Lowercase alphanumerics and `-` (a DNS-1123 label), and `.` too for a subdomain (pod names).
-fn is_dns_name(name: &str, allow_dots: bool) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.bytes().all(|byte| {
-            byte.is_ascii_lowercase()
-                || byte.is_ascii_digit()
-                || byte == b'-'
-                || (allow_dots && byte == b'.')
-        })
 }
 
 #[cfg(test)]
@@ -412,56 +299,23 @@ mod tests {
         );
     }
 
-    /// The rows of fixtures/pod_dir_names.txt: name, and `Ok(identity)` or `Err(a word of the
-    /// reason)`.
-    fn pod_dir_name_table() -> Vec<(&'static str, Result<PodIdentity, &'static str>)> {
-        let table = include_str!("fixtures/pod_dir_names.txt");
-        let mut rows = Vec::new();
-        for line in table
+    /// The rows of tracer-parse's fixture of pod directory names (its tests pin the parse of
+    /// each): name, and `Ok(uid)` or `Err(a word of the reason)`.
+    fn pod_dir_name_table() -> Vec<(&'static str, Result<&'static str, &'static str>)> {
+        let table = include_str!("../../../tracer-parse/src/fixtures/pod_dir_names.txt");
+        let rows: Vec<_> = table
             .lines()
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let expected = match fields[..] {
-                [_, "ok", namespace, name, uid] => Ok(PodIdentity {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    uid: uid.to_owned(),
-                    containers: Vec::new(),
-                }),
-                [_, "skip", word] => Err(word),
-                _ => panic!("pod_dir_names.txt: bad row {line:?}"),
-            };
-            rows.push((fields[0], expected));
-        }
+            .map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [name, "ok", _, _, uid] => (name, Ok(uid)),
+                    [name, "skip", word] => (name, Err(word)),
+                    _ => panic!("pod_dir_names.txt: bad row {line:?}"),
+                },
+            )
+            .collect();
         assert!(rows.len() > 20, "pod_dir_names.txt has {} rows", rows.len());
         rows
-    }
-
-    #[test]
-    fn pod_dir_names_parse_or_are_rejected_with_a_reason() {
-        for (name, expected) in pod_dir_name_table() {
-            match (parse_pod_dir_name(name), expected) {
-                (Ok(actual), Ok(expected)) => assert_eq!(actual, expected, "{name:?}"),
-                (Err(reason), Err(word)) => {
-                    let reason = reason.to_string();
-                    assert!(reason.contains(word), "{name:?}: {reason:?} lacks {word:?}");
-                }
-                (actual, expected) => panic!("{name:?}: got {actual:?}, expected {expected:?}"),
-            }
-        }
-        let long_pod = "p".repeat(254);
-        for (name, word) in [
-            (format!("default_{long_pod}_{WEB_UID}"), "subdomain"),
-            (format!("{}_web-0_{WEB_UID}", "n".repeat(254)), "label"),
-            ("_".repeat(10_000), "three"),
-            (format!("default_web-0_{}", "0".repeat(10_000)), "uid"),
-        ] {
-            let reason = parse_pod_dir_name(&name)
-                .expect_err("too long to be a pod's")
-                .to_string();
-            assert!(reason.contains(word), "{}...: {reason:?}", &name[..20]);
-        }
     }
 
     #[test]
@@ -484,7 +338,7 @@ mod tests {
         let (pods, log) = capture_warnings(|| read_pod_log_dirs(&tree.root));
         let mut expected: Vec<&str> = table
             .iter()
-            .filter_map(|(_, expected)| expected.as_ref().ok().map(|pod| pod.uid.as_str()))
+            .filter_map(|(_, expected)| expected.ok())
             .chain([long_uid])
             .collect();
         expected.sort_unstable();

@@ -538,6 +538,38 @@ mod tests {
     }
 
     #[test]
+    fn cut_or_garbage_proc_cgroup_files_fail_at_their_line_and_a_cut_path_is_no_pod() {
+        let error = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v1.txt"))
+            .expect_err("a v1 file cut mid-line");
+        assert!(
+            matches!(error, CgroupError::MissingSeparator { line_number: 6, .. }),
+            "got {error:?}"
+        );
+        let error = process_cgroups(include_str!("fixtures/proc_cgroup_garbage.txt"))
+            .expect_err("/proc/PID/status is no cgroup file");
+        assert!(
+            matches!(error, CgroupError::MissingSeparator { line_number: 1, .. }),
+            "got {error:?}"
+        );
+        let cut = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v2.txt"))
+            .expect("a v2 path cut short is still a path");
+        assert!(
+            cut.unified.is_some() && cut.pod.is_none(),
+            "a cut pod slice names no pod: {cut:?}"
+        );
+        // Cgroup names are any bytes; the daemon reads them lossily, and the ids are ASCII.
+        let nested = include_bytes!("fixtures/proc_cgroup_v2_nested_non_utf8.txt");
+        let pod = process_cgroups(&String::from_utf8_lossy(nested))
+            .expect("a lossy non-UTF-8 name parses")
+            .pod
+            .expect("a cgroup below a container's is that container's");
+        assert_eq!(
+            pod.container_id.as_deref(),
+            Some("09d185410c4e25236cc24717f881589bb0978b24eafd101624e627a4dd8d3439")
+        );
+    }
+
+    #[test]
     fn pod_lookup_prefers_memory_then_systemd_then_other_lines() {
         let guaranteed = "/kubepods/poda38c12e8-255a-11e9-8cd9-0007cb0b2cc8";
         let besteffort = "/kubepods/besteffort/pod0d08203e-255a-11e9-8cd9-0007cb0b2cc8";

@@ -68,6 +68,43 @@ pub const SAMPLING_FIXED_ONE: u64 = 1 << 16;
 /// In sampled mode, per-stack counts are kept in thousandths of an allocation.
 pub const SAMPLED_COUNT_SCALE: u64 = 1000;
 
+/// What one recorded allocation of `size_bytes` stands for: (bytes, count). Exact mode
+/// (`sample_bytes` 0): `(size_bytes, 1)`. Sampled mode, where it was recorded with probability
+/// `p = 1 - exp(-size_bytes / sample_bytes)`: about `size_bytes / p` bytes and `1 / p`
+/// allocations, the count in thousandths ([`SAMPLED_COUNT_SCALE`]). `weight_at(k)` is entry
+/// `k` of the weight table ([`names::SAMPLE_WEIGHTS`]), which the daemon computes (BPF has no
+/// floating point). The BPF programs add exactly this to a stack's totals and the daemon
+/// weighs the allocations it scans with it, so both always agree. Integer arithmetic without
+/// 128-bit products, which BPF lacks.
+#[inline(always)]
+pub fn allocation_weights(
+    size_bytes: u64,
+    sample_bytes: u64,
+    weight_at: impl Fn(u32) -> u32,
+) -> (u64, u64) {
+    if sample_bytes == 0 {
+        return (size_bytes, 1);
+    }
+    let steps = if size_bytes > u64::MAX / SAMPLING_WEIGHT_STEPS {
+        u64::MAX
+    } else {
+        size_bytes * SAMPLING_WEIGHT_STEPS / sample_bytes
+    };
+    let bytes = if steps >= u64::from(SAMPLING_TABLE_LEN) {
+        // Sixteen means or more: sampled with probability ~1.
+        size_bytes
+    } else {
+        let scaled = weight_at(steps as u32);
+        (sample_bytes.wrapping_mul(u64::from(scaled)) / SAMPLING_FIXED_ONE).max(size_bytes)
+    };
+    let count = if size_bytes == 0 || bytes > u64::MAX / SAMPLED_COUNT_SCALE {
+        SAMPLED_COUNT_SCALE
+    } else {
+        bytes * SAMPLED_COUNT_SCALE / size_bytes
+    };
+    (bytes, count)
+}
+
 /// The allocator entry points the probes know, as stored in [`ThreadState::func`].
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

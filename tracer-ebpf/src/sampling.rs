@@ -9,9 +9,7 @@
 //! daemon fills.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use tracer_common::{
-    SAMPLED_COUNT_SCALE, SAMPLING_FIXED_ONE, SAMPLING_TABLE_LEN, SAMPLING_WEIGHT_STEPS,
-};
+use tracer_common::{SAMPLING_FIXED_ONE, SAMPLING_TABLE_LEN, allocation_weights};
 
 use crate::{
     config::sample_bytes,
@@ -33,31 +31,13 @@ pub(crate) fn draw_distance() -> i64 {
 }
 
 /// What one recorded allocation of `size` bytes adds to its stack's totals: (bytes, count).
-/// Exact mode: (size, 1). Sampled mode: the estimate it stands for, the count in thousandths.
+/// Exact mode: (size, 1). Sampled mode: the estimate it stands for, the count in thousandths
+/// (see [`tracer_common::allocation_weights`], which the daemon uses too).
 pub(crate) fn weights(size: u64) -> (u64, u64) {
-    let mean = sample_bytes();
-    if mean == 0 {
-        return (size, 1);
-    }
-    let steps = if size > u64::MAX / SAMPLING_WEIGHT_STEPS {
-        u64::MAX
-    } else {
-        size * SAMPLING_WEIGHT_STEPS / mean
-    };
-    let bytes = if steps >= u64::from(SAMPLING_TABLE_LEN) {
-        // Sixteen means or more: sampled with probability ~1.
-        size
-    } else {
-        let scaled = SAMPLE_WEIGHTS
-            .get(steps as u32)
+    allocation_weights(size, sample_bytes(), |step| {
+        SAMPLE_WEIGHTS
+            .get(step)
             .copied()
-            .unwrap_or(SAMPLING_FIXED_ONE as u32);
-        (mean.wrapping_mul(u64::from(scaled)) / SAMPLING_FIXED_ONE).max(size)
-    };
-    let count = if size == 0 || bytes > u64::MAX / SAMPLED_COUNT_SCALE {
-        SAMPLED_COUNT_SCALE
-    } else {
-        bytes * SAMPLED_COUNT_SCALE / size
-    };
-    (bytes, count)
+            .unwrap_or(SAMPLING_FIXED_ONE as u32)
+    })
 }

@@ -6,6 +6,7 @@
 
 pub mod kernel;
 pub mod kernel_layout;
+pub mod sampling;
 pub mod session;
 
 #[cfg(test)]
@@ -300,7 +301,7 @@ impl Probes {
                 None
             }
         };
-        fill_sampling_tables(&mut ebpf)?;
+        sampling::fill_tables(&mut ebpf)?;
         let btf = Btf::from_sys_fs();
         let exec_hook = match attach_btf_hook(
             &mut ebpf,
@@ -386,44 +387,6 @@ fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
         Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
         Err(source) => Err(error(source)),
     }
-}
-
-/// Fills the tables sampled mode reads (see tracer-ebpf's `sampling`): `-ln(u)` at the
-/// middle of each of the table's equal steps of u, and `r / (1 - e^-r)` at r = k / steps.
-fn fill_sampling_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    use tracer_common::{SAMPLING_FIXED_ONE, SAMPLING_TABLE_LEN, SAMPLING_WEIGHT_STEPS};
-    let fixed = |value: f64| {
-        (value * SAMPLING_FIXED_ONE as f64)
-            .round()
-            .min(f64::from(u32::MAX)) as u32
-    };
-    let len = f64::from(SAMPLING_TABLE_LEN);
-    let distance = move |i: u32| fixed(-((f64::from(i) + 0.5) / len).ln());
-    let weight = move |k: u32| {
-        let r = f64::from(k) / SAMPLING_WEIGHT_STEPS as f64;
-        fixed(if k == 0 { 1.0 } else { r / (1.0 - (-r).exp()) })
-    };
-    let tables: [(&'static str, &dyn Fn(u32) -> u32); 2] = [
-        (names::SAMPLE_DISTANCES, &distance),
-        (names::SAMPLE_WEIGHTS, &weight),
-    ];
-    for (name, value) in tables {
-        let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap { name })?;
-        let mut array: aya::maps::Array<&mut aya::maps::MapData, u32> =
-            aya::maps::Array::try_from(map).map_err(|e| LoadError::Map {
-                name,
-                source: Box::new(e),
-            })?;
-        for index in 0..SAMPLING_TABLE_LEN {
-            array
-                .set(index, value(index), 0)
-                .map_err(|e| LoadError::Map {
-                    name,
-                    source: Box::new(e),
-                })?;
-        }
-    }
-    Ok(())
 }
 
 /// The program on the kernel's OOM path (see [`KERNEL_FEATURES`] for the fallback).

@@ -266,18 +266,17 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<Notice> {
 }
 
 /// What one recorded allocation of `size` bytes stands for: (bytes, allocations). Exact mode
-/// (`sample_bytes` 0): itself. Sampled mode: it was sampled with probability
-/// p = 1 - exp(-size / sample_bytes), so it stands for size / p bytes and 1 / p allocations.
+/// (`sample_bytes` 0): itself. Sampled mode: the estimate the BPF programs add to its stack's
+/// totals ([`bpf::sampling::weights`](crate::bpf::sampling::weights)), so an age scan and the
+/// totals agree.
 pub fn sampling_weight(size: u64, sample_bytes: u64) -> (f64, f64) {
-    if sample_bytes == 0 {
-        return (size as f64, 1.0);
-    }
-    let r = size as f64 / sample_bytes as f64;
-    if r == 0.0 {
-        return (sample_bytes as f64, 1.0);
-    }
-    let p = -(-r).exp_m1();
-    (size as f64 / p, 1.0 / p)
+    let (bytes, count) = crate::bpf::sampling::weights(size, sample_bytes);
+    let count_scale = if sample_bytes == 0 {
+        1
+    } else {
+        tracer_common::SAMPLED_COUNT_SCALE
+    };
+    (bytes as f64, count as f64 / count_scale as f64)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

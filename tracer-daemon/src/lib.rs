@@ -5,8 +5,9 @@
 //! `symbolize` → `report`; `tracer` ties them together for one set of processes, `agent` runs
 //! it as the node agent (with `select` deciding what to trace), `api` serves it over gRPC, and
 //! `cli` is the command line of `tracer-daemon`; `tracerctl` is the client. What the daemon
-//! reads from outside (cgroup and /proc files, kubelet log names, the config file) is parsed
-//! by `tracer-parse`, re-exported here where the daemon's own modules once were.
+//! reads from outside (cgroup and /proc files, kubelet log names, the config file, `select`'s
+//! globs) is parsed by `tracer-parse`: the daemon reads, and re-exports the parsers at the
+//! paths they had here.
 
 pub mod agent;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod attach;
 pub mod bpf;
 pub mod cli;
 pub mod collect;
+pub mod config;
 pub mod discover;
 pub mod evidence;
 pub mod report;
@@ -21,7 +23,7 @@ pub mod symbolize;
 pub mod tracer;
 pub mod unwind;
 
-pub use tracer_parse::{config, select};
+pub use tracer_parse::select;
 
 /// An error with its causes, `outer: inner: innermost`, for logs and API messages (a
 /// `thiserror` message alone leaves out the cause, e.g. "No space left on device").

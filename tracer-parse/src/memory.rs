@@ -1,13 +1,11 @@
 //! A cgroup's memory figures (usage, limit, limit hits, OOM kills) on cgroup v2 and v1, and
 //! where the cgroup filesystems are mounted, so leak growth can be set against the limit.
+//! Reading the files is the daemon's (`discover::memory`); this module says what they hold.
 
 use std::ffi::OsString;
-use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Component, Path, PathBuf};
-
-use tracing::warn;
 
 /// v1 limits at or above this mean "unlimited": the kernel reports its page-counter maximum
 /// (9223372036854771712 with 4 KiB pages), and no real limit comes near 4 EiB.
@@ -16,7 +14,8 @@ const V1_UNLIMITED_THRESHOLD_BYTES: u64 = 1 << 62;
 /// Why a cgroup's memory figures could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// A cgroup file could not be read (the cgroup is gone, or the controller is not enabled).
+    /// A cgroup file could not be read (the cgroup is gone, or the controller is not enabled):
+    /// the reader given to [`memory_figures`] says so.
     #[error("cannot read {}", path.display())]
     Read {
         /// The file.
@@ -102,15 +101,16 @@ pub struct OomControl {
     pub oom_kill: u64,
 }
 
-/// Reads the memory figures of the cgroup directory `dir`.
+/// A cgroup's memory figures from its files; `read` gives a file's content by name (e.g.
+/// `memory.max`): from the cgroup's directory in the daemon, from fixtures in tests.
 ///
 /// v2 reads `memory.current`, `memory.max` and `memory.events`; v1 reads
 /// `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.failcnt` and `memory.oom_control`.
-pub fn read_memory(dir: &Path, version: CgroupVersion) -> Result<MemoryFigures, MemoryError> {
-    let read = |file: &str| {
-        let path = dir.join(file);
-        fs::read_to_string(&path).map_err(|source| MemoryError::Read { path, source })
-    };
+/// The first file that `read` fails on or that does not parse is the error.
+pub fn memory_figures(
+    version: CgroupVersion,
+    read: impl Fn(&'static str) -> Result<String, MemoryError>,
+) -> Result<MemoryFigures, MemoryError> {
     let number = |file: &'static str| parse_count(file, &read(file)?);
     let limit = |file: &'static str| parse_limit_in(file, &read(file)?);
     Ok(match version {
@@ -184,7 +184,7 @@ pub fn parse_oom_control(content: &str) -> Result<OomControl, MemoryError> {
 
 /// Parses a memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`): `max` and v1's huge
 /// page-counter maximum give `None` (unlimited), a number gives that many bytes. Errors call
-/// the file `memory limit`; [`read_memory`] names the real one.
+/// the file `memory limit`; [`memory_figures`] names the real one.
 pub fn parse_limit(content: &str) -> Result<Option<u64>, MemoryError> {
     parse_limit_in("memory limit", content)
 }
@@ -245,7 +245,7 @@ pub struct CgroupMounts {
     pub unified: Option<PathBuf>,
     /// The v1 mount whose super options include `memory`, e.g. `/sys/fs/cgroup/memory`.
     pub memory_v1: Option<PathBuf>,
-    /// `<unified>/cgroup.controllers` lists `memory`; only [`read_cgroup_mounts`] reads it,
+    /// `<unified>/cgroup.controllers` lists `memory` (see [`lists_memory_controller`]);
     /// [`parse_mountinfo`] leaves it false.
     pub unified_has_memory: bool,
 }
@@ -270,28 +270,6 @@ pub fn parse_mountinfo(content: &str) -> CgroupMounts {
                 mounts.memory_v1 = Some(mount.mount_point);
             }
             _ => {}
-        }
-    }
-    mounts
-}
-
-/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`; what cannot be read is
-/// left out with a warning.
-pub fn read_cgroup_mounts() -> CgroupMounts {
-    let mut mounts = match fs::read_to_string("/proc/self/mountinfo") {
-        Ok(content) => parse_mountinfo(&content),
-        Err(error) => {
-            warn!(%error, "cannot read /proc/self/mountinfo; assuming no cgroup mounts");
-            return CgroupMounts::default();
-        }
-    };
-    if let Some(unified) = &mounts.unified {
-        let path = unified.join("cgroup.controllers");
-        match fs::read_to_string(&path) {
-            Ok(content) => mounts.unified_has_memory = lists_memory_controller(&content),
-            Err(error) => {
-                warn!(path = %path.display(), %error, "cannot read the unified hierarchy's controllers");
-            }
         }
     }
     mounts
@@ -337,7 +315,8 @@ fn has_memory_option(super_options: &str) -> bool {
     super_options.split(',').any(|option| option == "memory")
 }
 
-fn lists_memory_controller(controllers: &str) -> bool {
+/// Whether a `cgroup.controllers` file lists the memory controller.
+pub fn lists_memory_controller(controllers: &str) -> bool {
     controllers
         .split_whitespace()
         .any(|controller| controller == "memory")

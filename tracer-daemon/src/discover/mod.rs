@@ -2,6 +2,7 @@
 //! to, from the node's own records (no API server needed).
 
 pub mod cgroup_namespace;
+pub mod memory;
 pub mod node;
 pub mod pods;
 pub mod process;
@@ -9,4 +10,4 @@ pub mod snapshot;
 #[cfg(test)]
 mod test_log;
 
-pub use tracer_parse::{cgroup, memory};
+pub use tracer_parse::cgroup;

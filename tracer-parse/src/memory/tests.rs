@@ -1,10 +1,7 @@
 //! Tests of the memory module.
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::CgroupVersion::{V1, V2};
 use super::*;
 
-const V2_FILES: [&str; 3] = ["memory.current", "memory.max", "memory.events"];
 const V1_FILES: [&str; 4] = [
     "memory.usage_in_bytes",
     "memory.limit_in_bytes",
@@ -25,47 +22,20 @@ fn fixture(file: &str) -> &'static str {
     }
 }
 
-/// A cgroup-like temp directory, removed on drop.
-struct CgroupDir(PathBuf);
-
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A temp dir with the version's fixture files, but for `skip`, and with `replace.1` as the
+/// The figures of a cgroup whose files are the version's fixtures, with `replace.1` as the
 /// content of file `replace.0`.
-fn cgroup_dir(version: CgroupVersion, skip: &str, replace: (&str, &str)) -> CgroupDir {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let unique = format!(
-        "tracer-memory-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = CgroupDir(std::env::temp_dir().join(unique));
-    fs::create_dir_all(&dir.0).expect("create the temp cgroup dir");
-    let files = if version == V2 {
-        &V2_FILES[..]
-    } else {
-        &V1_FILES[..]
-    };
-    for &name in files.iter().filter(|name| **name != skip) {
-        let content = if name == replace.0 {
-            replace.1
-        } else {
-            fixture(name)
-        };
-        fs::write(dir.0.join(name), content).unwrap_or_else(|error| panic!("{name}: {error}"));
-    }
-    dir
-}
-
 fn read_fixture(
     version: CgroupVersion,
     replace: (&str, &str),
 ) -> Result<MemoryFigures, MemoryError> {
-    read_memory(&cgroup_dir(version, "", replace).0, version)
+    memory_figures(version, |file| {
+        let content = if file == replace.0 {
+            replace.1
+        } else {
+            fixture(file)
+        };
+        Ok(content.to_owned())
+    })
 }
 
 #[test]
@@ -112,14 +82,21 @@ fn v1_cgroup_gives_usage_failcnt_and_oom_kills_with_huge_limit_as_unlimited() {
 }
 
 #[test]
-fn missing_files_are_read_errors_naming_the_path() {
-    for (version, file) in [(V1, "memory.oom_control"), (V2, "memory.max")] {
-        let dir = cgroup_dir(version, file, ("", ""));
-        let error = read_memory(&dir.0, version).expect_err("a file is missing");
-        let MemoryError::Read { path, .. } = &error else {
-            panic!("expected a read error for {file}, got {error:?}");
-        };
-        assert_eq!(path, &dir.0.join(file), "{error}");
+fn a_file_the_reader_cannot_give_is_the_readers_error() {
+    for (version, missing) in [(V1, "memory.oom_control"), (V2, "memory.max")] {
+        let result = memory_figures(version, |file| {
+            if file == missing {
+                let source = io::Error::from(io::ErrorKind::NotFound);
+                return Err(MemoryError::Read {
+                    path: PathBuf::from(file),
+                    source,
+                });
+            }
+            Ok(fixture(file).to_owned())
+        });
+        let named =
+            matches!(&result, Err(MemoryError::Read { path, .. }) if path == Path::new(missing));
+        assert!(named, "{missing}: {result:?}");
     }
 }
 
@@ -305,21 +282,7 @@ fn mountinfo_gives_unified_and_v1_memory_mounts_of_v2_hybrid_and_v1_hosts() {
 }
 
 #[test]
-fn read_cgroup_mounts_matches_this_hosts_mountinfo() {
-    let content = fs::read_to_string("/proc/self/mountinfo").expect("Linux has mountinfo");
-    let (mounts, parsed) = (read_cgroup_mounts(), parse_mountinfo(&content));
-    assert_eq!(
-        (&mounts.unified, &mounts.memory_v1),
-        (&parsed.unified, &parsed.memory_v1)
-    );
-    let controllers = (parsed.unified)
-        .and_then(|unified| fs::read_to_string(unified.join("cgroup.controllers")).ok())
-        .unwrap_or_default();
-    assert_eq!(
-        mounts.unified_has_memory,
-        lists_memory_controller(&controllers),
-        "{controllers:?}"
-    );
+fn the_memory_controller_is_listed_as_a_whole_word() {
     assert!(lists_memory_controller(
         "cpuset cpu io memory hugetlb pids rdma misc\n"
     ));

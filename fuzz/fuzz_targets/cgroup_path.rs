@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_daemon::discover::cgroup::{self, PodCgroup, QosClass, Runtime};
+use tracer_parse::cgroup::{self, PodCgroup, QosClass, Runtime};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -1,5 +1,5 @@
-//! Memory cgroup files (memory.max, memory.events, memory.oom_control, the v1 limit),
-//! /proc/self/mountinfo, and cgroup paths joined to a mount: what parses writes back to the
+//! Memory cgroup files (memory.max, memory.events, memory.oom_control, the v1 limit, a whole
+//! cgroup's files), /proc/self/mountinfo, and cgroup paths joined to a mount: what parses writes back to the
 //! same values, and no joined path leaves the mount.
 
 #![no_main]
@@ -7,7 +7,7 @@
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use tracer_daemon::discover::memory::{self, CgroupMounts};
+use tracer_parse::memory::{self, CgroupMounts, CgroupVersion};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -39,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
             control.oom_kill
         );
         assert_eq!(memory::parse_oom_control(&written).ok(), Some(control));
+    }
+    for version in [CgroupVersion::V1, CgroupVersion::V2] {
+        // Every file holding the input: what does not parse is an error, never a panic.
+        let _ = memory::memory_figures(version, |_| Ok(text.to_owned()));
     }
     let mut mounts = memory::parse_mountinfo(text);
     mounts.unified_has_memory = true;

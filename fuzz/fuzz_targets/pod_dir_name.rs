@@ -5,13 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_daemon::discover::pods;
+use tracer_parse::kubelet_logs;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(name) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(pod) = pods::parse_pod_dir_name(name) {
+    if let Ok(pod) = kubelet_logs::parse_pod_dir_name(name) {
         for part in [&pod.namespace, &pod.name, &pod.uid] {
             assert!(
                 !part.is_empty() && !part.contains(['_', '/', '\0']),
@@ -22,9 +22,13 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(pod.uid, pod.uid.to_ascii_lowercase(), "uid not lowercase");
         assert!(matches!(pod.uid.len(), 32 | 36), "uid {:?}", pod.uid);
         let written = format!("{}_{}_{}", pod.namespace, pod.name, pod.uid);
-        assert_eq!(pods::parse_pod_dir_name(&written), Ok(pod), "{name:?}");
+        assert_eq!(
+            kubelet_logs::parse_pod_dir_name(&written),
+            Ok(pod),
+            "{name:?}"
+        );
     }
-    if let Ok(container) = pods::parse_container_log_name(name) {
+    if let Ok(container) = kubelet_logs::parse_container_log_name(name) {
         for part in [
             &container.pod_name,
             &container.namespace,
@@ -48,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             container.pod_name, container.namespace, container.container
         );
         assert_eq!(
-            pods::parse_container_log_name(&written),
+            kubelet_logs::parse_container_log_name(&written),
             Ok(container),
             "{name:?}"
         );

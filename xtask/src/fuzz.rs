@@ -2,11 +2,9 @@
 //! a bounded time from its committed seed corpus (fuzz/corpus/TARGET/), failing with the path of
 //! the input that crashed it.
 //!
-//! The build is a debug build without sanitizer: the targets fuzz safe Rust parsers, where
-//! AddressSanitizer finds nothing a panic would not, and an optimized, single-codegen-unit build
-//! of the daemon's dependencies (tonic, aya, blazesym, redb) costs several times longer than the
-//! fuzzing itself on a 2-core machine. The BPF object is stubbed (AYA_BUILD_SKIP): the targets
-//! never load it.
+//! The targets fuzz tracer-parse alone (no aya, tonic, blazesym or redb, no BPF object), in a
+//! debug build without sanitizer: they are safe Rust parsers, where AddressSanitizer finds
+//! nothing a panic would not and only adds build time.
 
 use std::{
     fs,
@@ -40,7 +38,7 @@ const MAX_INPUT_BYTES: usize = 4096;
 /// hang or broken invariant, naming the input libFuzzer saved.
 pub(crate) fn run_all(seconds_per_target: u64) -> anyhow::Result<()> {
     // fuzz/ is its own workspace; its lock file is the main one (copied, not committed), so the
-    // daemon is fuzzed with the dependency versions it ships with, and cargo only adds
+    // parsers are fuzzed with the dependency versions the daemon ships with, and cargo only adds
     // libfuzzer-sys.
     let root = workspace_root();
     let lock = root.join("fuzz").join("Cargo.lock");
@@ -78,8 +76,7 @@ fn cargo_fuzz(subcommand: &str) -> Command {
             "none",
         ])
         .arg("--target-dir")
-        .arg(fuzz_dir_in_target())
-        .env("AYA_BUILD_SKIP", "1");
+        .arg(fuzz_dir_in_target());
     cmd
 }
 
@@ -143,8 +140,8 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<()> {
     }
     let inputs: Vec<String> = artifacts.iter().map(|p| p.display().to_string()).collect();
     bail!(
-        "fuzz target {target} crashed on {}; reproduce with `AYA_BUILD_SKIP=1 cargo +nightly fuzz \
-         run --dev -s none --target-dir target/fuzz {target} {}`; full log: {}",
+        "fuzz target {target} crashed on {}; reproduce with `cargo +nightly fuzz run --dev -s none \
+         --target-dir target/fuzz {target} {}`; full log: {}",
         inputs.join(", "),
         inputs[0],
         log_path.display()

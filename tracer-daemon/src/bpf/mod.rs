@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod kernel_layout;
 pub mod sampling;
 pub mod session;
+pub(crate) mod syscall;
 
 #[cfg(test)]
 pub mod fake;

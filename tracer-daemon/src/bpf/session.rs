@@ -20,6 +20,8 @@ use std::{
 use aya::{Ebpf, maps::Map};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
 
+use super::syscall::sys_bpf;
+
 /// `BPF_TRACE_UPROBE_SESSION` (not in aya-obj's bindings yet).
 const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 
@@ -33,23 +35,6 @@ pub struct SessionProgram {
 #[derive(Debug)]
 pub struct SessionLink {
     _fd: OwnedFd,
-}
-
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<RawFd> {
-    // SAFETY: `attr` is a valid, initialised bpf_attr whose pointers outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as RawFd)
-    }
 }
 
 /// The descriptor of a map aya created, for the map kinds this object uses.
@@ -129,7 +114,9 @@ pub fn load(
                 *slot = byte as libc::c_char;
             }
         }
-        match sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: the instructions, the license and the log buffer outlive the call, and
+        // insn_cnt and log_size are their lengths.
+        match unsafe { sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) } {
             // SAFETY: the kernel returned a new descriptor we own.
             Ok(fd) => {
                 return Ok(SessionProgram {
@@ -166,7 +153,8 @@ impl SessionProgram {
             multi.cnt = 1;
             multi.pid = pid;
         }
-        let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the path and the one offset outlive the call, and cnt is 1.
+        let fd = unsafe { sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) }?;
         // SAFETY: the kernel returned a new descriptor we own.
         Ok(SessionLink {
             _fd: unsafe { OwnedFd::from_raw_fd(fd) },

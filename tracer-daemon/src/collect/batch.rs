@@ -13,26 +13,10 @@ use std::{
 use aya::{Pod, maps::MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
+use crate::bpf::syscall::sys_bpf;
+
 /// Elements asked for per syscall.
 const CHUNK: usize = 4096;
-
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr whose pointers reference buffers
-    // that outlive the call and are as large as `count` says.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 /// Calls `visit` with every (key, value) of a hash map. Elements inserted or deleted during
 /// the scan may or may not be seen, as with any map iteration.
@@ -84,7 +68,9 @@ fn scan_chunks<K: Pod, V: Pod>(
         attr.batch.values = values.as_mut_ptr() as u64;
         attr.batch.count = *chunk as u32;
         attr.batch.map_fd = fd;
-        let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: `in_batch` and `out_batch` are live u64s; `keys` and `values` hold `chunk`
+        // keys and values, the count asked for.
+        let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) }.map(drop);
         // SAFETY: the kernel wrote back how many elements it copied.
         let count = unsafe { attr.batch.count } as usize;
         for i in 0..count.min(*chunk) {
@@ -134,7 +120,8 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
             attr.batch.keys = remaining.as_ptr() as u64;
             attr.batch.count = remaining.len() as u32;
             attr.batch.map_fd = fd;
-            let result = sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr);
+            // SAFETY: `remaining` holds the `count` keys, and outlives the call.
+            let result = unsafe { sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) }.map(drop);
             // SAFETY: the kernel wrote back how many it deleted.
             let deleted = (unsafe { attr.batch.count } as usize).min(remaining.len());
             match result {

@@ -51,8 +51,8 @@ pub fn weights(size_bytes: u64, sample_bytes: u64) -> (u64, u64) {
 
 /// Fills the object's `SAMPLE_DISTANCES` and `SAMPLE_WEIGHTS` tables.
 pub(super) fn fill_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let tables: [(&'static str, fn(u32) -> u32); 2] = [
-        (names::SAMPLE_DISTANCES, distance_entry),
+    let tables = [
+        (names::SAMPLE_DISTANCES, distance_entry as fn(u32) -> u32),
         (names::SAMPLE_WEIGHTS, weight_entry),
     ];
     for (name, entry) in tables {

@@ -1,8 +1,9 @@
 //! What a command is about: `NAMESPACE/POD` (optionally one container) or a pid, checked here
-//! with the agent's own rules and messages so a typo fails before any call (the agent checks
-//! again: this is outside input to the client, not a contract).
+//! by the agent's own parser (tracer-parse's `selector`: same rules, same messages) so a typo
+//! fails before any call; the agent checks again.
 
 use clap::Args;
+use tracer_parse::selector::{Selector, SelectorError, Target};
 use tracer_proto::v1 as pb;
 
 /// A pod (or one of its containers), or a process, from the command line.
@@ -23,75 +24,30 @@ pub(crate) struct TargetArgs {
     pub(crate) pid: Option<u32>,
 }
 
-/// Why a selector is malformed (worded as the agent words it).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct SelectorError(String);
-
-impl std::fmt::Display for SelectorError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid selector: {}", self.0)
-    }
-}
-
-impl std::error::Error for SelectorError {}
-
-/// Longest Kubernetes name accepted (DNS-1123 subdomain).
-const MAX_NAME_LEN: usize = 253;
-
-fn check_name(field: &str, value: &str, allow_dots: bool) -> Result<(), SelectorError> {
-    if value.is_empty() {
-        return Err(SelectorError(format!("{field} is empty")));
-    }
-    if value.len() > MAX_NAME_LEN {
-        return Err(SelectorError(format!(
-            "{field} is longer than {MAX_NAME_LEN} characters"
-        )));
-    }
-    let valid_char = |c: char| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dots && c == '.')
-    };
-    if !value.chars().all(valid_char) || value.starts_with('-') || value.ends_with('-') {
-        return Err(SelectorError(format!(
-            "{field} {value:?} is not a Kubernetes name (lowercase letters, digits, '-'{})",
-            if allow_dots { ", '.'" } else { "" }
-        )));
-    }
-    Ok(())
-}
-
 /// `NAMESPACE/POD`, optionally narrowed to one container.
 pub(crate) fn pod(text: &str, container: Option<&str>) -> Result<pb::Selector, SelectorError> {
-    let Some((namespace, name)) = text.split_once('/') else {
-        return Err(SelectorError(format!("{text:?} is not NAMESPACE/POD")));
-    };
-    check_name("namespace", namespace, false)?;
-    check_name("pod name", name, true)?;
-    if let Some(container) = container {
-        check_name("container", container, false)?;
-    }
-    Ok(pb::Selector {
-        target: Some(pb::selector::Target::Pod(pb::PodName {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })),
-        container: container.unwrap_or_default().to_owned(),
-    })
+    Selector::parse_pod(text, container.map(str::to_owned)).map(|s| to_api(&s))
 }
 
 /// A process by pid (a container cannot narrow it).
 pub(crate) fn pid(pid: u32, container: Option<&str>) -> Result<pb::Selector, SelectorError> {
-    if pid == 0 {
-        return Err(SelectorError("pid 0 is not a process".into()));
+    Selector::new(Target::Pid(pid), container.map(str::to_owned)).map(|s| to_api(&s))
+}
+
+/// A checked selector as the API carries it.
+fn to_api(selector: &Selector) -> pb::Selector {
+    let target = match &selector.target {
+        Target::Pod { namespace, name } => pb::selector::Target::Pod(pb::PodName {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }),
+        Target::PodUid(uid) => pb::selector::Target::PodUid(uid.clone()),
+        Target::Pid(pid) => pb::selector::Target::Pid(*pid),
+    };
+    pb::Selector {
+        target: Some(target),
+        container: selector.container.clone().unwrap_or_default(),
     }
-    if container.is_some() {
-        return Err(SelectorError(
-            "a container cannot narrow a pid selector".into(),
-        ));
-    }
-    Ok(pb::Selector {
-        target: Some(pb::selector::Target::Pid(pid)),
-        container: String::new(),
-    })
 }
 
 impl TargetArgs {

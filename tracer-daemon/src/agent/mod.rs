@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod preparer;
 pub mod reconcile;
 mod reports;
-pub mod selector;
+pub use tracer_parse::selector;
 pub mod targets;
 #[cfg(test)]
 mod tests;
@@ -704,11 +704,12 @@ impl Agent {
                 // The caller asked for these: attached before the answer, here, so that the
                 // answer says which are traced (the others are read in the background).
                 for pid in pids {
-                    if self.tracer.state(pid).is_none() && self.plan.failure(pid).is_none() {
-                        if let Err(error) = self.tracer.trace(pid) {
-                            warn!(pid, %error, "cannot trace selected process");
-                            self.plan.fail(pid, format!("{error:#}"));
-                        }
+                    if self.tracer.state(pid).is_none()
+                        && self.plan.failure(pid).is_none()
+                        && let Err(error) = self.tracer.trace(pid)
+                    {
+                        warn!(pid, %error, "cannot trace selected process");
+                        self.plan.fail(pid, format!("{error:#}"));
                     }
                 }
             }

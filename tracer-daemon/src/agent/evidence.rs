@@ -16,7 +16,7 @@ use crate::{
     discover::node::{Container, Pod},
     evidence::{
         model::{Evidence, KIND_OOM_KILL, Trigger},
-        pprof::{self, ProfileFrame, ProfileMeta, ProfileStack},
+        pprof::{self, ProfileMeta, ProfileStack},
         store::ListFilter,
     },
     report::{StackReport, pod::SortBy},
@@ -342,19 +342,7 @@ fn who(evidence: &Evidence) -> String {
 
 fn profile_stack(stack: &StackReport) -> ProfileStack {
     ProfileStack {
-        frames: stack
-            .frames
-            .iter()
-            .map(|f| ProfileFrame {
-                address: f.addr,
-                function: f.function.clone(),
-                file: f.file.clone(),
-                line: f.line,
-                module: f.module.clone(),
-                module_offset: f.module_offset,
-                inlined: f.inlined,
-            })
-            .collect(),
+        frames: stack.frames.clone(),
         bytes: stack.bytes,
         count: stack.count,
         pid: stack.pid,

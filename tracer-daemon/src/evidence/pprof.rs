@@ -4,35 +4,19 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-/// One frame of a leaking stack, as the symbolizer resolved it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProfileFrame {
-    /// Instruction address in the traced process.
-    pub address: u64,
-    /// Function name, when the frame was symbolized.
-    pub function: Option<String>,
-    /// Source file of the function, when debug info had it.
-    pub file: Option<String>,
-    /// Source line, when debug info had it.
-    pub line: Option<u32>,
-    /// Path of the binary or library the address falls in.
-    pub module: Option<String>,
-    /// Offset of the address within `module`.
-    pub module_offset: Option<u64>,
-    /// True when this frame was inlined into the frame that follows it.
-    pub inlined: bool,
-}
+use crate::symbolize::Frame;
 
 /// One leaking call stack of one process and what it still holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileStack {
-    /// Innermost (the allocation call site) first; an inlined frame precedes the frame it
-    /// was inlined into.
-    pub frames: Vec<ProfileFrame>,
+    /// Innermost (the allocation call site) first, as the symbolizer resolved them; an
+    /// inlined frame precedes the frame it was inlined into.
+    pub frames: Arc<[Frame]>,
     /// Bytes allocated here and not yet freed.
     pub bytes: u64,
     /// Allocations made here and not yet freed.
@@ -97,7 +81,7 @@ pub fn encode(stacks: &[ProfileStack], meta: &ProfileMeta) -> Vec<u8> {
     // usually in libc, so register the first module that is not a shared library first.
     let mut modules = stacks
         .iter()
-        .flat_map(|stack| &stack.frames)
+        .flat_map(|stack| stack.frames.iter())
         .filter_map(|frame| frame.module.as_deref());
     if let Some(main_binary) = modules.find(|module| !is_shared_library(module)) {
         builder.mapping(main_binary);
@@ -154,7 +138,7 @@ impl Builder {
 
     /// One location per physical frame: a run of inlined frames joins the frame they were
     /// inlined into, as its leading `Line`s (pprof puts the caller last).
-    fn location_ids(&mut self, frames: &[ProfileFrame]) -> Vec<u64> {
+    fn location_ids(&mut self, frames: &[Frame]) -> Vec<u64> {
         let mut ids = Vec::new();
         let mut start = 0;
         for (index, frame) in frames.iter().enumerate() {
@@ -168,7 +152,7 @@ impl Builder {
     }
 
     /// `chain` is innermost first and ends with the physical frame.
-    fn location(&mut self, chain: &[ProfileFrame]) -> u64 {
+    fn location(&mut self, chain: &[Frame]) -> u64 {
         let Some(physical) = chain.last() else {
             return 0;
         };
@@ -177,7 +161,7 @@ impl Builder {
             .as_deref()
             .map(|module| self.mapping(module));
         let mapping_id = mapping_index.map_or(0, |index| index as u64 + 1);
-        if let Some(&id) = self.locations.get(&(physical.address, mapping_id)) {
+        if let Some(&id) = self.locations.get(&(physical.addr, mapping_id)) {
             return id;
         }
         let line = chain
@@ -198,10 +182,10 @@ impl Builder {
         self.profile.location.push(Location {
             id,
             mapping_id,
-            address: physical.address,
+            address: physical.addr,
             line,
         });
-        self.locations.insert((physical.address, mapping_id), id);
+        self.locations.insert((physical.addr, mapping_id), id);
         id
     }
 
@@ -222,7 +206,7 @@ impl Builder {
         index
     }
 
-    fn function(&mut self, frame: &ProfileFrame) -> u64 {
+    fn function(&mut self, frame: &Frame) -> u64 {
         let name = match &frame.function {
             Some(name) => self.string(name),
             None => self.string(&unsymbolized_name(frame)),
@@ -247,13 +231,13 @@ fn is_shared_library(module: &str) -> bool {
 
 /// A name for a frame the symbolizer could not resolve, so that it still shows up as its own
 /// node: `libfoo.so+0x1a2b` when the module is known, the bare address otherwise.
-fn unsymbolized_name(frame: &ProfileFrame) -> String {
+fn unsymbolized_name(frame: &Frame) -> String {
     match (&frame.module, frame.module_offset) {
         (Some(module), Some(offset)) => {
             let file_name = module.rsplit('/').next().unwrap_or(module);
             format!("{file_name}+{offset:#x}")
         }
-        _ => format!("{:#x}", frame.address),
+        _ => format!("{:#x}", frame.addr),
     }
 }
 
@@ -368,9 +352,9 @@ mod tests {
     const SERVER: &str = "/app/bin/server";
     const LIBC: &str = "/usr/lib/libc.so.6";
 
-    fn frame(address: u64, function: Option<&str>, module: Option<&str>) -> ProfileFrame {
-        ProfileFrame {
-            address,
+    fn frame(address: u64, function: Option<&str>, module: Option<&str>) -> Frame {
+        Frame {
+            addr: address,
             function: function.map(str::to_owned),
             file: function.map(|_| "src/shop.rs".to_owned()),
             line: function.map(|_| 7),
@@ -380,7 +364,7 @@ mod tests {
         }
     }
 
-    fn server(address: u64, function: &str) -> ProfileFrame {
+    fn server(address: u64, function: &str) -> Frame {
         frame(address, Some(function), Some(SERVER))
     }
 
@@ -398,8 +382,8 @@ mod tests {
         let frames_42 = vec![malloc.clone(), insert, handle, main_42];
         let frames_7 = vec![malloc, load, main_7.clone()];
         let frames_unknown = vec![unknown, main_7];
-        let stack = |frames, bytes, count, pid| ProfileStack {
-            frames,
+        let stack = |frames: Vec<Frame>, bytes, count, pid| ProfileStack {
+            frames: frames.into(),
             bytes,
             count,
             pid,
@@ -508,8 +492,10 @@ mod tests {
     fn trailing_inlined_frame_and_frameless_stack_still_encode() {
         let mut orphan = server(0x5555_0000_9000, "shop::orphan");
         orphan.inlined = true;
-        let mut stack = ProfileStack::default();
-        stack.frames.push(orphan);
+        let stack = ProfileStack {
+            frames: [orphan].into(),
+            ..ProfileStack::default()
+        };
         let profile = decode(&[stack, ProfileStack::default()]);
         assert_eq!(names(&profile, &profile.sample[0]), [["shop::orphan"]]);
         assert!(profile.sample[1].location_id.is_empty());

@@ -15,7 +15,7 @@ use crate::{
     collect::{monotonic_now_ns, oom::OomKill},
     discover::node::{Container, Pod},
     evidence::{
-        model::{Evidence, KIND_OOM_KILL, Trigger},
+        model::{Evidence, KIND_OOM_KILL, Subject, Trigger},
         pprof::{self, ProfileMeta, ProfileStack},
         store::ListFilter,
     },
@@ -185,10 +185,12 @@ impl Agent {
             id: 0,
             trigger,
             taken_at_unix_ms: now_unix_ms(),
-            namespace: pod.and_then(|p| p.namespace.clone()),
-            pod_name: pod.and_then(|p| p.name.clone()),
-            pod_uid: pod.map(|p| p.uid.clone()),
-            container: container.as_ref().and_then(|c| c.name.clone()),
+            subject: Subject {
+                namespace: pod.and_then(|p| p.namespace.clone()),
+                pod_name: pod.and_then(|p| p.name.clone()),
+                pod_uid: pod.map(|p| p.uid.clone()),
+                container: container.as_ref().and_then(|c| c.name.clone()),
+            },
             container_id: container.as_ref().map(|c| c.id.clone()),
             memory: report
                 .as_ref()
@@ -248,7 +250,7 @@ impl Agent {
         let container = query.selector.as_ref().and_then(|s| s.container.clone());
         let mut out = Vec::new();
         for meta in self.store.list(&filter)? {
-            if container.is_some() && meta.container != container {
+            if container.is_some() && meta.subject.container != container {
                 continue;
             }
             out.push(self.get_evidence(meta.id)?);
@@ -334,9 +336,9 @@ impl Agent {
 fn who(evidence: &Evidence) -> String {
     format!(
         "pod {}/{} container {}",
-        evidence.namespace.as_deref().unwrap_or("?"),
-        evidence.pod_name.as_deref().unwrap_or("?"),
-        evidence.container.as_deref().unwrap_or("?")
+        evidence.subject.namespace.as_deref().unwrap_or("?"),
+        evidence.subject.pod_name.as_deref().unwrap_or("?"),
+        evidence.subject.container.as_deref().unwrap_or("?")
     )
 }
 

@@ -570,8 +570,8 @@ pub fn evidence_query(
 
 fn pod_name(evidence: &Evidence) -> pb::PodName {
     pb::PodName {
-        namespace: evidence.namespace.clone().unwrap_or_default(),
-        name: evidence.pod_name.clone().unwrap_or_default(),
+        namespace: evidence.subject.namespace.clone().unwrap_or_default(),
+        name: evidence.subject.pod_name.clone().unwrap_or_default(),
     }
 }
 
@@ -582,8 +582,8 @@ pub fn evidence_summary(evidence: &Evidence) -> pb::EvidenceSummary {
         kind: evidence.trigger.kind().to_owned(),
         taken_at: Some(timestamp(evidence.taken_at_unix_ms)),
         pod: Some(pod_name(evidence)),
-        pod_uid: evidence.pod_uid.clone().unwrap_or_default(),
-        container: evidence.container.clone().unwrap_or_default(),
+        pod_uid: evidence.subject.pod_uid.clone().unwrap_or_default(),
+        container: evidence.subject.container.clone().unwrap_or_default(),
         summary: evidence.summary(),
     }
 }
@@ -604,8 +604,8 @@ pub fn oom_event(evidence: &Evidence) -> Option<pb::OomEvent> {
         evidence_id: evidence.id,
         time: Some(timestamp(evidence.taken_at_unix_ms)),
         pod: Some(pod_name(evidence)),
-        pod_uid: evidence.pod_uid.clone().unwrap_or_default(),
-        container: evidence.container.clone().unwrap_or_default(),
+        pod_uid: evidence.subject.pod_uid.clone().unwrap_or_default(),
+        container: evidence.subject.container.clone().unwrap_or_default(),
         memory: evidence.memory.as_ref().map(memory_figures),
         source: "cgroup counter".into(),
         top_call_site,

@@ -55,6 +55,21 @@ impl Trigger {
 /// Record kind of OOM kills.
 pub const KIND_OOM_KILL: &str = "oom_kill";
 
+/// Whose evidence it is: the pod and container, as far as they are known. A record
+/// ([`Evidence`]) and its index entry ([`EvidenceMeta`]) each hold one, flattened, so both are
+/// stored with the same keys as when each spelled these fields out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// Kubernetes namespace of the pod, if known.
+    pub namespace: Option<String>,
+    /// Name of the pod, if known.
+    pub pod_name: Option<String>,
+    /// UID of the pod, if known.
+    pub pod_uid: Option<String>,
+    /// Name of the container, if known.
+    pub container: Option<String>,
+}
+
 /// One evidence record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Evidence {
@@ -65,14 +80,9 @@ pub struct Evidence {
     pub trigger: Trigger,
     /// When, ms since the epoch.
     pub taken_at_unix_ms: u64,
-    /// Pod namespace.
-    pub namespace: Option<String>,
-    /// Pod name.
-    pub pod_name: Option<String>,
-    /// Pod uid.
-    pub pod_uid: Option<String>,
-    /// Container name.
-    pub container: Option<String>,
+    /// Whose it is.
+    #[serde(flatten)]
+    pub subject: Subject,
     /// Container id.
     pub container_id: Option<String>,
     /// The container's memory figures then.
@@ -123,10 +133,7 @@ impl Evidence {
             id: 0,
             kind: self.trigger.kind().to_owned(),
             taken_at_unix_ms: self.taken_at_unix_ms,
-            namespace: self.namespace.clone(),
-            pod_name: self.pod_name.clone(),
-            pod_uid: self.pod_uid.clone(),
-            container: self.container.clone(),
+            subject: self.subject.clone(),
             pid: match &self.trigger {
                 Trigger::OomKill { kill: Some(kill) } => kill.victim_pid,
                 _ => None,
@@ -134,5 +141,44 @@ impl Evidence {
             summary: self.summary(),
             payload_bytes: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the daemon stored it before [`Subject`] existed, each field spelled out.
+    const STORED: &str = concat!(
+        r#"{"id":3,"trigger":{"type":"threshold","percent":90},"taken_at_unix_ms":5,"#,
+        r#""namespace":"shop","pod_name":"api-0","pod_uid":"u-1","container":"app","#,
+        r#""container_id":"c0ffee","memory":null,"report":null}"#,
+    );
+
+    #[test]
+    fn stored_records_read_back_and_encode_with_the_same_keys() {
+        let evidence: Evidence = serde_json::from_str(STORED).expect("a stored record decodes");
+        let subject = Subject {
+            namespace: Some("shop".into()),
+            pod_name: Some("api-0".into()),
+            pod_uid: Some("u-1".into()),
+            container: Some("app".into()),
+        };
+        assert_eq!(evidence.subject, subject);
+        assert_eq!(evidence.container_id.as_deref(), Some("c0ffee"));
+        assert_eq!(
+            evidence.meta().subject,
+            subject,
+            "the index entry's subject"
+        );
+        let encoded = serde_json::to_string(&evidence).expect("a record encodes");
+        assert_eq!(encoded, STORED, "the stored format changed");
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_pod_reads_back_with_an_empty_subject() {
+        let stored = r#"{"trigger":{"type":"high","count":1},"taken_at_unix_ms":5,"container_id":null,"memory":null,"report":null}"#;
+        let evidence: Evidence = serde_json::from_str(stored).expect("decodes");
+        assert_eq!(evidence.subject, Subject::default());
     }
 }

@@ -28,6 +28,8 @@ use redb::{ReadableTableMetadata as _, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
+use crate::evidence::model::Subject;
+
 const FILE_NAME: &str = "evidence.redb";
 /// The next id, as text, written after each commit (see the module docs).
 const MARK_NAME: &str = "evidence.next-id";
@@ -57,14 +59,9 @@ pub struct EvidenceMeta {
     pub kind: String,
     /// When the evidence was captured, in milliseconds since the Unix epoch.
     pub taken_at_unix_ms: u64,
-    /// Kubernetes namespace of the pod, if known.
-    pub namespace: Option<String>,
-    /// Name of the pod, if known.
-    pub pod_name: Option<String>,
-    /// UID of the pod, if known.
-    pub pod_uid: Option<String>,
-    /// Name of the container, if known.
-    pub container: Option<String>,
+    /// Whose evidence it is.
+    #[serde(flatten)]
+    pub subject: Subject,
     /// Process the evidence is about, if one.
     pub pid: Option<u32>,
     /// One line for listings, e.g. "90% of limit (57.6 MiB / 64 MiB)".
@@ -116,9 +113,10 @@ impl ListFilter {
         let same = |wanted: &Option<String>, actual: Option<&String>| {
             wanted.as_ref().is_none_or(|wanted| actual == Some(wanted))
         };
-        same(&self.namespace, meta.namespace.as_ref())
-            && same(&self.pod_name, meta.pod_name.as_ref())
-            && same(&self.pod_uid, meta.pod_uid.as_ref())
+        let subject = &meta.subject;
+        same(&self.namespace, subject.namespace.as_ref())
+            && same(&self.pod_name, subject.pod_name.as_ref())
+            && same(&self.pod_uid, subject.pod_uid.as_ref())
             && same(&self.kind, Some(&meta.kind))
             && self
                 .since_unix_ms

@@ -49,10 +49,12 @@ fn meta(kind: &str, namespace: &str, pod: &str, taken_at_unix_ms: u64) -> Eviden
         id: 0,
         kind: kind.to_owned(),
         taken_at_unix_ms,
-        namespace: Some(namespace.to_owned()),
-        pod_name: Some(pod.to_owned()),
-        pod_uid: Some(format!("uid-{pod}")),
-        container: Some("app".to_owned()),
+        subject: Subject {
+            namespace: Some(namespace.to_owned()),
+            pod_name: Some(pod.to_owned()),
+            pod_uid: Some(format!("uid-{pod}")),
+            container: Some("app".to_owned()),
+        },
         pid: Some(42),
         summary: format!("{kind} of {namespace}/{pod}"),
         payload_bytes: 0,
@@ -435,6 +437,8 @@ fn meta_json_format_is_stable() {
         encoded, expected,
         "the stored format changed: bump FORMAT_VERSION"
     );
+    let decoded: EvidenceMeta = serde_json::from_str(expected).expect("a stored meta decodes");
+    assert_eq!(decoded, meta, "a stored meta no longer reads back the same");
 }
 
 fn child_payload(round: u64, seq: u64) -> Vec<u8> {

@@ -1,10 +1,19 @@
-//! Entry points: one uprobe per allocator entry, one uretprobe per allocator return.
+//! Entry points: one uprobe program per kind of allocator entry and one uretprobe program per
+//! kind of return. The daemon's table (`attach::functions`) puts each on every symbol whose
+//! arguments sit in the same registers (C++'s operator new and delete, jemalloc's and
+//! mimalloc's APIs); where the kernel has uprobe sessions, malloc's pair gives way to one
+//! session program (`session`).
 //!
-//! Placement: the daemon attaches each program in the file that really serves the function in
-//! the traced process, at the first instruction the kernel emulates that every recorded call
-//! reaches with its arguments intact (see the daemon's `attach::placement`; offset 0 where that
-//! cannot be proven). Return probes capture the stack: there the instruction pointer is the
-//! call site, so the direct caller is always the first frame.
+//! Placement: the daemon attaches each program, per process, in the file that really serves the
+//! function there, at the offset `attach::placement` picks from the function's first
+//! instructions: the first one the kernel emulates instead of single-stepping (about a tenth of
+//! the cost), if nothing before it writes an argument register the entry program reads, moves
+//! the stack pointer (where a return probe, or mmap's and munmap's caller check, needs the
+//! return address on top), enters the kernel, or can branch away, except free's NULL check
+//! (free(NULL) records nothing). Otherwise, and under `--probe-placement entry`, the probe is at
+//! offset 0. An entry program may therefore run a few instructions into the function, but always
+//! sees the arguments as the caller passed them. Return probes capture the stack: there the
+//! instruction pointer is the call site, so the direct caller is always the first frame.
 
 use aya_ebpf::{
     EbpfContext,

@@ -1,8 +1,9 @@
 //! The deployment manifests under deploy/, checked offline as far as they can be without a
 //! cluster: each render (`kubectl kustomize`) against the Kubernetes 1.32 schema, then read
 //! back typed to pin what the agent needs (host PID namespace, capabilities, host paths, probe
-//! and metrics ports matching the flags, taints, one agent per node) and that its config
-//! files parse with the daemon's own parser. Negative fixtures prove both checks can fail.
+//! and metrics ports matching the flags, taints, one agent per node, x86-64 Linux nodes only)
+//! and that its config files parse with the daemon's own parser. Negative fixtures prove both
+//! checks can fail.
 
 mod support;
 
@@ -429,6 +430,28 @@ fn the_agent_tolerates_every_taint_and_never_runs_twice_on_a_node() {
         pod_spec(&base).priority_class_name.as_deref(),
         Some("system-node-critical")
     );
+}
+
+#[test]
+fn the_agent_is_scheduled_on_x86_64_linux_nodes_only() {
+    // Probe placement and the BPF unwinder know x86-64 only (see attach::check_traceable).
+    for dir in RENDERS {
+        let daemonset = daemonset(&render(dir));
+        let selector = pod_spec(&daemonset)
+            .node_selector
+            .as_ref()
+            .unwrap_or_else(|| panic!("{dir}: no nodeSelector"));
+        for (label, value) in [
+            ("kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "amd64"),
+        ] {
+            assert_eq!(
+                selector.get(label).map(String::as_str),
+                Some(value),
+                "{dir}: nodeSelector {selector:?}"
+            );
+        }
+    }
 }
 
 #[test]

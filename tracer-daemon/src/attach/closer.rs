@@ -6,7 +6,7 @@
 //! can write them any more).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Condvar, Mutex, mpsc},
 };
 
@@ -28,10 +28,24 @@ pub struct DetachedLinks {
 
 #[derive(Default)]
 struct State {
-    /// Pids whose links are still being closed.
-    pending: HashSet<u32>,
+    /// Pids whose links are still being closed, with how many batches of them (an exec or a
+    /// failed attach can send a second batch before the first is closed).
+    pending: HashMap<u32, usize>,
     /// Pids whose links are closed, not yet taken by the agent.
     closed: Vec<u32>,
+}
+
+impl State {
+    /// One batch of a process's links is closed; the process is closed with its last batch.
+    fn closed_one(&mut self, pid: u32) {
+        if let Some(batches) = self.pending.get_mut(&pid) {
+            *batches -= 1;
+            if *batches == 0 {
+                let _ = self.pending.remove(&pid);
+                self.closed.push(pid);
+            }
+        }
+    }
 }
 
 /// The background closer.
@@ -60,8 +74,7 @@ impl LinkCloser {
                     drop(links);
                     let (lock, changed) = &*shared;
                     let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = state.pending.remove(&pid);
-                    state.closed.push(pid);
+                    state.closed_one(pid);
                     changed.notify_all();
                 }
             });
@@ -85,20 +98,21 @@ impl LinkCloser {
     /// Closes a process's links in the background.
     pub fn close(&self, pid: u32, links: DetachedLinks) {
         let (lock, _) = &*self.state;
-        let _ = lock
+        *lock
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pending
-            .insert(pid);
+            .entry(pid)
+            .or_default() += 1;
         let unsent = match &self.queue {
             Some(queue) => queue.send((pid, links)).err().map(|e| e.0),
             None => Some((pid, links)),
         };
         if let Some((pid, links)) = unsent {
             drop(links);
-            let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = state.pending.remove(&pid);
-            state.closed.push(pid);
+            lock.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .closed_one(pid);
         }
     }
 
@@ -108,14 +122,14 @@ impl LinkCloser {
         lock.lock()
             .unwrap_or_else(|e| e.into_inner())
             .pending
-            .contains(&pid)
+            .contains_key(&pid)
     }
 
     /// Waits until a process's links are closed.
     pub fn wait_for(&self, pid: u32) {
         let (lock, changed) = &*self.state;
         let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while state.pending.contains(&pid) {
+        while state.pending.contains_key(&pid) {
             state = changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }

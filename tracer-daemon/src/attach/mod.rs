@@ -575,7 +575,7 @@ pub fn attach(
     pid: u32,
     library: AllocatorLibrary,
     programs: ProgramSet,
-) -> Result<Attachment, AttachError> {
+) -> Result<Attachment, AttachFailure> {
     let mut attachment = Attachment {
         pid,
         library,
@@ -583,10 +583,12 @@ pub fn attach(
         sessions: Vec::new(),
     };
     let Some(scope_pid) = NonZeroU32::new(pid) else {
-        return Err(ProcessError::NotFound { pid }.into());
+        return Err(AttachError::from(ProcessError::NotFound { pid }).into());
     };
     if programs == ProgramSet::Empty {
-        probes.load_floor_programs()?;
+        probes
+            .load_floor_programs()
+            .map_err(|e| AttachFailure::from(AttachError::from(e)))?;
     }
     if let Some((start, end)) = attachment.library.text_range {
         allocator_text(probes, pid, Some(AllocatorText { start, end }));
@@ -644,13 +646,14 @@ pub fn attach(
         match result {
             Ok(link) => attachment.links.push((program_name, link)),
             Err(source) => {
-                // Closed here, before the caller drops the records they may have written.
-                drop(detach(probes, attachment));
-                return Err(AttachError::Uprobe {
-                    pid,
-                    program: program_name,
-                    path,
-                    source,
+                return Err(AttachFailure {
+                    error: AttachError::Uprobe {
+                        pid,
+                        program: program_name,
+                        path,
+                        source,
+                    },
+                    links: detach(probes, attachment),
                 });
             }
         }
@@ -659,14 +662,36 @@ pub fn attach(
     if programs == ProgramSet::Tracing
         && let Err(error) = arm(probes, pid, true)
     {
-        drop(detach(probes, attachment));
-        return Err(AttachError::Arm {
-            pid,
-            source: Box::new(error),
+        return Err(AttachFailure {
+            error: AttachError::Arm {
+                pid,
+                source: Box::new(error),
+            },
+            links: detach(probes, attachment),
         });
     }
     debug!(pid, library = %attachment.library.path, probes = attachment.links.len(), "attached");
     Ok(attachment)
+}
+
+/// An attach that failed, with the links it had made: the process was never armed, so its
+/// probes recorded nothing and the links can be closed off the caller's thread
+/// ([`closer::LinkCloser`]); closing each takes the kernel tens of milliseconds, more while
+/// other processes come and go.
+pub struct AttachFailure {
+    /// Why it failed.
+    pub error: AttachError,
+    /// The links made before it failed (empty when none was).
+    pub links: DetachedLinks,
+}
+
+impl From<AttachError> for AttachFailure {
+    fn from(error: AttachError) -> Self {
+        Self {
+            error,
+            links: DetachedLinks::default(),
+        }
+    }
 }
 
 /// Takes a process's links out of their programs, entries first, then returns (the reverse of

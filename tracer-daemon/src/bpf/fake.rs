@@ -16,7 +16,9 @@ use tracer_common::{
 };
 
 use crate::{
-    attach::{AllocatorLibrary, AttachError, Attachment, ProgramSet, closer::DetachedLinks},
+    attach::{
+        AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet, closer::DetachedLinks,
+    },
     bpf::{
         OomHook,
         kernel::{Kernel, UnwindMaps},
@@ -46,6 +48,8 @@ pub struct FakeState {
     pub oom_kills: VecDeque<OomKill>,
     /// Execs waiting in the ring buffer.
     pub execs: VecDeque<u32>,
+    /// Processes whose attach fails (as when one exits while its probes are attached).
+    pub refuse_attach: HashSet<u32>,
     /// Unwind rows written.
     pub unwind_rows: BTreeMap<u32, UnwindEntry>,
     /// Unwind mapping blocks, by (prefix length, key bytes).
@@ -201,8 +205,15 @@ impl Kernel for FakeKernel {
         pid: u32,
         library: AllocatorLibrary,
         _programs: ProgramSet,
-    ) -> Result<Attachment, AttachError> {
+    ) -> Result<Attachment, AttachFailure> {
         let mut state = self.state();
+        if state.refuse_attach.contains(&pid) {
+            return Err(AttachError::Unsupported {
+                pid,
+                reason: "the test's kernel refuses it".to_owned(),
+            }
+            .into());
+        }
         state.history.push((pid, true));
         // Armed only now: every probe would be live.
         let _ = state.armed.insert(pid);

@@ -11,7 +11,10 @@ use tracer_common::{
 };
 
 use crate::{
-    attach::{self, AllocatorLibrary, AttachError, Attachment, ProgramSet, closer::DetachedLinks},
+    attach::{
+        self, AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet,
+        closer::DetachedLinks,
+    },
     bpf::{MapSizes, OomHook, Probes},
     collect::{
         BpfMaps, CollectError, Notices, mappings::MappingTracker, scanner::Scanner, stats::BpfStats,
@@ -36,13 +39,14 @@ pub trait UnwindMaps {
 
 /// Everything the tracer needs from the kernel side.
 pub trait Kernel: UnwindMaps {
-    /// Attaches a process's probes and arms it (see `attach::attach`).
+    /// Attaches a process's probes and arms it (see `attach::attach`); on failure, the links
+    /// made so far come back with the error, for the caller to close.
     fn attach(
         &mut self,
         pid: u32,
         library: AllocatorLibrary,
         programs: ProgramSet,
-    ) -> Result<Attachment, AttachError>;
+    ) -> Result<Attachment, AttachFailure>;
     /// Disarms a process and takes its links out (dropping them detaches).
     fn detach(&mut self, attachment: Attachment) -> DetachedLinks;
     /// Arms a process again on the same probes after an exec (see `attach::rearm`).
@@ -165,7 +169,7 @@ impl Kernel for LoadedKernel {
         pid: u32,
         library: AllocatorLibrary,
         programs: ProgramSet,
-    ) -> Result<Attachment, AttachError> {
+    ) -> Result<Attachment, AttachFailure> {
         attach::attach(&mut self.probes, pid, library, programs)
     }
 

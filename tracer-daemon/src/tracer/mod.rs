@@ -295,10 +295,9 @@ impl Tracer {
         }
         let attachment = match self.kernel.attach(pid, library, programs) {
             Ok(attachment) => attachment,
-            Err(error) => {
-                // Probes attached before the failure may have recorded allocations.
-                self.drop_records(pid);
-                return Err(error);
+            Err(failure) => {
+                self.close_failed(pid, failure.links);
+                return Err(failure.error);
             }
         };
         info!(pid, comm = %snapshot.info.comm, allocator = %allocator, "tracing");
@@ -338,6 +337,15 @@ impl Tracer {
             }
             self.drop_records(pid);
         }
+    }
+
+    /// Closes the links of a failed attach in the background: the process was never armed, so
+    /// they recorded nothing, and closing them takes the kernel up to hundreds of milliseconds
+    /// while processes come and go (the agent's thread would wait). What else the attach wrote
+    /// (unwind mappings, symbols) goes once they are closed, as for an untraced process.
+    fn close_failed(&mut self, pid: u32, links: crate::attach::closer::DetachedLinks) {
+        self.closer.close(pid, links);
+        let _ = self.closing.insert(pid);
     }
 
     /// Drops the records of untraced processes whose links are now closed.
@@ -498,7 +506,14 @@ impl Tracer {
         } else {
             let links = self.kernel.detach(attachment);
             self.closer.close(pid, links);
-            self.kernel.attach(pid, library, ProgramSet::Tracing)
+            // A failure's links close in the background too (never armed: they recorded
+            // nothing); `untrace_now` below drops the records.
+            self.kernel
+                .attach(pid, library, ProgramSet::Tracing)
+                .map_err(|failure| {
+                    self.closer.close(pid, failure.links);
+                    failure.error
+                })
         };
         let comm = traced.snapshot.info.comm.clone();
         match result {

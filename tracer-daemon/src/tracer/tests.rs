@@ -235,3 +235,38 @@ fn what_cannot_be_traced_never_reaches_the_kernel() {
     assert!(error.to_string().contains("kernel thread"), "{error}");
     assert!(kernel.state().history.is_empty());
 }
+
+#[test]
+fn a_failed_attach_arms_nothing_and_its_records_go_once_its_links_are_closed() {
+    let (mut tracer, kernel) = tracer();
+    let sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    let _ = kernel.state().refuse_attach.insert(pid);
+    let error = tracer.trace(pid).expect_err("the kernel refuses it");
+    assert!(error.to_string().contains("refuses"), "{error}");
+    assert!(!kernel.state().armed.contains(&pid));
+    assert!(tracer.state(pid).is_none(), "not traced");
+    // Its links close off the caller's thread; what the attach wrote for the unwinder goes
+    // once they are closed.
+    let mapped = |kernel: &FakeKernel| {
+        kernel
+            .state()
+            .unwind_mappings
+            .keys()
+            .any(|&(_, tgid, _)| tgid == pid)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tracer.poll();
+        if !mapped(&kernel) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unwind mappings left behind");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Tried again (an explicit start): nothing of the first attempt is in the way.
+    let _ = kernel.state().refuse_attach.remove(&pid);
+    tracer.trace(pid).expect("trace");
+    assert!(kernel.state().armed.contains(&pid));
+}

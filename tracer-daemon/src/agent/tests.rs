@@ -15,9 +15,10 @@ use crate::{
     collect::{self, oom::OomKill},
     discover::{
         cgroup::{QosClass, Runtime},
-        node::{Container, NodeProcess, Pod},
+        node::{Container, NodePaths, NodeProcess, Pod},
     },
     evidence::model::Trigger,
+    select::SelectionConfig,
     tracer::tests::{Sleeper, code_address},
 };
 

@@ -156,9 +156,11 @@ impl Reconciler {
         self.explicit_pids.contains(&pid)
     }
 
-    /// A process that is no longer traced by pid (stopped, or ended).
+    /// A process that is no longer wanted (stopped, or ended): not traced by pid any more, and
+    /// not attached if it comes back from being read before the next rescan.
     pub fn forget_pid(&mut self, pid: u32) {
         let _ = self.explicit_pids.remove(&pid);
+        let _ = self.wanted.remove(&pid);
     }
 
     /// Selects a pod (or one of its containers) until stopped.

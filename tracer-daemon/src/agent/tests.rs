@@ -172,6 +172,23 @@ async fn a_process_deselected_while_it_is_read_is_never_attached() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_process_stopped_while_it_is_read_is_never_attached() {
+    let dir = TempDir::new("stopped");
+    let (mut agent, kernel) = agent(&dir, None);
+    let sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    agent.rescan_with(view("shop", &[pid]));
+    let stop = Selector::parse_pod("shop/cart", None).expect("selector");
+    assert_eq!(agent.stop(&stop).expect("stop"), Vec::<u32>::new());
+    agent.take_prepared().await;
+    assert!(kernel.state().history.is_empty(), "never attached");
+    // Stopped until started again, whatever the selection says at the next rescans.
+    agent.rescan_with(view("shop", &[pid]));
+    assert!(!agent.plan.busy());
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn what_cannot_be_traced_says_why_and_is_not_read_again() {
     let dir = TempDir::new("refused");
     let (mut agent, kernel) = agent(&dir, Some(1));

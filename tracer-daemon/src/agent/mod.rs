@@ -260,13 +260,26 @@ impl Agent {
     /// Rescans the node, detaches what is no longer selected and sends what is selected and
     /// not yet traced to be read for attaching.
     fn discover(&mut self) {
-        self.view = node::scan(&self.config.paths, &self.mounts);
+        self.rescan_view();
         let unwanted = self.plan.rescanned(&self.view, &self.traced());
         for pid in unwanted {
             info!(pid, "no longer selected; detaching");
             self.untrace(pid);
         }
         self.dispatch();
+    }
+
+    /// Scans the node again. OOM kills the kernel hook reported are recorded first, against
+    /// the view that still holds their victims: a rescan after a victim died forgets it, and
+    /// its container too when it was the last process there (the evidence would name no pod).
+    /// Kills reported while the scan ran are recorded against the old view as well.
+    fn rescan_view(&mut self) {
+        self.tracer.drain_events();
+        self.handle_oom_kills();
+        let view = node::scan(&self.config.paths, &self.mounts);
+        self.tracer.drain_events();
+        self.handle_oom_kills();
+        self.view = view;
     }
 
     /// Sends selected processes to be read, as many as may be read at once.

@@ -42,7 +42,7 @@ impl Agent {
             Err(AgentError::NotFound(_))
                 if self.last_rescan.elapsed() >= std::time::Duration::from_millis(100) =>
             {
-                self.view = crate::discover::node::scan(&self.config.paths, &self.mounts);
+                self.rescan_view();
                 self.last_rescan = std::time::Instant::now();
                 self.resolve(selector)
             }

@@ -99,6 +99,25 @@ fn view(namespace: &str, pids: &[u32]) -> NodeView {
     }
 }
 
+/// What the kernel hook reports when it kills `pid`.
+fn oom_kill_of(pid: u32, at_ns: u64) -> OomKill {
+    OomKill {
+        victim_pid: Some(pid),
+        victim_tid: Some(pid),
+        victim_comm: "sleep".into(),
+        trigger_pid: pid,
+        trigger_comm: "sleep".into(),
+        timestamp_ns: at_ns,
+        rss_anon_bytes: 3000,
+        rss_file_bytes: 0,
+        rss_shmem_bytes: 0,
+        swap_bytes: 0,
+        victim_cgroup_id: 0,
+        victim_memcg_id: 0,
+        trigger_cgroup_id: 0,
+    }
+}
+
 impl Agent {
     /// What a discovery pass does, with this view instead of a scan.
     fn rescan_with(&mut self, view: NodeView) {
@@ -192,31 +211,39 @@ async fn a_process_stopped_while_it_is_read_is_never_attached() {
 async fn what_cannot_be_traced_says_why_and_is_not_read_again() {
     let dir = TempDir::new("refused");
     let (mut agent, kernel) = agent(&dir, Some(1));
+    // pid 2 is kthreadd, a kernel thread: read, refused with why.
+    agent.rescan_with(view("shop", &[2]));
+    agent.take_prepared().await;
+    let reason = agent.target_process(2).not_traced_reason;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("kernel thread")),
+        "{reason:?}"
+    );
+    // The limit is one process; read newest first, the second sleeper takes the place and
+    // the first is refused without being read.
     let first = Sleeper::start("exec sleep 1000");
     let second = Sleeper::start("exec sleep 1000");
     first.wait_comm("sleep");
     second.wait_comm("sleep");
-    // pid 2 is kthreadd, a kernel thread; the limit is one process.
-    agent.rescan_with(view("shop", &[2, first.pid(), second.pid()]));
+    let (older, newer) = if first.pid() < second.pid() {
+        (first.pid(), second.pid())
+    } else {
+        (second.pid(), first.pid())
+    };
+    agent.rescan_with(view("shop", &[2, older, newer]));
     agent.take_prepared().await;
-    agent.take_prepared().await;
-    let reasons: Vec<Option<String>> = [2, first.pid(), second.pid()]
-        .iter()
-        .map(|&pid| agent.target_process(pid).not_traced_reason)
-        .collect();
-    assert!(
-        reasons[0]
-            .as_deref()
-            .is_some_and(|r| r.contains("kernel thread")),
-        "{reasons:?}"
+    assert_eq!(agent.target_process(newer).not_traced_reason, None);
+    assert!(agent.target_process(newer).traced);
+    assert_eq!(
+        agent.target_process(older).not_traced_reason.as_deref(),
+        Some("max processes reached (1)")
     );
-    // The pids are read in order: the first sleeper takes the one place.
-    assert_eq!(reasons[1], None);
-    assert_eq!(reasons[2].as_deref(), Some("max processes reached (1)"));
     assert_eq!(agent.metrics(10).trace_failures, 2);
-    agent.rescan_with(view("shop", &[2, first.pid(), second.pid()]));
+    agent.rescan_with(view("shop", &[2, older, newer]));
     assert!(!agent.plan.busy(), "failures are not retried by discovery");
-    assert_eq!(kernel.state().history, [(first.pid(), true)]);
+    assert_eq!(kernel.state().history, [(newer, true)]);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -237,21 +264,7 @@ async fn an_oom_kill_is_saved_as_evidence_for_the_victims_container_with_its_las
         }
         state.allocate(pid, &[site], 0x60_000, 24, now);
         state.free(pid, 0x60_000);
-        state.oom_kills.push_back(OomKill {
-            victim_pid: Some(pid),
-            victim_tid: Some(pid),
-            victim_comm: "sleep".into(),
-            trigger_pid: pid,
-            trigger_comm: "sleep".into(),
-            timestamp_ns: now,
-            rss_anon_bytes: 3000,
-            rss_file_bytes: 0,
-            rss_shmem_bytes: 0,
-            swap_bytes: 0,
-            victim_cgroup_id: 0,
-            victim_memcg_id: 0,
-            trigger_cgroup_id: 0,
-        });
+        state.oom_kills.push_back(oom_kill_of(pid, now));
     }
     // The kill reaches the agent as the ring buffer's wake-up does it.
     agent.tracer.drain_events();
@@ -286,4 +299,37 @@ async fn an_oom_kill_is_saved_as_evidence_for_the_victims_container_with_its_las
     // Stored, not only listed: read back by id.
     let stored = agent.get_evidence(evidence.id).expect("read back");
     assert_eq!(stored.report.map(|r| r.outstanding_bytes), Some(3000));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oom_kill_reported_before_a_rescan_is_recorded_against_the_victims_container() {
+    let dir = TempDir::new("oom-rescan");
+    let (mut agent, kernel) = agent(&dir, None);
+    let sleeper = Sleeper::start("exec sleep 1000");
+    sleeper.wait_comm("sleep");
+    let pid = sleeper.pid();
+    agent.rescan_with(view("shop", &[pid]));
+    agent.take_prepared().await;
+    // The kill waits in the ring buffer when discovery comes round; the scan no longer finds
+    // the victim or its container (here: it finds nothing at all).
+    kernel
+        .state()
+        .oom_kills
+        .push_back(oom_kill_of(pid, collect::monotonic_now_ns()));
+    agent.discover();
+    assert!(agent.view.pods.is_empty());
+    let listing = agent
+        .list_evidence(&EvidenceQuery {
+            oom_kills_only: true,
+            limit: 10,
+            ..EvidenceQuery::default()
+        })
+        .expect("list evidence");
+    assert_eq!(listing.records.len(), 1);
+    let report = listing.records[0]
+        .report
+        .as_ref()
+        .expect("the container's report");
+    assert_eq!(report.id.as_deref(), Some("c1"));
+    assert_eq!(report.pids, [pid]);
 }

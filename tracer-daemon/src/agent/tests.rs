@@ -12,14 +12,14 @@ use std::{
 use super::*;
 use crate::{
     bpf::fake::FakeKernel,
-    collect::{self, oom::OomKill},
+    collect,
     discover::{
         cgroup::{QosClass, Runtime},
         node::{Container, NodePaths, NodeProcess, Pod},
     },
     evidence::model::Trigger,
     select::SelectionConfig,
-    tracer::tests::{Sleeper, code_address},
+    tracer::tests::{Sleeper, code_address, oom_kill_of},
 };
 
 /// A directory removed on drop.
@@ -99,25 +99,6 @@ fn view(namespace: &str, pids: &[u32]) -> NodeView {
     }
 }
 
-/// What the kernel hook reports when it kills `pid`.
-fn oom_kill_of(pid: u32, at_ns: u64) -> OomKill {
-    OomKill {
-        victim_pid: Some(pid),
-        victim_tid: Some(pid),
-        victim_comm: "sleep".into(),
-        trigger_pid: pid,
-        trigger_comm: "sleep".into(),
-        timestamp_ns: at_ns,
-        rss_anon_bytes: 3000,
-        rss_file_bytes: 0,
-        rss_shmem_bytes: 0,
-        swap_bytes: 0,
-        victim_cgroup_id: 0,
-        victim_memcg_id: 0,
-        trigger_cgroup_id: 0,
-    }
-}
-
 impl Agent {
     /// What a discovery pass does, with this view instead of a scan.
     fn rescan_with(&mut self, view: NodeView) {
@@ -143,8 +124,7 @@ impl Agent {
 async fn a_selected_process_is_read_off_the_agents_thread_and_attached_on_it() {
     let dir = TempDir::new("attach");
     let (mut agent, kernel) = agent(&dir, None);
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     // Another namespace: not selected, never read.
     agent.rescan_with(view("other", &[pid]));
@@ -179,8 +159,7 @@ async fn a_selected_process_is_read_off_the_agents_thread_and_attached_on_it() {
 async fn a_process_deselected_while_it_is_read_is_never_attached() {
     let dir = TempDir::new("deselected");
     let (mut agent, kernel) = agent(&dir, None);
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     agent.rescan_with(view("shop", &[pid]));
     agent.rescan_with(NodeView::default());
@@ -194,8 +173,7 @@ async fn a_process_deselected_while_it_is_read_is_never_attached() {
 async fn a_process_stopped_while_it_is_read_is_never_attached() {
     let dir = TempDir::new("stopped");
     let (mut agent, kernel) = agent(&dir, None);
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     agent.rescan_with(view("shop", &[pid]));
     let stop = Selector::parse_pod("shop/cart", None).expect("selector");
@@ -223,10 +201,7 @@ async fn what_cannot_be_traced_says_why_and_is_not_read_again() {
     );
     // The limit is one process; read newest first, the second sleeper takes the place and
     // the first is refused without being read.
-    let first = Sleeper::start("exec sleep 1000");
-    let second = Sleeper::start("exec sleep 1000");
-    first.wait_comm("sleep");
-    second.wait_comm("sleep");
+    let (first, second) = (Sleeper::sleeping(), Sleeper::sleeping());
     let (older, newer) = if first.pid() < second.pid() {
         (first.pid(), second.pid())
     } else {
@@ -250,8 +225,7 @@ async fn what_cannot_be_traced_says_why_and_is_not_read_again() {
 async fn an_oom_kill_is_saved_as_evidence_for_the_victims_container_with_its_last_records() {
     let dir = TempDir::new("oom");
     let (mut agent, kernel) = agent(&dir, None);
-    let mut sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let mut sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     agent.rescan_with(view("shop", &[pid]));
     agent.take_prepared().await;
@@ -305,8 +279,7 @@ async fn an_oom_kill_is_saved_as_evidence_for_the_victims_container_with_its_las
 async fn an_oom_kill_reported_before_a_rescan_is_recorded_against_the_victims_container() {
     let dir = TempDir::new("oom-rescan");
     let (mut agent, kernel) = agent(&dir, None);
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     agent.rescan_with(view("shop", &[pid]));
     agent.take_prepared().await;

@@ -28,6 +28,13 @@ impl Sleeper {
         Self(child)
     }
 
+    /// A dynamic /bin/sleep, running with its C library mapped.
+    pub(crate) fn sleeping() -> Self {
+        let sleeper = Self::start("exec sleep 1000");
+        sleeper.wait_comm("sleep");
+        sleeper
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
@@ -55,6 +62,25 @@ impl Drop for Sleeper {
     }
 }
 
+/// What the kernel hook reports when it OOM-kills `pid` (1 MiB resident).
+pub(crate) fn oom_kill_of(pid: u32, at_ns: u64) -> OomKill {
+    OomKill {
+        victim_pid: Some(pid),
+        victim_tid: Some(pid),
+        victim_comm: "sleep".into(),
+        trigger_pid: pid,
+        trigger_comm: "sleep".into(),
+        timestamp_ns: at_ns,
+        rss_anon_bytes: 1 << 20,
+        rss_file_bytes: 0,
+        rss_shmem_bytes: 0,
+        swap_bytes: 0,
+        victim_cgroup_id: 0,
+        victim_memcg_id: 0,
+        trigger_cgroup_id: 0,
+    }
+}
+
 fn tracer() -> (Tracer, FakeKernel) {
     let kernel = FakeKernel::default();
     let tracer = Tracer::with_kernel(Box::new(kernel.clone()), &TracerConfig::default());
@@ -70,8 +96,7 @@ pub(crate) fn code_address(tracer: &Tracer, pid: u32) -> u64 {
 #[test]
 fn a_process_is_armed_only_with_its_probes_and_disarmed_before_they_go() {
     let (mut tracer, kernel) = tracer();
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     // Allocations before the attach are not recorded: nothing is armed yet.
     kernel.state().allocate(pid, &[1], 0x1000, 64, 1);
@@ -103,8 +128,7 @@ fn a_process_is_armed_only_with_its_probes_and_disarmed_before_they_go() {
 #[test]
 fn stacks_come_from_the_kernels_totals_with_ages_from_its_allocations() {
     let (mut tracer, kernel) = tracer();
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     tracer.trace(pid).expect("trace");
     let site = code_address(&tracer, pid);
@@ -191,27 +215,12 @@ fn an_exec_keeps_the_probes_when_the_new_program_maps_the_same_allocator() {
 #[test]
 fn an_oom_killed_process_is_reported_so_and_its_records_go_once_reaped() {
     let (mut tracer, kernel) = tracer();
-    let mut sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let mut sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     tracer.trace(pid).expect("trace");
     let site = code_address(&tracer, pid);
     kernel.state().allocate(pid, &[site], 0x40_000, 1 << 20, 1);
-    kernel.state().oom_kills.push_back(OomKill {
-        victim_pid: Some(pid),
-        victim_tid: Some(pid),
-        victim_comm: "sleep".into(),
-        trigger_pid: pid,
-        trigger_comm: "sleep".into(),
-        timestamp_ns: 1,
-        rss_anon_bytes: 1 << 20,
-        rss_file_bytes: 0,
-        rss_shmem_bytes: 0,
-        swap_bytes: 0,
-        victim_cgroup_id: 0,
-        victim_memcg_id: 0,
-        trigger_cgroup_id: 0,
-    });
+    kernel.state().oom_kills.push_back(oom_kill_of(pid, 1));
     tracer.drain_events();
     assert_eq!(tracer.take_oom_kills().len(), 1);
     let _ = sleeper.0.kill();
@@ -239,8 +248,7 @@ fn what_cannot_be_traced_never_reaches_the_kernel() {
 #[test]
 fn a_failed_attach_arms_nothing_and_its_records_go_once_its_links_are_closed() {
     let (mut tracer, kernel) = tracer();
-    let sleeper = Sleeper::start("exec sleep 1000");
-    sleeper.wait_comm("sleep");
+    let sleeper = Sleeper::sleeping();
     let pid = sleeper.pid();
     let _ = kernel.state().refuse_attach.insert(pid);
     let error = tracer.trace(pid).expect_err("the kernel refuses it");

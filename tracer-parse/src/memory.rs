@@ -71,6 +71,11 @@ pub struct MemoryFigures {
     pub high_events: u64,
     /// The cgroup is out of memory right now with the OOM killer disabled (v1 only; false on v2).
     pub under_oom: bool,
+    /// Anonymous memory (v2 `memory.stat` `anon`, v1 `total_rss`): what a leak grows, without
+    /// the page cache, which the kernel reclaims before it kills. `None` when memory.stat is
+    /// unreadable or lacks the line.
+    #[serde(default)]
+    pub anon_bytes: Option<u64>,
 }
 
 /// The counters of a v2 `memory.events` file.
@@ -106,7 +111,8 @@ pub struct OomControl {
 ///
 /// v2 reads `memory.current`, `memory.max` and `memory.events`; v1 reads
 /// `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.failcnt` and `memory.oom_control`.
-/// The first file that `read` fails on or that does not parse is the error.
+/// The first file that `read` fails on or that does not parse is the error. Both also read
+/// `memory.stat` for the anonymous memory, which is optional: without it `anon_bytes` is `None`.
 pub fn memory_figures(
     version: CgroupVersion,
     read: impl Fn(&'static str) -> Result<String, MemoryError>,
@@ -123,6 +129,9 @@ pub fn memory_figures(
                 oom_kills: events.oom_kill,
                 high_events: events.high,
                 under_oom: false,
+                anon_bytes: read("memory.stat")
+                    .ok()
+                    .and_then(|s| stat_value(&s, "anon")),
             }
         }
         CgroupVersion::V1 => {
@@ -134,7 +143,23 @@ pub fn memory_figures(
                 oom_kills: oom_control.oom_kill,
                 high_events: 0,
                 under_oom: oom_control.under_oom,
+                anon_bytes: read("memory.stat")
+                    .ok()
+                    .and_then(|s| stat_value(&s, "total_rss").or_else(|| stat_value(&s, "rss"))),
             }
+        }
+    })
+}
+
+/// The value of one `key value` line of a `memory.stat` file; `None` when the line is missing
+/// or not a number.
+pub fn stat_value(content: &str, key: &str) -> Option<u64> {
+    content.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        if k == key {
+            v.trim().parse().ok()
+        } else {
+            None
         }
     })
 }

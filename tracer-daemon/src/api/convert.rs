@@ -156,6 +156,7 @@ pub fn memory_figures(m: &MemoryFigures) -> pb::MemoryFigures {
         limit_bytes: m.limit_bytes,
         limit_hits: m.limit_hits,
         oom_kills: m.oom_kills,
+        anon_bytes: m.anon_bytes,
     }
 }
 
@@ -168,6 +169,7 @@ pub fn domain_memory_figures(m: &pb::MemoryFigures) -> MemoryFigures {
         oom_kills: m.oom_kills,
         high_events: 0,
         under_oom: false,
+        anon_bytes: m.anon_bytes,
     }
 }
 

@@ -188,6 +188,7 @@ mod tests {
             oom_kills: 0,
             high_events: 0,
             under_oom: false,
+            anon_bytes: None,
         }
     }
 

@@ -14,6 +14,8 @@ fn fixture(file: &str) -> &'static str {
         "memory.current" => include_str!("../fixtures/memory_v2/memory.current"),
         "memory.max" => include_str!("../fixtures/memory_v2/memory.max"),
         "memory.events" => include_str!("../fixtures/memory_v2/memory.events"),
+        "memory.stat" => include_str!("../fixtures/memory_v2/memory.stat"),
+        "memory.stat.v1" => include_str!("../fixtures/memory_v1/memory.stat"),
         "memory.usage_in_bytes" => include_str!("../fixtures/memory_v1/memory.usage_in_bytes"),
         "memory.limit_in_bytes" => include_str!("../fixtures/memory_v1/memory.limit_in_bytes"),
         "memory.failcnt" => include_str!("../fixtures/memory_v1/memory.failcnt"),
@@ -31,6 +33,8 @@ fn read_fixture(
     memory_figures(version, |file| {
         let content = if file == replace.0 {
             replace.1
+        } else if file == "memory.stat" && version == V1 {
+            fixture("memory.stat.v1")
         } else {
             fixture(file)
         };
@@ -48,6 +52,7 @@ fn v2_cgroup_gives_usage_limit_and_event_counters() {
         oom_kills: 1,
         high_events: 3,
         under_oom: false,
+        anon_bytes: Some(52_809_728),
     };
     assert_eq!(
         figures, expected,
@@ -67,6 +72,7 @@ fn v1_cgroup_gives_usage_failcnt_and_oom_kills_with_huge_limit_as_unlimited() {
         oom_kills: 2,
         high_events: 0,
         under_oom: false,
+        anon_bytes: Some(141_545_472),
     };
     assert_eq!(figures, expected, "9223372036854771712 is v1's unlimited");
     let old_kernel = (
@@ -336,4 +342,30 @@ fn memory_cgroup_dir_prefers_v1_memory_then_unified_with_memory() {
         None,
         "v2 without memory controller"
     );
+}
+
+#[test]
+fn anonymous_memory_comes_from_memory_stat_and_is_optional() {
+    let unreadable = memory_figures(V2, |file| {
+        if file == "memory.stat" {
+            Err(MemoryError::invalid("memory.stat", "a file", "nothing"))
+        } else {
+            Ok(fixture(file).to_owned())
+        }
+    })
+    .expect("the other files read");
+    assert_eq!(unreadable.anon_bytes, None, "memory.stat is optional");
+    let v1_without_total =
+        read_fixture(V1, ("memory.stat", "cache 8192\nrss 4096\n")).expect("v1 fixture reads");
+    assert_eq!(
+        v1_without_total.anon_bytes,
+        Some(4096),
+        "v1 falls back to rss"
+    );
+    assert_eq!(
+        stat_value("anon_thp 0\nanon 12\n", "anon"),
+        Some(12),
+        "whole keys only"
+    );
+    assert_eq!(stat_value("anon x\n", "anon"), None);
 }

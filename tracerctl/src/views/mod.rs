@@ -136,6 +136,7 @@ mod tests {
                 limit_bytes,
                 limit_hits: 0,
                 oom_kills: 0,
+                anon_bytes: None,
             })
         };
         assert_eq!(

@@ -46,6 +46,51 @@ pub struct ConfigFile {
     /// Map capacities.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Which containers are watched without being selected (`[watch]`).
+    #[serde(default)]
+    pub watch: WatchSection,
+    /// When the agent starts exact tracing by itself (`[escalation]`).
+    #[serde(default)]
+    pub escalation: EscalationSection,
+}
+
+/// Namespaces not watched unless the config says otherwise: the node's own system pods (CNI,
+/// kube-proxy, DNS: an automatic uprobe there would slow the node's networking, and their
+/// memory is the cluster operator's to size) and the tracer's own namespace (it must never
+/// trace itself).
+pub const DEFAULT_WATCH_EXCLUDED_NAMESPACES: [&str; 2] = ["kube-system", "leak-tracer"];
+
+/// `[watch]`: every container of every pod is watched (memory trend from its cgroup files,
+/// growth profile from first-touch page faults) unless excluded here.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSection {
+    /// `false`: only selected pods are looked at (the agent before always-on watching).
+    pub enabled: Option<bool>,
+    /// Namespace globs not watched (default [`DEFAULT_WATCH_EXCLUDED_NAMESPACES`]; `[]`
+    /// watches every namespace).
+    pub exclude_namespaces: Option<Vec<String>>,
+    /// Pod-name globs not watched (default none).
+    pub exclude_pods: Option<Vec<String>>,
+}
+
+/// `[escalation]`: the policy that starts exact tracing of a watched container by itself.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSection {
+    /// `false`: only selections and StartTracing start exact tracing.
+    pub enabled: Option<bool>,
+    /// Escalate a growing container whose projected time to its limit is under this.
+    #[serde(default, with = "humantime_serde_option")]
+    pub time_to_limit: Option<Duration>,
+    /// Escalate a growing container whose usage is at least this percentage of its limit.
+    pub usage_percent: Option<u32>,
+    /// Most containers escalated at once.
+    pub max_containers: Option<usize>,
+    /// How long an escalation lasts when the container stops growing before then; one still
+    /// growing at the end is kept.
+    #[serde(default, with = "humantime_serde_option")]
+    pub max_duration: Option<Duration>,
 }
 
 /// `[growth]`.
@@ -97,6 +142,27 @@ impl ConfigFile {
             ("exclude_pods", &selection.exclude_pods),
         ] {
             check_list(&format!("[selection] {key}"), list)?;
+        }
+        if let Some(list) = &self.watch.exclude_namespaces {
+            check_list("[watch] exclude_namespaces", list)?;
+        }
+        if let Some(list) = &self.watch.exclude_pods {
+            check_list("[watch] exclude_pods", list)?;
+        }
+        let escalation = &self.escalation;
+        if let Some(percent) = escalation.usage_percent {
+            check_range("[escalation] usage_percent", percent, &(1..=100))?;
+        }
+        if let Some(max) = escalation.max_containers {
+            check_range("[escalation] max_containers", max, &(0..=1024))?;
+        }
+        for (key, interval) in [
+            ("[escalation] time_to_limit", escalation.time_to_limit),
+            ("[escalation] max_duration", escalation.max_duration),
+        ] {
+            if let Some(interval) = interval {
+                check_interval(key, interval)?;
+            }
         }
         if let Some(max) = selection.max_processes {
             check_range("[selection] max_processes", max, &PROCESSES_RANGE)?;
@@ -211,13 +277,40 @@ mod tests {
             sample_interval = "15s"
             [limits]
             max_allocations = 1000000
+            [watch]
+            exclude_namespaces = []
+            exclude_pods = ["batch-*"]
+            [escalation]
+            time_to_limit = "2h"
+            usage_percent = 80
+            max_containers = 3
+            max_duration = "20m"
             "#,
         )
         .expect("valid");
+        assert_eq!(config.watch.exclude_namespaces, Some(Vec::new()));
+        assert_eq!(config.watch.exclude_pods, Some(vec!["batch-*".to_owned()]));
+        assert_eq!(
+            config.escalation.time_to_limit,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(config.escalation.usage_percent, Some(80));
+        assert_eq!(config.escalation.max_containers, Some(3));
         assert_eq!(config.selection.namespaces, ["shop-*"]);
         assert_eq!(config.selection.max_processes, Some(32));
         assert_eq!(config.growth.window, Some(Duration::from_secs(600)));
         assert_eq!(config.limits.max_allocations, Some(1_000_000));
+    }
+
+    #[test]
+    fn escalation_bounds_are_checked_naming_the_key() {
+        let error = parse("[escalation]\nusage_percent = 130\n").expect_err("over 100");
+        assert!(
+            error.contains("[escalation] usage_percent = 130"),
+            "{error}"
+        );
+        let error = parse("[escalation]\nmax_duration = \"0s\"\n").expect_err("zero");
+        assert!(error.contains("[escalation] max_duration"), "{error}");
     }
 
     #[test]

@@ -137,6 +137,14 @@ impl Selection {
             && !matches_any(&self.exclude_pods, name)
     }
 
+    /// Whether the pod or this container of it was stopped by hand (StopTracing): that wins over
+    /// patterns and over automatic escalation.
+    pub fn stopped(&self, pod_uid: &str, container: Option<&str>) -> bool {
+        self.stopped.iter().any(|e| {
+            e.pod_uid == pod_uid && (e.container.is_none() || e.container.as_deref() == container)
+        })
+    }
+
     /// Selects a pod (or one container) from now on, whatever the patterns say.
     pub fn start(&mut self, explicit: Explicit) {
         let _ = self.stopped.remove(&explicit);
@@ -162,12 +170,50 @@ impl Selection {
     }
 }
 
+/// Pods left out of always-on watching (`[watch]` exclusions): by namespace and pod-name
+/// globs. A pod the kubelet's records do not name is never excluded (it cannot be matched).
+#[derive(Debug, Default)]
+pub struct Exclusions {
+    namespaces: Vec<Pattern>,
+    pods: Vec<Pattern>,
+}
+
+impl Exclusions {
+    /// Compiles the globs.
+    pub fn new(namespaces: &[String], pods: &[String]) -> Result<Self, SelectError> {
+        Ok(Self {
+            namespaces: compile("[watch] exclude_namespaces", namespaces)?,
+            pods: compile("[watch] exclude_pods", pods)?,
+        })
+    }
+
+    /// Whether the pod is excluded.
+    pub fn excludes(&self, namespace: Option<&str>, name: Option<&str>) -> bool {
+        let matches = |patterns: &[Pattern], text: Option<&str>| {
+            text.is_some_and(|text| patterns.iter().any(|p| p.matches(text)))
+        };
+        matches(&self.namespaces, namespace) || matches(&self.pods, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn selection(config: SelectionConfig) -> Selection {
         Selection::new(&config).expect("valid config")
+    }
+
+    #[test]
+    fn exclusions_match_namespace_or_pod_globs_and_never_unnamed_pods() {
+        let e = Exclusions::new(&["kube-*".into()], &["batch-*".into()]).expect("valid");
+        assert!(e.excludes(Some("kube-system"), Some("coredns-1")));
+        assert!(e.excludes(Some("shop"), Some("batch-7")));
+        assert!(!e.excludes(Some("shop"), Some("api-0")));
+        assert!(
+            !e.excludes(None, None),
+            "an unnamed pod cannot be matched: it is watched"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use super::escalation::EscalationPolicy;
 use crate::{
     discover::node::NodePaths,
     evidence::{store::Retention, watch::WatchConfig},
@@ -40,6 +41,34 @@ pub struct AgentConfig {
     pub evidence_top: usize,
     /// A failure to inject, for the tests of what happens when the agent fails.
     pub fault: Option<Fault>,
+    /// Which containers are watched without being selected.
+    pub watch_all: WatchAll,
+    /// When the agent starts exact tracing by itself.
+    pub escalation: EscalationPolicy,
+}
+
+/// Always-on watching: every container of every pod not excluded has its memory trend
+/// followed (and its first-touch growth profiled), with no uprobes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchAll {
+    /// Off: only selected pods are looked at.
+    pub enabled: bool,
+    /// Namespace globs not watched.
+    pub exclude_namespaces: Vec<String>,
+    /// Pod-name globs not watched.
+    pub exclude_pods: Vec<String>,
+}
+
+impl Default for WatchAll {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            exclude_namespaces: tracer_parse::config::DEFAULT_WATCH_EXCLUDED_NAMESPACES
+                .map(str::to_owned)
+                .to_vec(),
+            exclude_pods: Vec::new(),
+        }
+    }
 }
 
 /// A failure injected on purpose (`tracer-daemon run --inject-fault`, hidden): the tests prove
@@ -87,6 +116,8 @@ impl Default for AgentConfig {
             watch_interval: Duration::from_millis(500),
             evidence_top: 100,
             fault: None,
+            watch_all: WatchAll::default(),
+            escalation: EscalationPolicy::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! (snapshots at OOM kills and memory pressure, and their queries), `metrics`, `targets`.
 
 mod config;
+pub mod escalation;
 mod evidence;
 mod handle;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub use tracer_parse::selector;
 pub mod targets;
 #[cfg(test)]
 mod tests;
+pub mod watch_all;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,7 +29,7 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-pub use config::{AgentConfig, DEFAULT_STATE_DIR, Fault, GROWTH_TRACKED_STACKS};
+pub use config::{AgentConfig, DEFAULT_STATE_DIR, Fault, GROWTH_TRACKED_STACKS, WatchAll};
 pub use handle::{
     AgentEnd, AgentError, AgentExit, AgentHandle, EvidenceListing, EvidenceQuery, ProfileSource,
     ReportRequest, spawn,
@@ -44,8 +46,8 @@ use crate::{
         node::{self, NodeView},
     },
     evidence::{store::EvidenceStore, watch::MemoryWatch},
-    report::growth::GrowthTracker,
-    select::Explicit,
+    report::{growth::GrowthTracker, trend::ContainerTrends},
+    select::{Exclusions, Explicit},
     tracer::{Prepared, Tracer},
 };
 
@@ -83,6 +85,12 @@ struct Agent {
     logged_lost: u64,
     /// When the node was last rescanned for a name a request did not find.
     last_rescan: Instant,
+    /// Pods left out of always-on watching.
+    exclusions: Exclusions,
+    /// Every watched container's memory trend.
+    trends: ContainerTrends,
+    /// Containers the escalation policy traces.
+    escalations: escalation::Escalations,
 }
 
 impl Agent {
@@ -105,12 +113,20 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let plan = Reconciler::new(&config.selection)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let exclusions = Exclusions::new(
+            &config.watch_all.exclude_namespaces,
+            &config.watch_all.exclude_pods,
+        )
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let store = EvidenceStore::open(&config.state_dir, config.retention)?;
         let preparer = Preparer::spawn(tracer.placement()).map_err(|e| {
             AgentError::Unavailable(format!("cannot start the thread that reads processes: {e}"))
         })?;
         Ok(Self {
             growth: GrowthTracker::new(config.growth),
+            trends: ContainerTrends::new(config.growth),
+            escalations: escalation::Escalations::new(config.escalation.clone()),
+            exclusions,
             watch: MemoryWatch::new(config.watch.clone()),
             config,
             tracer,
@@ -324,6 +340,7 @@ impl Agent {
     /// stays bounded however many stacks the node has).
     fn sample(&mut self) {
         self.log_new_losses();
+        self.review_containers();
         let Some(snapshot) = self.tracer.latest_scan() else {
             return;
         };
@@ -447,12 +464,18 @@ impl Agent {
                 let containers = pod
                     .containers
                     .values()
-                    .map(|c| ContainerTarget {
-                        name: c.name.clone(),
-                        id: c.id.clone(),
-                        runtime: c.runtime.as_str().to_owned(),
-                        memory: c.memory(),
-                        processes: c.pids.iter().map(|&pid| self.target_process(pid)).collect(),
+                    .map(|c| {
+                        let (tracing, tracing_reason) = self.tracing_mode(pod, c);
+                        ContainerTarget {
+                            name: c.name.clone(),
+                            id: c.id.clone(),
+                            runtime: c.runtime.as_str().to_owned(),
+                            memory: c.memory(),
+                            processes: c.pids.iter().map(|&pid| self.target_process(pid)).collect(),
+                            tracing,
+                            tracing_reason,
+                            trend: self.trends.trend(&c.id),
+                        }
                     })
                     .collect();
                 PodTarget {

@@ -24,6 +24,8 @@ pub struct Reconciler {
     pending: VecDeque<u32>,
     /// Being read for attaching (see `preparer`).
     in_flight: HashSet<u32>,
+    /// Containers (by id) the escalation policy traces.
+    escalated: HashSet<String>,
 }
 
 impl Reconciler {
@@ -36,11 +38,18 @@ impl Reconciler {
             wanted: HashSet::new(),
             pending: VecDeque::new(),
             in_flight: HashSet::new(),
+            escalated: HashSet::new(),
         })
     }
 
-    /// Whether a container is selected.
+    /// Whether a container is to be traced: selected, or escalated and not stopped by hand.
     pub fn selects(&self, pod: &Pod, container: &Container) -> bool {
+        self.selected(pod, container)
+            || (self.escalated.contains(&container.id) && !self.stopped_by_hand(pod, container))
+    }
+
+    /// Whether a container is selected by the patterns or StartTracing (not by escalation).
+    pub fn selected(&self, pod: &Pod, container: &Container) -> bool {
         self.selection.selects(
             &pod.uid,
             pod.namespace.as_deref(),
@@ -49,12 +58,32 @@ impl Reconciler {
         )
     }
 
+    /// Whether StopTracing named the pod or the container: that wins over escalation.
+    pub fn stopped_by_hand(&self, pod: &Pod, container: &Container) -> bool {
+        self.selection.stopped(&pod.uid, container.name.as_deref())
+    }
+
+    /// Traces a container for the escalation policy (from the next rescan).
+    pub fn escalate(&mut self, container_id: &str) {
+        let _ = self.escalated.insert(container_id.to_owned());
+    }
+
+    /// Stops tracing a container for the escalation policy (from the next rescan).
+    pub fn deescalate(&mut self, container_id: &str) {
+        let _ = self.escalated.remove(container_id);
+    }
+
     /// After a rescan of the node: forgets pods and processes that are gone, queues every
     /// selected process not yet traced, and returns the traced ones no longer selected (to be
     /// detached; processes traced by pid stay).
     pub fn rescanned(&mut self, view: &NodeView, traced: &HashSet<u32>) -> Vec<u32> {
         self.selection
             .retain_pods(|uid| view.pods.contains_key(uid));
+        self.escalated.retain(|id| {
+            view.pods
+                .values()
+                .any(|pod| pod.containers.contains_key(id))
+        });
         let explicit = &self.explicit_pids;
         self.failures
             .retain(|pid, _| view.processes.contains_key(pid) || explicit.contains(pid));

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::discover::memory::MemoryFigures;
+use super::watch_all::TracingMode;
+use crate::{discover::memory::MemoryFigures, report::trend::ContainerTrend};
 
 /// A process.
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +36,12 @@ pub struct ContainerTarget {
     pub memory: Option<MemoryFigures>,
     /// Processes.
     pub processes: Vec<TargetProcess>,
+    /// Whether it is traced, and why.
+    pub tracing: TracingMode,
+    /// The reason behind `tracing`, when there is more to say (an escalation's trigger).
+    pub tracing_reason: Option<String>,
+    /// Its memory trend, when watched.
+    pub trend: Option<ContainerTrend>,
 }
 
 /// A pod.

@@ -11,6 +11,7 @@ use crate::{
         AgentError, EvidenceQuery, ReportRequest,
         selector::{Selector, Target},
         targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess},
+        watch_all::TracingMode,
     },
     collect::stats::BpfStats,
     discover::memory::MemoryFigures,
@@ -19,6 +20,7 @@ use crate::{
         MemoryKind, StackReport,
         growth::{Growth, GrowthClass},
         pod::{ContainerReport, PodReport, SortBy},
+        trend::ContainerTrend,
     },
     symbolize::Frame,
     unwind::loader::BinaryUnwinding,
@@ -240,6 +242,9 @@ impl From<&NodeTargets> for pb::ListTargetsResponse {
                             runtime: c.runtime.clone(),
                             memory: c.memory.as_ref().map(memory_figures),
                             processes: c.processes.iter().map(Into::into).collect(),
+                            tracing: c.tracing.as_str().to_owned(),
+                            tracing_reason: c.tracing_reason.clone().unwrap_or_default(),
+                            trend: c.trend.as_ref().map(container_trend),
                         })
                         .collect(),
                 })
@@ -271,12 +276,43 @@ impl From<&pb::ListTargetsResponse> for NodeTargets {
                             runtime: c.runtime.clone(),
                             memory: c.memory.as_ref().map(domain_memory_figures),
                             processes: c.processes.iter().map(Into::into).collect(),
+                            tracing: TracingMode::from_name(&c.tracing),
+                            tracing_reason: non_empty(&c.tracing_reason),
+                            trend: c.trend.as_ref().map(domain_container_trend),
                         })
                         .collect(),
                 })
                 .collect(),
             other_processes: response.other_processes.iter().map(Into::into).collect(),
         }
+    }
+}
+
+/// A container's trend, as the API sends it.
+pub fn container_trend(t: &ContainerTrend) -> pb::ContainerTrend {
+    pb::ContainerTrend {
+        anon_bytes: t.anon_bytes,
+        growth_bytes_per_second: t.growth.bytes_per_second,
+        recent_growth_bytes_per_second: t.growth.recent_bytes_per_second,
+        growth_class: growth_class(Some(t.growth.class)).into(),
+        time_to_limit: t.time_to_limit_ns.map(proto_duration_ns),
+        classed_in: (t.growth.classed_in_ns > 0).then(|| proto_duration_ns(t.growth.classed_in_ns)),
+        growth_samples: u32::try_from(t.growth.samples).unwrap_or(u32::MAX),
+    }
+}
+
+fn domain_container_trend(t: &pb::ContainerTrend) -> ContainerTrend {
+    ContainerTrend {
+        anon_bytes: t.anon_bytes,
+        growth: Growth {
+            bytes_per_second: t.growth_bytes_per_second,
+            recent_bytes_per_second: t.recent_growth_bytes_per_second,
+            class: domain_growth_class(t.growth_class()).unwrap_or_default(),
+            samples: t.growth_samples as usize,
+            span_ns: 0,
+            classed_in_ns: ns_of(t.classed_in.as_ref()),
+        },
+        time_to_limit_ns: t.time_to_limit.as_ref().map(|d| ns_of(Some(d))),
     }
 }
 

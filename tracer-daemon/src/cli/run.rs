@@ -12,7 +12,10 @@ use clap::Args;
 use tracing::{error, info, warn};
 
 use crate::{
-    agent::{self, AgentConfig, AgentExit, AgentHandle, DEFAULT_STATE_DIR, Fault},
+    agent::{
+        self, AgentConfig, AgentExit, AgentHandle, DEFAULT_STATE_DIR, Fault,
+        escalation::EscalationPolicy,
+    },
     api::{
         ApiStats, connections, metrics,
         server::{self, DEFAULT_SOCKET, Health, Listen, ServeOptions, TlsFiles},
@@ -65,7 +68,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
 
-    /// Config file (TOML: [selection], [growth], [limits]).
+    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation]).
     #[arg(long, env = "TRACER_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -254,7 +257,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     if selection.namespaces.is_empty() && selection.pods.is_empty() {
-        info!("no --namespace/--pod selection: nothing is traced until StartTracing names a pod");
+        info!(
+            "no --namespace/--pod selection: every pod not excluded is watched, and traced \
+             exactly when the escalation policy or StartTracing says so"
+        );
     }
     let window = args.growth_window.or(file.growth.window);
     let sample_interval = args
@@ -311,6 +317,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         watch_interval: args.memory_watch_interval,
         fault: args.inject_fault,
+        watch_all: watch_all(&file.watch),
+        escalation: escalation_policy(&file.escalation),
         ..AgentConfig::default()
     };
     match connections::raise_file_limit() {
@@ -424,5 +432,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+/// Always-on watching from the config file's `[watch]` (defaults where it is silent).
+fn watch_all(section: &config::WatchSection) -> agent::WatchAll {
+    let default = agent::WatchAll::default();
+    agent::WatchAll {
+        enabled: section.enabled.unwrap_or(default.enabled),
+        exclude_namespaces: section
+            .exclude_namespaces
+            .clone()
+            .unwrap_or(default.exclude_namespaces),
+        exclude_pods: section.exclude_pods.clone().unwrap_or(default.exclude_pods),
+    }
+}
+
+/// The escalation policy from the config file's `[escalation]` (defaults where it is silent).
+fn escalation_policy(section: &config::EscalationSection) -> EscalationPolicy {
+    let default = EscalationPolicy::default();
+    EscalationPolicy {
+        enabled: section.enabled.unwrap_or(default.enabled),
+        time_to_limit: section.time_to_limit.unwrap_or(default.time_to_limit),
+        usage_ratio: section
+            .usage_percent
+            .map_or(default.usage_ratio, |p| f64::from(p) / 100.0),
+        max_containers: section.max_containers.unwrap_or(default.max_containers),
+        max_duration: section.max_duration.unwrap_or(default.max_duration),
     }
 }

@@ -6,6 +6,7 @@
 pub mod assemble;
 pub mod growth;
 pub mod pod;
+pub mod trend;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -214,6 +215,20 @@ pub fn rank(mut stacks: Vec<StackReport>, top: usize) -> Vec<StackReport> {
     });
     stacks.truncate(top);
     stacks
+}
+
+/// A growth rate for people: "1.0 MiB/s", "12.5 KiB/s", "300 B/s".
+pub fn human_rate(bytes_per_second: f64) -> String {
+    const KIB: f64 = 1024.0;
+    const MIB: f64 = KIB * KIB;
+    let magnitude = bytes_per_second.abs();
+    if magnitude >= MIB {
+        format!("{:.1} MiB/s", bytes_per_second / MIB)
+    } else if magnitude >= KIB {
+        format!("{:.1} KiB/s", bytes_per_second / KIB)
+    } else {
+        format!("{bytes_per_second:.0} B/s")
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tracer_proto::v1 as pb;
 
-use super::{MemoryView, memory_text, non_empty};
+use super::{MemoryView, human_bytes, human_duration_ns, memory_text, non_empty, ns_of};
 
 /// Everything on the node.
 #[derive(Debug, Serialize)]
@@ -37,6 +37,77 @@ struct ContainerView<'a> {
     runtime: &'a str,
     memory: Option<MemoryView>,
     processes: Vec<ProcessView<'a>>,
+    /// `selected`, `auto`, `excluded`, `watched` or `off` (absent from older agents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracing: Option<&'a str>,
+    /// Why, when there is more to say (an escalation's trigger).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracing_reason: Option<&'a str>,
+    /// The memory trend from the cgroup files, when watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trend: Option<TrendView>,
+}
+
+/// A watched container's memory trend.
+#[derive(Debug, Serialize)]
+struct TrendView {
+    anon_bytes: u64,
+    bytes_per_second: f64,
+    recent_bytes_per_second: f64,
+    /// `growing`, `levelling_off`, `stable`, `shrinking` or `insufficient_data`.
+    class: &'static str,
+    time_to_limit_ns: Option<u64>,
+    classed_in_ns: u64,
+}
+
+impl From<&pb::ContainerTrend> for TrendView {
+    fn from(t: &pb::ContainerTrend) -> Self {
+        Self {
+            anon_bytes: t.anon_bytes,
+            bytes_per_second: t.growth_bytes_per_second,
+            recent_bytes_per_second: t.recent_growth_bytes_per_second,
+            class: match t.growth_class() {
+                pb::GrowthClass::Growing => "growing",
+                pb::GrowthClass::LevellingOff => "levelling_off",
+                pb::GrowthClass::Stable => "stable",
+                pb::GrowthClass::Shrinking => "shrinking",
+                pb::GrowthClass::InsufficientData | pb::GrowthClass::Unspecified => {
+                    "insufficient_data"
+                }
+            },
+            time_to_limit_ns: t.time_to_limit.as_ref().map(ns_of),
+            classed_in_ns: t.classed_in.as_ref().map_or(0, ns_of),
+        }
+    }
+}
+
+/// A trend in a few words: `growing +1.0 MiB/s, 2.1h to limit`, `stable`, `new (in 2.0m)`.
+fn trend_text(trend: Option<&TrendView>) -> String {
+    let Some(t) = trend else {
+        return "-".into();
+    };
+    let rate = |bps: f64| {
+        let sign = if bps < 0.0 { "-" } else { "+" };
+        format!("{sign}{}/s", human_bytes(bps.abs() as u64))
+    };
+    match t.class {
+        "growing" => match t.time_to_limit_ns {
+            Some(left) => format!(
+                "growing {}, {} to limit",
+                rate(t.bytes_per_second),
+                human_duration_ns(left)
+            ),
+            None => format!("growing {}", rate(t.bytes_per_second)),
+        },
+        "insufficient_data" if t.classed_in_ns > 0 => format!(
+            "new {} (in {})",
+            rate(t.bytes_per_second),
+            human_duration_ns(t.classed_in_ns)
+        ),
+        "insufficient_data" => "new".into(),
+        "levelling_off" => "levelling off".into(),
+        other => other.into(),
+    }
 }
 
 /// A process.
@@ -87,6 +158,9 @@ impl<'a> From<&'a pb::ListTargetsResponse> for NodeTargetsView<'a> {
                             runtime: &c.runtime,
                             memory: c.memory.as_ref().map(MemoryView::from),
                             processes: c.processes.iter().map(ProcessView::from).collect(),
+                            tracing: non_empty(&c.tracing),
+                            tracing_reason: non_empty(&c.tracing_reason),
+                            trend: c.trend.as_ref().map(TrendView::from),
                         })
                         .collect(),
                 })
@@ -128,8 +202,8 @@ pub(crate) fn table(targets: &NodeTargetsView<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<40} {:<20} {:<8} {:<26} PROCESSES",
-        "POD", "CONTAINER", "TRACED", "MEMORY"
+        "{:<40} {:<20} {:<8} {:<9} {:<26} {:<34} PROCESSES",
+        "POD", "CONTAINER", "TRACED", "TRACING", "MEMORY", "TREND"
     );
     for pod in &targets.pods {
         let name = match (pod.namespace, pod.name) {
@@ -148,22 +222,27 @@ pub(crate) fn table(targets: &NodeTargetsView<'_>) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "{:<40} {:<20} {:<8} {:<26} {}",
+                "{:<40} {:<20} {:<8} {:<9} {:<26} {:<34} {}",
                 name,
                 container
                     .name
                     .unwrap_or_else(|| container.id.get(..12).unwrap_or(container.id)),
                 format!("{traced}/{}", container.processes.len()),
+                container.tracing.unwrap_or("-"),
                 memory_text(container.memory.as_ref()),
+                trend_text(container.trend.as_ref()),
                 processes.join(" ")
             );
+            if let Some(reason) = container.tracing_reason {
+                let _ = writeln!(out, "{:<40} {:<20} └ {reason}", "", "");
+            }
         }
     }
     for process in &targets.other_processes {
         let _ = writeln!(
             out,
-            "{:<40} {:<20} {:<8} {:<26} {}({})",
-            "-", "-", "1/1", "-", process.pid, process.comm
+            "{:<40} {:<20} {:<8} {:<9} {:<26} {:<34} {}({})",
+            "-", "-", "1/1", "pid", "-", "-", process.pid, process.comm
         );
     }
     out
@@ -242,6 +321,38 @@ mod tests {
         assert!(
             printed.contains("(aged_leaks: max processes reached (1))"),
             "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_watched_container_shows_its_trend_and_an_escalated_one_why() {
+        let (mut targets, _) = fixture!(pb::ListTargetsResponse, "pods-table-two-drivers");
+        let container = &mut targets.pods[0].containers[0];
+        container.tracing = "auto".into();
+        container.tracing_reason = "growing at 1.0 MiB/s, 2h to the limit".into();
+        container.trend = Some(pb::ContainerTrend {
+            anon_bytes: 64 << 20,
+            growth_bytes_per_second: f64::from(1 << 20),
+            growth_class: pb::GrowthClass::Growing.into(),
+            time_to_limit: Some(prost_types::Duration {
+                seconds: 7200,
+                nanos: 0,
+            }),
+            ..pb::ContainerTrend::default()
+        });
+        let printed = table(&NodeTargetsView::from(&targets));
+        assert!(
+            printed.contains("auto") && printed.contains("growing +1.0 MiB/s, 2.0h to limit"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("└ growing at 1.0 MiB/s, 2h to the limit"),
+            "{printed}"
+        );
+        let json = json_line(&NodeTargetsView::from(&targets));
+        assert!(
+            json.contains(r#""tracing":"auto""#) && json.contains(r#""class":"growing""#),
+            "{json}"
         );
     }
 

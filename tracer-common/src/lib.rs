@@ -57,6 +57,15 @@ pub mod names {
     /// `r = k / SAMPLING_WEIGHT_STEPS` in 16.16 fixed point, the weight of a sampled
     /// allocation in units of the sampling mean.
     pub const SAMPLE_WEIGHTS: &str = "SAMPLE_WEIGHTS";
+    /// cgroup v2 ids whose processes' page faults are profiled: `u64` -> `u32` (unused).
+    pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
+    /// Resident growth by first touch: [`FaultKey`](crate::FaultKey) ->
+    /// [`FaultTotals`](crate::FaultTotals).
+    pub const FAULT_PROFILE: &str = "FAULT_PROFILE";
+    /// Pages already counted, LRU: [`FaultPageKey`](crate::FaultPageKey) -> `u32` (unused).
+    pub const FAULT_PAGES: &str = "FAULT_PAGES";
+    /// Per-CPU: the watched fault in progress, [`PendingFault`](crate::PendingFault).
+    pub const FAULT_PENDING: &str = "FAULT_PENDING";
 }
 
 /// Entries of the sampling tables.
@@ -308,6 +317,72 @@ const _: () = assert!(size_of::<UnwindMapping>() == 40);
 /// Steps of the BPF unwinder's binary search: enough for a table of 2^22 rows.
 pub const UNWIND_BINARY_SEARCH_STEPS: u32 = 22;
 
+/// Key of the page-fault growth profile: a stack of one process in one cgroup. The cgroup is
+/// part of the key because the BPF side attributes at fault time (a process moved between
+/// cgroups keeps both histories apart).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FaultKey {
+    /// cgroup v2 id of the faulting task (the inode of its cgroup directory).
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Key into `STACK_TRACES`; [`UNKNOWN_STACK_ID`] when the stack was lost. The first frame
+    /// is the faulting instruction plus one, so that it reads as a return address like every
+    /// other frame (the unwinder and the symbolizer look up `pc - 1`).
+    pub stack_id: u64,
+}
+const _: () = assert!(size_of::<FaultKey>() == 24);
+
+/// What faults at one [`FaultKey`] mapped, since the process was first seen. Added to with
+/// atomic adds (threads of a process fault on several CPUs at once).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultTotals {
+    /// Bytes of anonymous memory made resident by first touch of pages never counted before.
+    pub bytes: u64,
+    /// Pages behind `bytes` (a transparent huge page counts its 512).
+    pub pages: u64,
+    /// Bytes made resident again at addresses already counted: an allocator that gave memory
+    /// back (trim, MADV_DONTNEED) and touched it again. Churn, not growth.
+    pub retouched_bytes: u64,
+    /// Faults counted (new and retouched).
+    pub faults: u64,
+    /// Of those, faults that mapped more than one page at once (transparent huge pages).
+    pub huge_faults: u64,
+    /// `bpf_ktime_get_ns()` of the latest fault (CLOCK_MONOTONIC); a plain store.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<FaultTotals>() == 48);
+
+/// Key of `FAULT_PAGES`: a page (or huge page) of one process already counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultPageKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The page's address, aligned to the size the fault mapped.
+    pub page: u64,
+}
+const _: () = assert!(size_of::<FaultPageKey>() == 16);
+
+/// A watched task's write fault between the fault tracepoint and the rss change that says
+/// it mapped a new anonymous page (one slot per CPU; `tid` 0 when empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingFault {
+    pub tid: u32,
+    /// Pages the fault maps (1, or `1 << order` when it allocated a huge folio).
+    pub pages: u32,
+    /// `bpf_ktime_get_ns()` at the fault.
+    pub timestamp_ns: u64,
+    /// The faulting user address.
+    pub address: u64,
+    /// cgroup v2 id of the faulting task.
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<PendingFault>() == 32);
+
 /// Ring-buffer record kinds (the first field of every record).
 pub mod event_kind {
     pub const MMAP: u32 = 1;
@@ -483,8 +558,28 @@ impl Stat {
     /// probes were being attached or detached, or between an exec and the re-attach. Not
     /// recorded, because the probe that would see their free may not be live.
     pub const UNARMED_ALLOCATIONS: Self = Self(16);
+    /// Anonymous page faults added to the growth profile (new and retouched pages).
+    pub const FAULTS_COUNTED: Self = Self(17);
+    /// Of those, faults at pages counted before (added to `retouched_bytes`, not `bytes`).
+    pub const FAULT_RETOUCHES: Self = Self(18);
+    /// Faults lost because `FAULT_PROFILE` was full.
+    pub const FAULT_PROFILE_MAP_FULL: Self = Self(19);
+    /// Anonymous-rss changes by a thread whose pending fault was older than the bound (1 ms):
+    /// a slow fault (reclaim) whose page went uncounted, or an unmap after a fault that mapped
+    /// no anonymous page. An upper bound on faults lost this way.
+    pub const FAULT_PENDING_EXPIRED: Self = Self(20);
+    /// Anonymous-rss changes on a CPU whose fresh pending fault is another thread's (the
+    /// faulting thread slept mid-fault, and may finish on another CPU uncounted). An upper
+    /// bound on faults lost this way.
+    pub const FAULT_PENDING_OTHER_THREAD: Self = Self(21);
+    /// Frames in code with no unwind mapping (a watched process not profiled, JIT code, code
+    /// mapped since the last poll), walked by frame pointer: callers of code without frame
+    /// pointers (glibc's memset) may be skipped.
+    pub const FRAMES_WITHOUT_UNWIND_MAPPING: Self = Self(22);
+    /// Counted faults that mapped more than one page at once (transparent huge pages).
+    pub const FAULT_HUGE_PAGES: Self = Self(23);
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 24;
 
     /// Names, in index order, as the daemon reports them.
     pub const NAMES: [&'static str; Self::COUNT as usize] = [
@@ -505,6 +600,13 @@ impl Stat {
         "frames_unwound_by_table",
         "frames_not_unwound",
         "unarmed_allocations",
+        "faults_counted",
+        "fault_retouches",
+        "fault_profile_map_full",
+        "fault_pending_expired",
+        "fault_pending_other_thread",
+        "frames_without_unwind_mapping",
+        "fault_huge_pages",
     ];
 }
 
@@ -525,4 +627,8 @@ mod user {
     unsafe impl aya::Pod for UnwindEntry {}
     unsafe impl aya::Pod for UnwindMappingKey {}
     unsafe impl aya::Pod for UnwindMapping {}
+    unsafe impl aya::Pod for FaultKey {}
+    unsafe impl aya::Pod for FaultTotals {}
+    unsafe impl aya::Pod for FaultPageKey {}
+    unsafe impl aya::Pod for PendingFault {}
 }

@@ -22,6 +22,7 @@
 
 mod armed;
 mod config;
+mod fault;
 mod floor;
 mod heap;
 mod maps;

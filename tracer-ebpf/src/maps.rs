@@ -1,7 +1,9 @@
 //! All maps of the object. Sizes are defaults; the daemon sets the real ones at load.
 //! Hash maps are preallocated: an insert never allocates in the probe, and a full map is an
-//! error the programs count, never an eviction (LRU would silently hide leaks). The one LRU map
-//! holds per-thread call state, which is only ever stale for threads that have gone.
+//! error the programs count, never an eviction (LRU would silently hide leaks). The LRU maps
+//! hold per-thread call state, which is only ever stale for threads that have gone, and the
+//! pages the fault profile has counted, where an evicted page only means a later retouch of it
+//! counts as new growth.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -9,8 +11,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tracer_common::{
-    AllocInfo, AllocKey, AllocatorText, SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace,
-    Stat, ThreadState, UnwindEntry, UnwindMapping, UnwindMappingKey,
+    AllocInfo, AllocKey, AllocatorText, FaultKey, FaultPageKey, FaultTotals, PendingFault,
+    SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace, Stat, ThreadState, UnwindEntry,
+    UnwindMapping, UnwindMappingKey,
 };
 
 #[map]
@@ -70,7 +73,27 @@ pub(crate) static ARMED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 16, 
 #[map]
 pub(crate) static UNWIND_ENTRIES: Array<UnwindEntry> = Array::with_max_entries(1 << 19, 0);
 
-/// Each traced process's executable mappings: how to unwind out of the code at an address.
+/// Each traced or profiled process's executable mappings: how to unwind out of the code at an
+/// address. Trie nodes are allocated on demand (an LPM trie cannot be preallocated), so the
+/// capacity costs nothing until used; the daemon sets it (`MapSizes::unwind_mappings`).
 #[map]
 pub(crate) static UNWIND_MAPPINGS: LpmTrie<UnwindMappingKey, UnwindMapping> =
-    LpmTrie::with_max_entries(1 << 16, 0);
+    LpmTrie::with_max_entries(1 << 18, 0);
+
+/// cgroup v2 ids whose tasks' page faults are profiled (filled by the daemon; value unused).
+#[map]
+pub(crate) static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Resident growth by first touch, per (cgroup, process, stack).
+#[map]
+pub(crate) static FAULT_PROFILE: HashMap<FaultKey, FaultTotals> =
+    HashMap::with_max_entries(1 << 14, 0);
+
+/// Pages the fault profile counted, per process: a fault at one of them again is a retouch.
+#[map]
+pub(crate) static FAULT_PAGES: LruHashMap<FaultPageKey, u32> =
+    LruHashMap::with_max_entries(1 << 17, 0);
+
+/// The watched fault in progress on each CPU.
+#[map]
+pub(crate) static FAULT_PENDING: PerCpuArray<PendingFault> = PerCpuArray::with_max_entries(1, 0);

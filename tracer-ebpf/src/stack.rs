@@ -2,7 +2,8 @@
 //!
 //! Stacks are captured in return probes: there the kernel has put the caller's return address
 //! in the instruction pointer, so the first frame is the call site itself, whatever the
-//! allocator's (or a wrapper's) frame layout. Each further frame is found by the method of the
+//! allocator's (or a wrapper's) frame layout. The page-fault profile (`fault`) walks from the
+//! faulting instruction, with the user registers the kernel saved at the fault. Each further frame is found by the method of the
 //! binary whose code it is in (`UNWIND_MAPPINGS`): saved frame pointers, one user read per
 //! frame, where the binary keeps them; its unwind table (compiled by the daemon from
 //! `.eh_frame`) where it does not. Code the daemon has no mapping for is walked by frame
@@ -47,22 +48,49 @@ enum Step {
     Lost,
 }
 
-/// Captures the current user stack and returns its id ([`UNKNOWN_STACK_ID`] when lost).
+/// Captures the current user stack in a uprobe or uretprobe, whose context is the user
+/// registers, and returns its id ([`UNKNOWN_STACK_ID`] when lost).
 pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: uprobe programs get the user registers as their context.
+    let regs = unsafe { &*ctx.as_ptr().cast::<pt_regs>() };
+    let (tgid, _) = current();
+    walk(
+        tgid,
+        Frame {
+            pc: regs.rip,
+            sp: regs.rsp,
+            bp: regs.rbp,
+        },
+    )
+}
+
+/// Captures the user stack of a task stopped at a faulting instruction, from its saved user
+/// registers (`bpf_task_pt_regs`), and returns its id. The faulting instruction is no return
+/// address: it is recorded one byte on, so that, like every other frame, the instruction it
+/// stands for is at `pc - 1` for the unwinder's lookups and for the symbolizer. (Taken as is,
+/// a fault at a function's first instruction, a stack-growing `push`, would be looked up in the
+/// function before it.)
+pub(crate) fn capture_at_fault(tgid: u32, regs: &pt_regs) -> u64 {
+    walk(
+        tgid,
+        Frame {
+            pc: regs.rip.wrapping_add(1),
+            sp: regs.rsp,
+            bp: regs.rbp,
+        },
+    )
+}
+
+/// Walks from `frame` (whose `pc` reads as a return address), stores the stack and returns
+/// its id.
+#[inline(always)]
+fn walk(tgid: u32, mut frame: Frame) -> u64 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         bump(Stat::STACKS_LOST);
         return UNKNOWN_STACK_ID;
     };
     // SAFETY: per-CPU scratch, used by this program run only.
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: uprobe programs get the user registers as their context.
-    let regs = unsafe { &*ctx.as_ptr().cast::<pt_regs>() };
-    let (tgid, _) = current();
-    let mut frame = Frame {
-        pc: regs.rip,
-        sp: regs.rsp,
-        bp: regs.rbp,
-    };
     scratch.ips[0] = frame.pc;
     let mut frames: u64 = 1;
     let mut mapping = UnwindMapping::default();
@@ -124,9 +152,12 @@ fn step(tgid: u32, frame: &Frame, mapping: &mut UnwindMapping) -> Step {
         );
         *mapping = match UNWIND_MAPPINGS.get(&key) {
             Some(found) => *found,
-            // Unknown code (JIT, a library loaded after attach): frame pointers, and the next
-            // frame looks again.
-            None => UnwindMapping::default(),
+            // Unknown code (JIT, a library loaded after attach, a watched process that is not
+            // profiled): frame pointers, and the next frame looks again.
+            None => {
+                bump(Stat::FRAMES_WITHOUT_UNWIND_MAPPING);
+                UnwindMapping::default()
+            }
         };
     }
     if mapping.method != unwind_method::UNWIND_TABLE {

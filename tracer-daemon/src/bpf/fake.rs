@@ -12,7 +12,8 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use tracer_common::{
-    AllocInfo, AllocKey, StackKey, StackTotals, Stat, UnwindEntry, UnwindMapping, UnwindMappingKey,
+    AllocInfo, AllocKey, FaultKey, FaultTotals, StackKey, StackTotals, Stat, UnwindEntry,
+    UnwindMapping, UnwindMappingKey,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
         AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet, closer::DetachedLinks,
     },
     bpf::{
-        OomHook,
+        FaultHook, OomHook,
         kernel::{Kernel, UnwindMaps},
     },
     collect::{
@@ -54,6 +55,12 @@ pub struct FakeState {
     pub unwind_rows: BTreeMap<u32, UnwindEntry>,
     /// Unwind mapping blocks, by (prefix length, key bytes).
     pub unwind_mappings: BTreeMap<(u32, u32, u64), UnwindMapping>,
+    /// Watched cgroups (their faults are profiled).
+    pub watched_cgroups: HashSet<u64>,
+    /// How many cgroups can be watched (0: no limit).
+    pub watched_capacity: usize,
+    /// The page-fault growth profile.
+    pub fault_totals: HashMap<FaultKey, FaultTotals>,
 }
 
 impl FakeState {
@@ -124,6 +131,45 @@ impl FakeState {
     }
 }
 
+impl FakeState {
+    /// What the fault programs do when a task of `cgroup_id` in process `pid` maps `pages` new
+    /// anonymous pages at `stack` (`retouched`: at an address counted before): recorded only
+    /// when the cgroup is watched. Returns the stack id.
+    pub fn fault(
+        &mut self,
+        cgroup_id: u64,
+        pid: u32,
+        stack: &[u64],
+        pages: u64,
+        retouched: bool,
+    ) -> u64 {
+        let stack_id = stack_id_of(stack);
+        if !self.watched_cgroups.contains(&cgroup_id) {
+            return stack_id;
+        }
+        let _ = self.stacks.insert(stack_id, stack.to_vec());
+        let totals = self
+            .fault_totals
+            .entry(FaultKey {
+                cgroup_id,
+                tgid: pid,
+                _pad: 0,
+                stack_id,
+            })
+            .or_default();
+        let bytes = pages * 4096;
+        if retouched {
+            totals.retouched_bytes += bytes;
+        } else {
+            totals.bytes += bytes;
+            totals.pages += pages;
+        }
+        totals.faults += 1;
+        *self.counters.entry(Stat::FAULTS_COUNTED.0).or_default() += 1;
+        stack_id
+    }
+}
+
 /// A stack's id as a hash of its frames (the real programs hash the same way in spirit).
 fn stack_id_of(stack: &[u64]) -> u64 {
     stack
@@ -140,6 +186,7 @@ pub struct FakeKernel {
     state: Arc<Mutex<FakeState>>,
     rows: u32,
     oom_hook: OomHook,
+    fault_hook: FaultHook,
 }
 
 impl Default for FakeKernel {
@@ -148,6 +195,7 @@ impl Default for FakeKernel {
             state: Arc::default(),
             rows: 1 << 16,
             oom_hook: OomHook::Attached,
+            fault_hook: FaultHook::Attached,
         }
     }
 }
@@ -156,6 +204,14 @@ impl FakeKernel {
     /// Its state, for the test to play the programs' part or to check what was done.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A kernel side whose fault programs could not be attached.
+    pub fn without_fault_hook(reason: &str) -> Self {
+        Self {
+            fault_hook: FaultHook::Unavailable(reason.to_owned()),
+            ..Self::default()
+        }
     }
 }
 
@@ -301,5 +357,45 @@ impl Kernel for FakeKernel {
 
     fn start_scanner(&self, _interval: Duration, _keep: usize) -> std::io::Result<Option<Scanner>> {
         Ok(None)
+    }
+
+    fn fault_hook(&self) -> &FaultHook {
+        &self.fault_hook
+    }
+
+    fn watch_cgroup(&mut self, cgroup_id: u64) -> Result<(), String> {
+        let mut state = self.state();
+        if state.watched_capacity > 0
+            && state.watched_cgroups.len() >= state.watched_capacity
+            && !state.watched_cgroups.contains(&cgroup_id)
+        {
+            return Err(format!(
+                "cannot watch cgroup {cgroup_id}: the map is full ({} cgroups)",
+                state.watched_capacity
+            ));
+        }
+        let _ = state.watched_cgroups.insert(cgroup_id);
+        Ok(())
+    }
+
+    fn unwatch_cgroup(&mut self, cgroup_id: u64) {
+        let _ = self.state().watched_cgroups.remove(&cgroup_id);
+    }
+
+    fn for_each_fault_total(
+        &self,
+        visit: &mut dyn FnMut(FaultKey, FaultTotals),
+    ) -> Result<(), CollectError> {
+        for (&key, &totals) in &self.state().fault_totals {
+            visit(key, totals);
+        }
+        Ok(())
+    }
+
+    fn forget_fault_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError> {
+        self.state()
+            .fault_totals
+            .retain(|key, _| !tgids.contains(&key.tgid));
+        Ok(())
     }
 }

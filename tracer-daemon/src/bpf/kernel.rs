@@ -7,7 +7,8 @@ use std::{collections::HashSet, os::fd::RawFd, time::Duration};
 
 use aya::maps::{Array, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
 use tracer_common::{
-    AllocInfo, AllocKey, StackKey, StackTotals, UnwindEntry, UnwindMapping, UnwindMappingKey, names,
+    AllocInfo, AllocKey, FaultKey, FaultTotals, StackKey, StackTotals, UnwindEntry, UnwindMapping,
+    UnwindMappingKey, names,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
         self, AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet,
         closer::DetachedLinks,
     },
-    bpf::{MapSizes, OomHook, Probes},
+    bpf::{FaultHook, MapSizes, OomHook, Probes},
     collect::{
         BpfMaps, CollectError, Notices, mappings::MappingTracker, scanner::Scanner, stats::BpfStats,
     },
@@ -78,6 +79,19 @@ pub trait Kernel: UnwindMaps {
     fn events_fd(&self) -> Option<RawFd>;
     /// Starts the background scans (`None` when this kernel side has none).
     fn start_scanner(&self, interval: Duration, keep: usize) -> std::io::Result<Option<Scanner>>;
+    /// Whether the page-fault growth profile is recorded.
+    fn fault_hook(&self) -> &FaultHook;
+    /// Profiles the page faults of a cgroup's tasks (its v2 id); a full map is an error.
+    fn watch_cgroup(&mut self, cgroup_id: u64) -> Result<(), String>;
+    /// Stops profiling a cgroup's faults (what they recorded stays).
+    fn unwatch_cgroup(&mut self, cgroup_id: u64);
+    /// Every entry of the growth profile (one batched read for the real object).
+    fn for_each_fault_total(
+        &self,
+        visit: &mut dyn FnMut(FaultKey, FaultTotals),
+    ) -> Result<(), CollectError>;
+    /// Drops the growth-profile entries of these processes, and the stacks nobody else uses.
+    fn forget_fault_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError>;
 }
 
 /// The loaded BPF object: its programs and links, and its maps.
@@ -237,5 +251,28 @@ impl Kernel for LoadedKernel {
         let allocs = self.maps.allocs_fd().try_clone_to_owned()?;
         let totals = self.maps.stack_table();
         Scanner::spawn(allocs, totals, interval, keep).map(Some)
+    }
+
+    fn fault_hook(&self) -> &FaultHook {
+        &self.probes.fault_hook
+    }
+
+    fn watch_cgroup(&mut self, cgroup_id: u64) -> Result<(), String> {
+        self.maps.faults.watch(cgroup_id)
+    }
+
+    fn unwatch_cgroup(&mut self, cgroup_id: u64) {
+        self.maps.faults.unwatch(cgroup_id);
+    }
+
+    fn for_each_fault_total(
+        &self,
+        visit: &mut dyn FnMut(FaultKey, FaultTotals),
+    ) -> Result<(), CollectError> {
+        self.maps.faults.for_each(visit)
+    }
+
+    fn forget_fault_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError> {
+        self.maps.forget_fault_processes(tgids)
     }
 }

@@ -93,6 +93,16 @@ pub const KERNEL_FEATURES: &[KernelFeature] = &[
                   absent on the kernels this was built on)",
         required: false,
     },
+    KernelFeature {
+        name: "tp_btf/page_fault_user, page_fault_kernel, rss_stat, mm_page_alloc",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "the page-fault growth profile: where processes of watched cgroups make new \
+                    anonymous memory resident, by stack, without uprobes (x86 exception \
+                    tracepoints; Linux 6.2+ for rss_stat's mm argument layout used here)",
+        without: "runs without it (checked by attaching; `FaultHook::Unavailable` says why): \
+                  no growth profile, uprobe tracing is unchanged",
+        required: false,
+    },
 ];
 
 /// Whether the OOM-kill hook is attached, and why not.
@@ -104,7 +114,16 @@ pub enum OomHook {
     Unavailable(String),
 }
 
-/// Map sizes, set at load (all preallocated).
+/// Whether the page-fault growth profile's programs are attached, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultHook {
+    /// `page_fault_user`, `page_fault_kernel`, `rss_stat` and `mm_page_alloc` are attached.
+    Attached,
+    /// Not attached (none of them is: a partial set would count wrong): no growth profile.
+    Unavailable(String),
+}
+
+/// Map sizes, set at load (all preallocated, except the unwind-mapping trie).
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     /// Outstanding allocations across all traced processes.
@@ -119,7 +138,36 @@ pub struct MapSizes {
     pub events_bytes: u32,
     /// Unwind-table rows of all binaries without frame pointers that traced processes map.
     pub unwind_rows: u32,
+    /// Nodes of the unwind-mapping trie (traced and profiled processes' code mappings, split
+    /// into aligned power-of-two blocks: a few hundred per process). Allocated on demand.
+    pub unwind_mappings: u32,
+    /// cgroups whose page faults are profiled.
+    pub watched_cgroups: u32,
+    /// Distinct (cgroup, process, stack) entries of the page-fault growth profile.
+    pub fault_stacks: u32,
+    /// Pages (per process) the growth profile remembers, to tell a retouch from new growth
+    /// (an LRU: the oldest is forgotten first).
+    pub fault_pages: u32,
 }
+
+/// Default unwind-mapping trie capacity. A process maps a few dozen code files, each split
+/// into up to ~20 trie blocks: a few hundred nodes. The old 65,536 held a couple of hundred
+/// processes, enough for traced ones, but every process of a watched cgroup that is profiled
+/// gets its mappings too, so the default holds about a thousand. The trie allocates a node
+/// (about 100 bytes) per entry on insert, so the capacity costs nothing until used.
+pub const DEFAULT_UNWIND_MAPPINGS: u32 = 1 << 18;
+
+/// Default number of watched cgroups: a node runs at most a few hundred pods of a few
+/// containers each.
+pub const DEFAULT_WATCHED_CGROUPS: u32 = 4096;
+
+/// Default growth-profile capacity: distinct (cgroup, process, stack) entries; 24-byte keys and
+/// 48-byte values, preallocated (about 2 MiB).
+pub const DEFAULT_FAULT_STACKS: u32 = 1 << 14;
+
+/// Default retouch memory: 131,072 pages (512 MiB of small pages, or 256 GiB of huge ones) most
+/// recently counted; an LRU hash, preallocated (about 12 MiB).
+pub const DEFAULT_FAULT_PAGES: u32 = 1 << 17;
 
 /// Default capacity for outstanding allocations: a real service holds hundreds of thousands (a
 /// 200,000-key Redis about 800,000), so the default holds one such; 112 B of kernel memory each
@@ -139,6 +187,10 @@ impl Default for MapSizes {
             threads: 1 << 14,
             events_bytes: 1 << 20,
             unwind_rows: DEFAULT_UNWIND_ROWS,
+            unwind_mappings: DEFAULT_UNWIND_MAPPINGS,
+            watched_cgroups: DEFAULT_WATCHED_CGROUPS,
+            fault_stacks: DEFAULT_FAULT_STACKS,
+            fault_pages: DEFAULT_FAULT_PAGES,
         }
     }
 }
@@ -249,6 +301,8 @@ pub struct Probes {
     pub(crate) ebpf: Ebpf,
     /// Whether OOM kills are seen at the kernel hook.
     pub oom_hook: OomHook,
+    /// Whether the page-fault growth profile is recorded.
+    pub fault_hook: FaultHook,
     /// Whether execs of traced processes are seen at the kernel hook (else at the next poll).
     pub exec_hook: bool,
     /// malloc as a uprobe session, where the kernel has them (see [`session`]).
@@ -288,6 +342,10 @@ impl Probes {
             .map_max_entries(names::STACK_TRACES, sizes.stack_traces)
             .map_max_entries(names::THREAD_STATE, sizes.threads)
             .map_max_entries(names::UNWIND_ENTRIES, sizes.unwind_rows.max(1))
+            .map_max_entries(names::UNWIND_MAPPINGS, sizes.unwind_mappings.max(1))
+            .map_max_entries(names::WATCHED_CGROUPS, sizes.watched_cgroups.max(1))
+            .map_max_entries(names::FAULT_PROFILE, sizes.fault_stacks.max(1))
+            .map_max_entries(names::FAULT_PAGES, sizes.fault_pages.max(1))
             .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());
         let mut ebpf = loader
             .load(OBJECT)
@@ -323,6 +381,13 @@ impl Probes {
                 OomHook::Unavailable(reason)
             }
         };
+        let fault_hook = match attach_fault_hooks(&mut ebpf, btf.as_ref()) {
+            Ok(()) => FaultHook::Attached,
+            Err(reason) => {
+                warn!(%reason, "page-fault growth profile unavailable; uprobe tracing is unaffected");
+                FaultHook::Unavailable(reason)
+            }
+        };
         let (malloc_session, sessions_unavailable) = if sessions {
             let logs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = logger
                 .as_ref()
@@ -344,6 +409,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             oom_hook,
+            fault_hook,
             exec_hook,
             malloc_session,
             sessions_unavailable,
@@ -416,6 +482,60 @@ fn attach_btf_hook(
         .map_err(|e| format!("cannot attach tp_btf/{function}: {e}"))?;
     info!("attached tp_btf/{function}");
     Ok(())
+}
+
+/// The growth profile's programs and their tracepoints, in attach order: the rss and page
+/// allocation hooks first, so no fault is left pending for lack of them.
+const FAULT_PROGRAMS: [(&str, &str); 4] = [
+    ("fault_rss_stat", "rss_stat"),
+    ("fault_page_alloc", "mm_page_alloc"),
+    ("fault_user", "page_fault_user"),
+    ("fault_kernel", "page_fault_kernel"),
+];
+
+/// Attaches all of the growth profile's programs, or none (a partial set would count wrong:
+/// without `mm_page_alloc` a huge page would count as one page).
+fn attach_fault_hooks(ebpf: &mut Ebpf, btf: Result<&Btf, &aya::BtfError>) -> Result<(), String> {
+    let btf = btf.map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
+    let mut attached_btf = Vec::new();
+    let mut result = Ok(());
+    for (program, function) in FAULT_PROGRAMS {
+        let step = (|| {
+            let loaded: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("the object has no program {program}"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            loaded
+                .load(function, btf)
+                .map_err(|e| format!("cannot load tp_btf/{function}: {e}"))?;
+            loaded
+                .attach()
+                .map_err(|e| format!("cannot attach tp_btf/{function}: {e}"))
+        })();
+        match step {
+            Ok(link) => attached_btf.push((program, link)),
+            Err(reason) => {
+                result = Err(reason);
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for (program, link) in attached_btf {
+            if let Some(Ok(loaded)) = ebpf
+                .program_mut(program)
+                .map(<&mut BtfTracePoint>::try_from)
+            {
+                let _ = loaded.detach(link);
+            }
+        }
+    } else {
+        info!(
+            "attached the page-fault growth profile (tp_btf/page_fault_user, page_fault_kernel, rss_stat, mm_page_alloc)"
+        );
+    }
+    result
 }
 
 /// The system page size.

@@ -1,9 +1,11 @@
 //! Reading what the BPF programs recorded: per-stack totals, outstanding allocations (for
-//! ages), stacks, loss counters, and the mmap/munmap ring buffer.
+//! ages), stacks, loss counters, the mmap/munmap ring buffer, and the page-fault growth
+//! profile (`faults`).
 
 pub mod ages;
 pub use ages::AgeSummary;
 pub mod batch;
+pub mod faults;
 pub mod mappings;
 pub mod oom;
 pub mod scanner;
@@ -56,6 +58,8 @@ pub struct BpfMaps {
     traces: BpfHashMap<MapData, u64, StackTrace>,
     stats: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
+    /// The page-fault growth profile.
+    pub faults: faults::FaultMaps,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -96,6 +100,10 @@ impl BpfMaps {
             traces: take(probes, names::STACK_TRACES)?,
             stats: take(probes, names::STATS)?,
             events: take(probes, names::EVENTS)?,
+            faults: faults::FaultMaps::new(
+                take(probes, names::WATCHED_CGROUPS)?,
+                take(probes, names::FAULT_PROFILE)?,
+            ),
         })
     }
 
@@ -194,15 +202,34 @@ impl BpfMaps {
                 tracing::warn!(%error, slot, "could not recycle a stack slot");
             }
         }
-        let mut still_used: HashSet<u64> = HashSet::new();
+        // The growth profile shares STACK_TRACES: its stacks stay while it uses them.
+        let still_used = self.faults.stack_ids()?;
+        self.delete_unused_stacks(keys.iter().map(|key| key.stack_id), still_used)
+    }
+
+    /// Drops the growth-profile entries of these processes (ended, or no longer profiled),
+    /// and the stacks nothing else uses.
+    pub fn forget_fault_processes(&mut self, tgids: &HashSet<u32>) -> Result<(), CollectError> {
+        if tgids.is_empty() {
+            return Ok(());
+        }
+        let (ended, still_used) = self.faults.forget(tgids)?;
+        self.delete_unused_stacks(ended.into_iter(), still_used)
+    }
+
+    /// Deletes from `STACK_TRACES` the stacks in `candidates` that neither `still_used` nor any
+    /// per-stack total holds.
+    fn delete_unused_stacks(
+        &mut self,
+        candidates: impl Iterator<Item = u64>,
+        mut still_used: HashSet<u64>,
+    ) -> Result<(), CollectError> {
         self.totals.for_each(|_, totals| {
             let _ = still_used.insert(totals.key.stack_id);
         });
-        let unused: Vec<u64> = keys
-            .iter()
-            .map(|key| key.stack_id)
-            .filter(|id| !still_used.contains(id))
-            .collect();
+        let mut unused: Vec<u64> = candidates.filter(|id| !still_used.contains(id)).collect();
+        unused.sort_unstable();
+        unused.dedup();
         batch::delete(self.traces.map(), &unused).map_err(|source| CollectError::Read {
             name: names::STACK_TRACES,
             source,

@@ -67,6 +67,44 @@ impl BpfStats {
     }
 }
 
+impl BpfStats {
+    /// Why the page-fault growth profile may be missing bytes or callers, when it may: every
+    /// such loss since the tracer started, with what would have avoided it. `None` when none.
+    /// The pending-fault counters are upper bounds (see [`Stat`]).
+    pub fn fault_incomplete_reason(&self) -> Option<String> {
+        let causes: Vec<String> = [
+            (
+                Stat::FAULT_PROFILE_MAP_FULL,
+                "faults were lost because the growth profile was full (raise the fault_stacks \
+                 map size)",
+            ),
+            (
+                Stat::FAULT_PENDING_EXPIRED,
+                "anonymous-rss changes came more than 1 ms after their thread's fault (slow \
+                 faults under reclaim go uncounted; unmaps after other faults are counted \
+                 here too)",
+            ),
+            (
+                Stat::FAULT_PENDING_OTHER_THREAD,
+                "anonymous-rss changes came on a CPU where another thread's fault was pending \
+                 (a fault that slept may have finished elsewhere, uncounted)",
+            ),
+            (
+                Stat::FRAMES_WITHOUT_UNWIND_MAPPING,
+                "frames were in code without an unwind mapping (a process not profiled, JIT \
+                 code) and were walked by frame pointer, which may skip callers",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(stat, why)| {
+            let count = self.get(stat);
+            (count > 0).then(|| format!("{count}: {why}"))
+        })
+        .collect();
+        (!causes.is_empty()).then(|| causes.join("; "))
+    }
+}
+
 /// Reads and sums every counter.
 pub fn read(stats: &PerCpuArray<MapData, u64>) -> BpfStats {
     let mut out = BTreeMap::new();

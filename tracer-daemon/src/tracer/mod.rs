@@ -3,6 +3,7 @@
 //! lifecycle; `queries` is the read side (reports, figures); the `trace` command and the node
 //! agent drive both from one task.
 
+mod profile;
 mod queries;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -29,8 +30,11 @@ use crate::{
     },
     report::{ProcessState, assemble::RawStack},
     symbolize::Symbolizer,
+    tracer::profile::ProfiledProcess,
     unwind::loader::{BinaryUnwinding, UnwindTables},
 };
+
+pub use profile::ProfileError;
 
 /// Why the tracer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +186,10 @@ pub struct Tracer {
     closer: LinkCloser,
     /// Processes untraced while alive whose records wait for their links to close.
     closing: HashSet<u32>,
+    /// Processes whose page-fault stacks are made walkable and nameable (see `profile`).
+    profiled: BTreeMap<u32, ProfiledProcess>,
+    /// When the growth profile was last swept for ended processes nobody profiled.
+    last_fault_sweep: std::time::Instant,
 }
 
 /// What the tracer holds now, for the agent's health metrics.
@@ -237,6 +245,8 @@ impl Tracer {
             sizes: config.sizes,
             closer: LinkCloser::new(),
             closing: HashSet::new(),
+            profiled: BTreeMap::new(),
+            last_fault_sweep: std::time::Instant::now(),
         }
     }
 
@@ -412,6 +422,7 @@ impl Tracer {
             }
         }
         self.retry_reattach();
+        self.poll_profiled();
         self.drain_events();
     }
 
@@ -535,7 +546,8 @@ impl Tracer {
         }
     }
 
-    /// Drops the records of every ended process; returns their pids.
+    /// Drops the records of every ended process; returns the traced ones' pids. Ended
+    /// profiled processes and their growth-profile entries go too (see `profile`).
     pub fn reap_ended(&mut self) -> Vec<u32> {
         let ended: Vec<u32> = self
             .processes
@@ -547,6 +559,7 @@ impl Tracer {
             let _ = self.oom_victims.remove(&pid);
             let _ = self.processes.remove(&pid);
         }
+        let _ = self.reap_profiled(&ended);
         self.drop_records_of(&ended);
         ended
     }
@@ -566,6 +579,14 @@ impl Tracer {
         }
         for &pid in pids {
             self.mappings.forget(pid);
+            // A profiled process keeps what makes its fault stacks walkable and nameable.
+            if self
+                .profiled
+                .get(&pid)
+                .is_some_and(|p| p.state == ProcessState::Running)
+            {
+                continue;
+            }
             self.symbolizer.forget(pid);
             self.unwind.remove_process(pid, self.kernel.as_mut());
         }

@@ -285,7 +285,7 @@ impl Tracer {
         report::merge_same_call_sites(reports)
     }
 
-    fn frames(&mut self, pid: u32, stack_id: u64) -> Arc<[Frame]> {
+    pub(super) fn frames(&mut self, pid: u32, stack_id: u64) -> Arc<[Frame]> {
         if stack_id == UNKNOWN_STACK_ID {
             return Arc::from(Vec::new());
         }

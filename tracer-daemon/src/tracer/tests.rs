@@ -278,3 +278,135 @@ fn a_failed_attach_arms_nothing_and_its_records_go_once_its_links_are_closed() {
     tracer.trace(pid).expect("trace");
     assert!(kernel.state().armed.contains(&pid));
 }
+
+#[test]
+fn faults_are_profiled_only_in_watched_cgroups_and_stop_when_unwatched() {
+    let (mut tracer, kernel) = tracer();
+    assert_eq!(tracer.fault_hook(), &crate::bpf::FaultHook::Attached);
+    tracer.watch_cgroup(7).expect("watch");
+    tracer.watch_cgroup(7).expect("watching twice is fine");
+    let leak = kernel.state().fault(7, 100, &[0x1000], 64, false);
+    let _ = kernel.state().fault(7, 100, &[0x2000], 256, true);
+    let _ = kernel.state().fault(8, 101, &[0x3000], 64, false);
+    tracer.unwatch_cgroup(7);
+    let _ = kernel.state().fault(7, 100, &[0x1000], 64, false);
+    let mut totals = tracer.fault_totals().expect("totals");
+    totals.sort_by_key(|(key, _)| key.stack_id != leak);
+    assert_eq!(totals.len(), 2, "{totals:?}");
+    let (key, leaked) = totals[0];
+    assert_eq!((key.cgroup_id, key.tgid, key.stack_id), (7, 100, leak));
+    assert_eq!(
+        (leaked.bytes, leaked.pages, leaked.faults),
+        (64 * 4096, 64, 1)
+    );
+    assert_eq!(totals[1].1.bytes, 0, "a retouch is not growth");
+    assert_eq!(totals[1].1.retouched_bytes, 256 * 4096);
+}
+
+#[test]
+fn a_full_watch_map_is_an_error_naming_the_cgroup() {
+    let (mut tracer, kernel) = tracer();
+    kernel.state().watched_capacity = 1;
+    tracer.watch_cgroup(1).expect("first fits");
+    let error = tracer.watch_cgroup(2).expect_err("full");
+    assert!(error.to_string().contains("cgroup 2"), "{error}");
+}
+
+#[test]
+fn a_profiled_process_gets_unwind_mappings_and_names_without_probes() {
+    let (mut tracer, kernel) = tracer();
+    let mut sleeper = Sleeper::sleeping();
+    let pid = sleeper.pid();
+    let snapshot = ProcessSnapshot::read(pid).expect("read");
+    let site = snapshot.mappings[0].start + 0x10;
+    tracer.profile_process(snapshot).expect("profile");
+    tracer.profile_pid(pid).expect("profiling again is a no-op");
+    assert_eq!(tracer.profiled_pids(), [pid]);
+    let mapped = |kernel: &FakeKernel| {
+        kernel
+            .state()
+            .unwind_mappings
+            .keys()
+            .any(|&(_, tgid, _)| tgid == pid)
+    };
+    {
+        let state = kernel.state();
+        assert!(state.history.is_empty(), "no probes attached");
+        assert!(state.armed.is_empty());
+    }
+    assert!(mapped(&kernel), "its code is in the unwinder's maps");
+    assert!(
+        tracer
+            .fault_unwinding(pid)
+            .iter()
+            .any(|b| b.binary.ends_with("libc.so.6") && b.method == "unwind table"),
+        "{:?}",
+        tracer.fault_unwinding(pid)
+    );
+    tracer.watch_cgroup(3).expect("watch");
+    let stack_id = kernel.state().fault(3, pid, &[site + 1], 1, false);
+    let frames = tracer.symbolize_fault_stacks(&[(pid, stack_id)]);
+    assert_eq!(frames.len(), 1);
+    assert!(
+        frames[0][0]
+            .module
+            .as_deref()
+            .is_some_and(|m| m.ends_with("/sleep")),
+        "{:?}",
+        frames[0]
+    );
+
+    // Its end: marked at the poll, everything of it goes at the reap.
+    let _ = sleeper.0.kill();
+    let _ = sleeper.0.wait();
+    tracer.poll();
+    assert!(tracer.reap_ended().is_empty(), "it was never traced");
+    assert!(tracer.profiled_pids().is_empty());
+    assert!(!mapped(&kernel), "unwind mappings removed");
+    assert!(
+        kernel.state().fault_totals.is_empty(),
+        "fault records removed"
+    );
+}
+
+#[test]
+fn untracing_a_profiled_process_keeps_its_unwind_mappings_and_unprofiling_drops_them() {
+    let (mut tracer, kernel) = tracer();
+    let sleeper = Sleeper::sleeping();
+    let pid = sleeper.pid();
+    tracer.trace(pid).expect("trace");
+    tracer.profile_pid(pid).expect("profile");
+    let mapped = |kernel: &FakeKernel| {
+        kernel
+            .state()
+            .unwind_mappings
+            .keys()
+            .any(|&(_, tgid, _)| tgid == pid)
+    };
+    tracer.untrace(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kernel.state().history.contains(&(pid, false)) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its links close in the background; then its allocation records go, not its profile.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        tracer.poll();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mapped(&kernel), "still profiled: still walkable");
+    tracer.unprofile_process(pid);
+    assert!(!mapped(&kernel));
+    assert!(tracer.profiled_pids().is_empty());
+}
+
+#[test]
+fn the_fault_hook_being_unavailable_says_why() {
+    let kernel = FakeKernel::without_fault_hook("no BTF");
+    let tracer = Tracer::with_kernel(Box::new(kernel), &TracerConfig::default());
+    assert_eq!(
+        tracer.fault_hook(),
+        &crate::bpf::FaultHook::Unavailable("no BTF".to_owned())
+    );
+}

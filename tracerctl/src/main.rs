@@ -36,6 +36,8 @@ enum Command {
     Pods,
     /// Show the call sites holding memory in a pod (or one container, or one pid).
     Top(commands::top::TopArgs),
+    /// Show where a pod's resident memory grew, by first touch (any watched pod, no tracing).
+    Growth(commands::growth::GrowthArgs),
     /// Show a report every interval until interrupted.
     Watch(commands::watch::WatchArgs),
     /// Start or stop tracing a pod (or one container, or one pid).
@@ -78,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pods => commands::pods::run(&mut client, printer).await,
         Command::Top(args) => commands::top::run(&mut client, printer, &args).await,
+        Command::Growth(args) => commands::growth::run(&mut client, printer, &args).await,
         Command::Watch(args) => commands::watch::run(&mut client, printer, &args).await,
         Command::Trace { action } => commands::trace::run(&mut client, printer, &action).await,
         Command::OomEvents(args) => commands::oom_events::run(&mut client, printer, &args).await,

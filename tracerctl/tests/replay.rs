@@ -177,6 +177,13 @@ impl LeakTracer for Replay {
         self.unary("GetEvidence", request)
     }
 
+    async fn get_growth_profile(
+        &self,
+        request: Request<pb::GetGrowthProfileRequest>,
+    ) -> Result<Response<pb::GrowthProfileReport>, Status> {
+        self.unary("GetGrowthProfile", request)
+    }
+
     async fn export_pprof(
         &self,
         request: Request<pb::ExportPprofRequest>,

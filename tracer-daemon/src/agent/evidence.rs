@@ -16,10 +16,14 @@ use crate::{
     discover::node::{Container, Pod},
     evidence::{
         model::{Evidence, KIND_OOM_KILL, Subject, Trigger},
-        pprof::{self, ProfileMeta, ProfileStack},
+        pprof::{self, ProfileKind, ProfileMeta, ProfileStack},
         store::ListFilter,
     },
-    report::{StackReport, pod::SortBy},
+    report::{
+        StackReport,
+        first_touch::{FirstTouchOrder, GrowthProfile},
+        pod::SortBy,
+    },
 };
 
 /// A kernel-hook sighting of an OOM kill makes counter sightings of the same container within
@@ -197,6 +201,10 @@ impl Agent {
                 .and_then(|r| r.memory)
                 .or_else(|| container.as_ref().and_then(Container::memory)),
             report,
+            growth_profile: container.as_ref().and_then(|c| {
+                self.growth_profile(c, FirstTouchOrder::Total, self.config.evidence_top)
+            }),
+            escalation: container.as_ref().and_then(|c| self.escalation(c)).cloned(),
         };
         let payload = match serde_json::to_vec(&evidence) {
             Ok(payload) => payload,
@@ -285,14 +293,18 @@ impl Agent {
         Ok(evidence)
     }
 
-    pub(super) fn profile(&mut self, source: &ProfileSource) -> Result<Vec<u8>, AgentError> {
-        let (stacks, comments, time_unix_ms) = match source {
-            ProfileSource::Evidence(id) => {
+    pub(super) fn profile(
+        &mut self,
+        source: &ProfileSource,
+        kind: ProfileKind,
+    ) -> Result<Vec<u8>, AgentError> {
+        let (stacks, comments, time_unix_ms) = match (source, kind) {
+            (ProfileSource::Evidence(id), ProfileKind::Outstanding) => {
                 let evidence = self.get_evidence(*id)?;
                 let stacks = evidence
                     .report
                     .as_ref()
-                    .map(|r| r.stacks.clone())
+                    .map(|r| r.stacks.iter().map(profile_stack).collect())
                     .unwrap_or_default();
                 let comments = vec![
                     format!("evidence {}: {}", evidence.id, evidence.summary()),
@@ -300,7 +312,24 @@ impl Agent {
                 ];
                 (stacks, comments, evidence.taken_at_unix_ms)
             }
-            ProfileSource::Live(selector) => {
+            (ProfileSource::Evidence(id), ProfileKind::FirstTouch) => {
+                let evidence = self.get_evidence(*id)?;
+                let stacks = evidence
+                    .growth_profile
+                    .as_ref()
+                    .map(first_touch_stacks)
+                    .unwrap_or_default();
+                let comments = vec![
+                    format!(
+                        "evidence {}: {} (resident growth by first touch)",
+                        evidence.id,
+                        evidence.summary()
+                    ),
+                    who(&evidence),
+                ];
+                (stacks, comments, evidence.taken_at_unix_ms)
+            }
+            (ProfileSource::Live(selector), ProfileKind::Outstanding) => {
                 let request = super::ReportRequest {
                     selector: selector.clone(),
                     top: usize::MAX,
@@ -311,7 +340,7 @@ impl Agent {
                 let stacks = report
                     .containers
                     .iter()
-                    .flat_map(|c| c.stacks.clone())
+                    .flat_map(|c| c.stacks.iter().map(profile_stack))
                     .collect();
                 (
                     stacks,
@@ -319,18 +348,52 @@ impl Agent {
                     report.taken_at_unix_ms,
                 )
             }
+            (ProfileSource::Live(selector), ProfileKind::FirstTouch) => {
+                let request = super::GrowthProfileRequest {
+                    selector: selector.clone(),
+                    top: usize::MAX,
+                    order: FirstTouchOrder::Total,
+                };
+                let report = self.growth_report(&request)?;
+                let stacks = report
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.profile.as_ref())
+                    .flat_map(first_touch_stacks)
+                    .collect();
+                (
+                    stacks,
+                    vec![format!("live {selector} (resident growth by first touch)")],
+                    report.taken_at_unix_ms,
+                )
+            }
         };
-        let stacks: Vec<ProfileStack> = stacks.iter().map(profile_stack).collect();
         let meta = ProfileMeta {
             time_unix_ns: i64::try_from(time_unix_ms)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1_000_000),
             duration_ns: 0,
             comments,
+            kind,
         };
         pprof::encode_gzipped(&stacks, &meta)
             .map_err(|e| AgentError::Unavailable(format!("cannot encode the profile: {e}")))
     }
+}
+
+/// A growth profile's stacks as pprof samples: bytes since watched, pages as the count (a
+/// call site merged over processes is labelled with the first).
+fn first_touch_stacks(profile: &GrowthProfile) -> Vec<ProfileStack> {
+    profile
+        .stacks
+        .iter()
+        .map(|s| ProfileStack {
+            frames: s.frames.clone().into(),
+            bytes: s.bytes,
+            count: s.pages,
+            pid: s.pids.first().copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 fn who(evidence: &Evidence) -> String {

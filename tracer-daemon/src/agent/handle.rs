@@ -5,13 +5,15 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Agent, AgentConfig, metrics,
+    Agent, AgentConfig,
+    growth_profiles::{GrowthProfileRequest, PodGrowthProfile},
+    metrics,
     selector::Selector,
     targets::{NodeTargets, TargetProcess},
 };
 use crate::{
     collect::CollectError,
-    evidence::{model::Evidence, store::StoreError},
+    evidence::{model::Evidence, pprof::ProfileKind, store::StoreError},
     report::pod::{PodReport, SortBy},
     tracer::TracerError,
 };
@@ -75,7 +77,15 @@ pub(super) enum Command {
         oneshot::Sender<Result<EvidenceListing, AgentError>>,
     ),
     GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
-    Profile(ProfileSource, oneshot::Sender<Result<Vec<u8>, AgentError>>),
+    Profile(
+        ProfileSource,
+        ProfileKind,
+        oneshot::Sender<Result<Vec<u8>, AgentError>>,
+    ),
+    GrowthProfile(
+        GrowthProfileRequest,
+        oneshot::Sender<Result<PodGrowthProfile, AgentError>>,
+    ),
     Metrics(usize, oneshot::Sender<metrics::NodeMetrics>),
     Ping(oneshot::Sender<()>),
 }
@@ -179,8 +189,22 @@ impl AgentHandle {
     }
 
     /// A gzipped pprof profile.
-    pub async fn profile(&self, source: ProfileSource) -> Result<Vec<u8>, AgentError> {
-        self.ask(|reply| Command::Profile(source, reply)).await?
+    pub async fn profile(
+        &self,
+        source: ProfileSource,
+        kind: ProfileKind,
+    ) -> Result<Vec<u8>, AgentError> {
+        self.ask(|reply| Command::Profile(source, kind, reply))
+            .await?
+    }
+
+    /// A pod's growth profiles.
+    pub async fn growth_profile(
+        &self,
+        request: GrowthProfileRequest,
+    ) -> Result<PodGrowthProfile, AgentError> {
+        self.ask(|reply| Command::GrowthProfile(request, reply))
+            .await?
     }
 
     /// Answers once the agent has taken this request from its queue: it is alive and turning.

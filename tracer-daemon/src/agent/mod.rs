@@ -10,6 +10,7 @@
 mod config;
 pub mod escalation;
 mod evidence;
+pub mod growth_profiles;
 mod handle;
 pub mod metrics;
 pub mod preparer;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use config::{AgentConfig, DEFAULT_STATE_DIR, Fault, GROWTH_TRACKED_STACKS, WatchAll};
+pub use growth_profiles::{ContainerGrowth, GrowthProfileRequest, PodGrowthProfile};
 pub use handle::{
     AgentEnd, AgentError, AgentExit, AgentHandle, EvidenceListing, EvidenceQuery, ProfileSource,
     ReportRequest, spawn,
@@ -46,7 +48,7 @@ use crate::{
         node::{self, NodeView},
     },
     evidence::{store::EvidenceStore, watch::MemoryWatch},
-    report::{growth::GrowthTracker, trend::ContainerTrends},
+    report::{first_touch::FirstTouchWindows, growth::GrowthTracker, trend::ContainerTrends},
     select::{Exclusions, Explicit},
     tracer::{Prepared, Tracer},
 };
@@ -91,6 +93,10 @@ struct Agent {
     trends: ContainerTrends,
     /// Containers the escalation policy traces.
     escalations: escalation::Escalations,
+    /// Cgroups whose page faults the kernel records (the watched containers').
+    watched_cgroups: HashSet<u64>,
+    /// The growth profile's windows.
+    first_touch: FirstTouchWindows,
 }
 
 impl Agent {
@@ -125,6 +131,8 @@ impl Agent {
         Ok(Self {
             growth: GrowthTracker::new(config.growth),
             trends: ContainerTrends::new(config.growth),
+            watched_cgroups: HashSet::new(),
+            first_touch: FirstTouchWindows::new(config.growth, GROWTH_TRACKED_STACKS),
             escalations: escalation::Escalations::new(config.escalation.clone()),
             exclusions,
             watch: MemoryWatch::new(config.watch.clone()),
@@ -248,8 +256,11 @@ impl Agent {
             Command::GetEvidence(id, reply) => {
                 let _ = reply.send(self.get_evidence(id));
             }
-            Command::Profile(source, reply) => {
-                let _ = reply.send(self.profile(&source));
+            Command::Profile(source, kind, reply) => {
+                let _ = reply.send(self.profile(&source, kind));
+            }
+            Command::GrowthProfile(request, reply) => {
+                let _ = reply.send(self.growth_report(&request));
             }
             Command::Metrics(max_containers, reply) => {
                 let _ = reply.send(self.metrics(max_containers));
@@ -265,6 +276,7 @@ impl Agent {
         self.handle_oom_kills();
         for pid in self.tracer.reap_ended() {
             self.growth.forget(|&(p, _)| p == pid);
+            self.first_touch.forget(pid);
             self.plan.forget_pid(pid);
         }
     }
@@ -296,6 +308,7 @@ impl Agent {
         self.tracer.drain_events();
         self.handle_oom_kills();
         self.view = view;
+        self.watch_page_faults();
     }
 
     /// Sends selected processes to be read, as many as may be read at once.
@@ -341,6 +354,7 @@ impl Agent {
     fn sample(&mut self) {
         self.log_new_losses();
         self.review_containers();
+        self.sample_first_touch();
         let Some(snapshot) = self.tracer.latest_scan() else {
             return;
         };

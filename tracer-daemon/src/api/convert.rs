@@ -8,16 +8,20 @@ use tracer_proto::v1 as pb;
 
 use crate::{
     agent::{
-        AgentError, EvidenceQuery, ReportRequest,
+        AgentError, EvidenceQuery, GrowthProfileRequest, PodGrowthProfile, ReportRequest,
         selector::{Selector, Target},
         targets::{ContainerTarget, NodeTargets, PodTarget, TargetProcess},
         watch_all::TracingMode,
     },
     collect::stats::BpfStats,
     discover::memory::MemoryFigures,
-    evidence::model::{Evidence, Trigger},
+    evidence::{
+        model::{Evidence, Trigger},
+        pprof::ProfileKind,
+    },
     report::{
         MemoryKind, StackReport,
+        first_touch::{FirstTouchOrder, GrowthProfile},
         growth::{Growth, GrowthClass},
         pod::{ContainerReport, PodReport, SortBy},
         trend::ContainerTrend,
@@ -647,8 +651,21 @@ pub fn oom_event(evidence: &Evidence) -> Option<pb::OomEvent> {
         memory: evidence.memory.as_ref().map(memory_figures),
         source: "cgroup counter".into(),
         top_call_site,
+        escalation_reason: evidence
+            .escalation
+            .as_ref()
+            .map(|e| e.reason.clone())
+            .unwrap_or_default(),
         ..pb::OomEvent::default()
     };
+    if let Some(top) = evidence
+        .growth_profile
+        .as_ref()
+        .and_then(|p| p.stacks.first())
+    {
+        event.top_growth_site = top.site().map(Frame::display_name).unwrap_or_default();
+        event.top_growth_bytes = top.bytes;
+    }
     if let Some(kill) = kill {
         event.victim_pid = kill.victim_pid.unwrap_or(0);
         event.victim_comm = kill.victim_comm.clone();
@@ -687,6 +704,107 @@ impl From<&Evidence> for pb::Evidence {
             memory: evidence.memory.as_ref().map(memory_figures),
             report: evidence.report.as_ref().map(container_report),
             oom: oom_event(evidence),
+            growth_profile: evidence.growth_profile.as_ref().map(growth_profile),
+            escalation: evidence.escalation.as_ref().map(|e| pb::Escalation {
+                started_at: Some(timestamp(e.started_at_unix_ms)),
+                reason: e.reason.clone(),
+            }),
+        }
+    }
+}
+
+/// A GetGrowthProfile request as the agent's, or INVALID_ARGUMENT naming what is wrong.
+pub fn growth_profile_request(
+    request: pb::GetGrowthProfileRequest,
+) -> Result<GrowthProfileRequest, Status> {
+    let selector = selector(request.selector)?;
+    if request.top > MAX_TOP {
+        return Err(Status::invalid_argument(format!(
+            "top must be at most {MAX_TOP}, got {}",
+            request.top
+        )));
+    }
+    let order = match pb::GrowthProfileOrder::try_from(request.order) {
+        Ok(pb::GrowthProfileOrder::Unspecified | pb::GrowthProfileOrder::Window) => {
+            FirstTouchOrder::Window
+        }
+        Ok(pb::GrowthProfileOrder::Total) => FirstTouchOrder::Total,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "order {} is not a GrowthProfileOrder (1 window, 2 total)",
+                request.order
+            )));
+        }
+    };
+    Ok(GrowthProfileRequest {
+        selector,
+        top: if request.top == 0 {
+            20
+        } else {
+            request.top as usize
+        },
+        order,
+    })
+}
+
+/// The pprof profile kind a request names, or INVALID_ARGUMENT.
+pub fn profile_kind(kind: i32) -> Result<ProfileKind, Status> {
+    match pb::ProfileKind::try_from(kind) {
+        Ok(pb::ProfileKind::Unspecified | pb::ProfileKind::Outstanding) => {
+            Ok(ProfileKind::Outstanding)
+        }
+        Ok(pb::ProfileKind::FirstTouch) => Ok(ProfileKind::FirstTouch),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "kind {kind} is not a ProfileKind (1 outstanding, 2 first touch)"
+        ))),
+    }
+}
+
+/// A growth profile as the API sends it.
+pub fn growth_profile(p: &GrowthProfile) -> pb::GrowthProfile {
+    pb::GrowthProfile {
+        window: Some(proto_duration_ns(p.window_ns)),
+        total_bytes: p.total_bytes,
+        total_window_bytes: p.total_window_bytes,
+        retouched_bytes: p.retouched_bytes,
+        stacks: p
+            .stacks
+            .iter()
+            .map(|s| pb::FirstTouchStack {
+                bytes: s.bytes,
+                window_bytes: s.window_bytes,
+                pages: s.pages,
+                retouched_bytes: s.retouched_bytes,
+                pids: s.pids.clone(),
+                frames: s.frames.iter().map(Into::into).collect(),
+            })
+            .collect(),
+        stacks_total: u32::try_from(p.stacks_total).unwrap_or(u32::MAX),
+    }
+}
+
+impl From<&PodGrowthProfile> for pb::GrowthProfileReport {
+    fn from(r: &PodGrowthProfile) -> Self {
+        Self {
+            taken_at: Some(timestamp(r.taken_at_unix_ms)),
+            pod: Some(pb::PodName {
+                namespace: r.namespace.clone().unwrap_or_default(),
+                name: r.pod_name.clone().unwrap_or_default(),
+            }),
+            pod_uid: r.pod_uid.clone(),
+            containers: r
+                .containers
+                .iter()
+                .map(|c| pb::ContainerGrowthProfile {
+                    name: c.name.clone().unwrap_or_default(),
+                    id: c.id.clone(),
+                    memory: c.memory.as_ref().map(memory_figures),
+                    trend: c.trend.as_ref().map(container_trend),
+                    tracing: c.tracing.as_str().to_owned(),
+                    profile: c.profile.as_ref().map(growth_profile),
+                })
+                .collect(),
+            unavailable_reason: r.unavailable_reason.clone().unwrap_or_default(),
         }
     }
 }

@@ -239,7 +239,9 @@ impl LeakTracer for LeakTracerService {
         &self,
         request: Request<pb::ExportPprofRequest>,
     ) -> Result<Response<pb::PprofProfile>, Status> {
-        let source = match request.into_inner().source {
+        let request = request.into_inner();
+        let kind = convert::profile_kind(request.kind)?;
+        let source = match request.source {
             Some(pb::export_pprof_request::Source::Selector(selector)) => {
                 ProfileSource::Live(convert::selector(Some(selector))?)
             }
@@ -257,8 +259,17 @@ impl LeakTracer for LeakTracerService {
                 ));
             }
         };
-        let gzipped_profile = within_deadline(self.agent.profile(source)).await?;
+        let gzipped_profile = within_deadline(self.agent.profile(source, kind)).await?;
         Ok(Response::new(pb::PprofProfile { gzipped_profile }))
+    }
+
+    async fn get_growth_profile(
+        &self,
+        request: Request<pb::GetGrowthProfileRequest>,
+    ) -> Result<Response<pb::GrowthProfileReport>, Status> {
+        let request = convert::growth_profile_request(request.into_inner())?;
+        let report = within_deadline(self.agent.growth_profile(request)).await?;
+        Ok(Response::new((&report).into()))
     }
 }
 

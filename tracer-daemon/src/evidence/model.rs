@@ -4,8 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    collect::oom::OomKill, discover::memory::MemoryFigures, evidence::store::EvidenceMeta,
-    report::pod::ContainerReport,
+    agent::escalation::EscalationRecord,
+    collect::oom::OomKill,
+    discover::memory::MemoryFigures,
+    evidence::store::EvidenceMeta,
+    report::{first_touch::GrowthProfile, pod::ContainerReport},
 };
 
 /// Why a snapshot was taken.
@@ -89,6 +92,13 @@ pub struct Evidence {
     pub memory: Option<MemoryFigures>,
     /// The container's report then (`None` when nothing in it was traced).
     pub report: Option<ContainerReport>,
+    /// Where the container's resident memory grew, by first touch (page faults), since its
+    /// processes were watched; `None` when the container was not watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_profile: Option<GrowthProfile>,
+    /// Why and since when the escalation policy traced the container, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationRecord>,
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -110,6 +120,14 @@ impl Evidence {
             .and_then(|r| r.stacks.first())
             .and_then(|s| s.frames.first())
             .map(|f| format!("; top: {}", f.display_name()))
+            .or_else(|| {
+                let site = self.growth_profile.as_ref()?.stacks.first()?;
+                Some(format!(
+                    "; grew most at: {} ({} first touched)",
+                    site.site()?.display_name(),
+                    human_bytes(site.bytes)
+                ))
+            })
             .unwrap_or_default();
         let what = match &self.trigger {
             Trigger::Threshold { percent } => format!("{percent}% of limit{memory}"),

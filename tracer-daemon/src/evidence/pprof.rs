@@ -34,6 +34,29 @@ pub struct ProfileMeta {
     pub duration_ns: i64,
     /// Free-form lines, e.g. "pod shop/api-0 container app", "evidence 12: oom_kill".
     pub comments: Vec<String>,
+    /// What the values are.
+    pub kind: ProfileKind,
+}
+
+/// What a profile's values are: never mixed in one profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// Outstanding allocations (exact tracing): inuse_objects/count, inuse_space/bytes.
+    #[default]
+    Outstanding,
+    /// Resident growth by first touch (page faults): first_touch_pages/count,
+    /// first_touch_space/bytes; a stack's `count` is pages.
+    FirstTouch,
+}
+
+impl ProfileKind {
+    /// The sample types (count, then bytes).
+    fn sample_types(self) -> [&'static str; 2] {
+        match self {
+            Self::Outstanding => ["inuse_objects", "inuse_space"],
+            Self::FirstTouch => ["first_touch_pages", "first_touch_space"],
+        }
+    }
 }
 
 /// Failures of [`encode_gzipped`].
@@ -67,11 +90,12 @@ pub fn encode(stacks: &[ProfileStack], meta: &ProfileMeta) -> Vec<u8> {
     let mut builder = Builder::default();
     // pprof requires string_table[0] == "": index 0 doubles as "unset".
     builder.string("");
+    let [count_type, bytes_type] = meta.kind.sample_types();
     builder.profile.sample_type = vec![
-        builder.value_type("inuse_objects", "count"),
-        builder.value_type("inuse_space", "bytes"),
+        builder.value_type(count_type, "count"),
+        builder.value_type(bytes_type, "bytes"),
     ];
-    builder.profile.default_sample_type = builder.string("inuse_space");
+    builder.profile.default_sample_type = builder.string(bytes_type);
     builder.profile.time_nanos = meta.time_unix_ns;
     builder.profile.duration_nanos = meta.duration_ns;
     let comments = meta.comments.iter();
@@ -401,6 +425,7 @@ mod tests {
             time_unix_ns: 1_700_000_000_000_000_000,
             duration_ns: 60_000_000_000,
             comments: comments.map(str::to_owned).to_vec(),
+            kind: ProfileKind::Outstanding,
         }
     }
 
@@ -420,6 +445,31 @@ mod tests {
         let lines = |id| location(id).map(|l| l.line.iter().map(name).collect());
         let stack = sample.location_id.iter().map(|&id| lines(id));
         stack.collect::<Option<_>>().expect("every location exists")
+    }
+
+    #[test]
+    fn a_first_touch_profile_has_its_own_sample_types() {
+        let meta = ProfileMeta {
+            kind: ProfileKind::FirstTouch,
+            ..meta()
+        };
+        let profile = Profile::decode(encode(&[], &meta).as_slice()).expect("decodes");
+        let types: Vec<[&str; 2]> = profile
+            .sample_type
+            .iter()
+            .map(|t| [text(&profile, t.r#type), text(&profile, t.unit)])
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ["first_touch_pages", "count"],
+                ["first_touch_space", "bytes"]
+            ]
+        );
+        assert_eq!(
+            text(&profile, profile.default_sample_type),
+            "first_touch_space"
+        );
     }
 
     #[test]

@@ -160,6 +160,25 @@ impl<K: Eq + Hash + Copy> GrowthTracker<K> {
         })
     }
 
+    /// The newest sample less the oldest one in the window (0 for an unknown key, and when
+    /// the value went down): for a count that only grows, what was added within the window.
+    pub fn change(&self, key: &K) -> u64 {
+        self.series.get(key).map_or(0, |series| {
+            match (series.samples.first(), series.samples.last()) {
+                (Some(&(_, oldest)), Some(&(_, newest))) => newest.saturating_sub(oldest),
+                _ => 0,
+            }
+        })
+    }
+
+    /// The newest sample of a key (0 when unknown).
+    pub fn newest(&self, key: &K) -> u64 {
+        self.series
+            .get(key)
+            .and_then(|series| series.samples.last())
+            .map_or(0, |&(_, value)| value)
+    }
+
     /// Forgets every key for which `f` is true (e.g. all stacks of an ended process).
     pub fn forget(&mut self, mut f: impl FnMut(&K) -> bool) {
         self.series.retain(|key, _| !f(key));

@@ -4,6 +4,7 @@
 //! edge. Nothing here knows about maps or protobuf.
 
 pub mod assemble;
+pub mod first_touch;
 pub mod growth;
 pub mod pod;
 pub mod trend;

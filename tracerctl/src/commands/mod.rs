@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments, the request it sends and what it prints.
 
 pub(crate) mod evidence;
+pub(crate) mod growth;
 pub(crate) mod oom_events;
 pub(crate) mod pods;
 pub(crate) mod pprof;

@@ -1,5 +1,6 @@
 //! `tracerctl pprof`: a gzipped pprof profile (for `go tool pprof`) of a live pod or of a
-//! stored evidence record, written as the agent made it.
+//! stored evidence record (outstanding allocations, or with --growth the growth profile),
+//! written as the agent made it.
 
 use std::{io::Write as _, path::PathBuf};
 
@@ -26,6 +27,10 @@ pub(crate) struct PprofArgs {
     /// A stored evidence record instead.
     #[arg(long, value_name = "ID")]
     evidence: Option<u64>,
+    /// The growth profile (first_touch_space: bytes by the page fault that first touched them)
+    /// instead of outstanding allocations.
+    #[arg(long)]
+    growth: bool,
     /// Write here instead of standard output.
     #[arg(long = "out", value_name = "FILE")]
     out: Option<PathBuf>,
@@ -41,6 +46,12 @@ pub(crate) async fn run(client: &mut Client, args: &PprofArgs) -> anyhow::Result
     let response = client
         .export_pprof(pb::ExportPprofRequest {
             source: Some(source),
+            // Unspecified is outstanding allocations, and what older agents understand.
+            kind: if args.growth {
+                pb::ProfileKind::FirstTouch
+            } else {
+                pb::ProfileKind::Unspecified
+            } as i32,
         })
         .await
         .map_err(status)?

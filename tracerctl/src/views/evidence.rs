@@ -7,7 +7,9 @@ use serde::Serialize;
 use tracer_proto::v1 as pb;
 
 use super::{
-    MemoryView, human_bytes, memory_text,
+    MemoryView,
+    growth::{self, GrowthProfileView},
+    human_bytes, memory_text,
     report::{self, ContainerView},
 };
 
@@ -33,6 +35,18 @@ pub(crate) struct OomEventView<'a> {
     /// `kernel hook` or `cgroup counter`.
     source: &'a str,
     top_call_site: &'a str,
+    /// Where the container's memory grew most (growth profile), when watched.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    top_growth_site: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    top_growth_bytes: u64,
+    /// Why the escalation policy traced the container, if it did.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    escalation_reason: &'a str,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// An evidence listing row.
@@ -57,6 +71,12 @@ pub(crate) struct EvidenceView<'a> {
     oom: Option<OomEventView<'a>>,
     /// The container's stacks then (`None` when nothing in it was traced).
     report: Option<ContainerView<'a>>,
+    /// Where its resident memory grew, by first touch (`None` when it was not watched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    growth_profile: Option<GrowthProfileView<'a>>,
+    /// Why the escalation policy traced it, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    escalation: Option<&'a str>,
 }
 
 /// A time to the second, or `-`.
@@ -94,6 +114,9 @@ impl<'a> From<&'a pb::OomEvent> for OomEventView<'a> {
             memory: e.memory.as_ref().map(MemoryView::from),
             source: &e.source,
             top_call_site: &e.top_call_site,
+            top_growth_site: &e.top_growth_site,
+            top_growth_bytes: e.top_growth_bytes,
+            escalation_reason: &e.escalation_reason,
         }
     }
 }
@@ -131,6 +154,8 @@ impl<'a> From<&'a pb::Evidence> for EvidenceView<'a> {
             oom: e.oom.as_ref().map(OomEventView::from),
             // A record's stacks are exact: sampling is a property of live reports.
             report: e.report.as_ref().map(|r| ContainerView::new(r, false)),
+            growth_profile: e.growth_profile.as_ref().map(GrowthProfileView::from),
+            escalation: e.escalation.as_ref().map(|e| e.reason.as_str()),
         }
     }
 }
@@ -157,7 +182,15 @@ pub(crate) fn oom_events_table(events: &[OomEventView<'_>]) -> String {
                 format!("{} ({})", e.victim_pid, e.victim_comm)
             },
             human_bytes(e.rss_anon_bytes),
-            e.top_call_site
+            if e.top_call_site.is_empty() && !e.top_growth_site.is_empty() {
+                format!(
+                    "{} (grew {} by first touch)",
+                    e.top_growth_site,
+                    human_bytes(e.top_growth_bytes)
+                )
+            } else {
+                e.top_call_site.to_owned()
+            }
         );
     }
     if events.is_empty() {
@@ -209,9 +242,16 @@ pub(crate) fn table(e: &EvidenceView<'_>, full_stacks: bool) -> String {
             human_bytes(oom.rss_shmem_bytes)
         );
     }
+    if let Some(reason) = e.escalation {
+        let _ = writeln!(out, "  traced by the escalation policy: {reason}");
+    }
     match &e.report {
         Some(report) => out.push_str(&report::container_table(report, full_stacks)),
         None => out.push_str("  no stacks (nothing in the container was traced)\n"),
+    }
+    if let Some(profile) = &e.growth_profile {
+        out.push_str("  resident growth by first touch (page faults), since watched:\n");
+        out.push_str(&growth::profile_table(profile, full_stacks));
     }
     out
 }

@@ -16,6 +16,7 @@ macro_rules! fixture {
 }
 
 pub(crate) mod evidence;
+pub(crate) mod growth;
 pub(crate) mod report;
 pub(crate) mod targets;
 

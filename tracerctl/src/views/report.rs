@@ -123,7 +123,7 @@ struct GrowthView {
 
 /// One symbolized frame.
 #[derive(Debug, Serialize)]
-struct FrameView<'a> {
+pub(crate) struct FrameView<'a> {
     addr: u64,
     function: Option<&'a str>,
     file: Option<&'a str>,
@@ -243,7 +243,7 @@ impl<'a> From<&'a pb::Frame> for FrameView<'a> {
 
 impl FrameView<'_> {
     /// `function (file:line)`, or `module+0xoffset`, or the bare address.
-    fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         match (self.function, self.file, self.line) {
             (Some(function), Some(file), Some(line)) => {
                 let file = file.rsplit('/').next().unwrap_or(file);
@@ -261,7 +261,10 @@ impl FrameView<'_> {
 /// The frames a person reads: up to and including `main`, or up to the thread's start
 /// (`start_thread` and the `clone` below it), since what lies below is the C library starting
 /// the program or thread; with `full`, all of them. Returns them and how many were folded.
-fn frames_to_show<'f, 'a>(frames: &'f [FrameView<'a>], full: bool) -> (&'f [FrameView<'a>], usize) {
+pub(crate) fn frames_to_show<'f, 'a>(
+    frames: &'f [FrameView<'a>],
+    full: bool,
+) -> (&'f [FrameView<'a>], usize) {
     if full {
         return (frames, 0);
     }

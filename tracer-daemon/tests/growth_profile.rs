@@ -224,8 +224,9 @@ fn a_leak_is_the_top_growth_site_and_trimmed_churn_is_a_retouch() {
     tracer.unwatch_cgroup(watched.id());
 }
 
-/// Seconds `touch_pages` took to touch `mib` MiB, page by page, in `cgroup`.
-fn touch_seconds(cgroup: &Cgroup, mib: u64) -> f64 {
+/// Seconds `touch_pages` took to touch `mib` MiB, page by page, in `cgroup` (profiled first
+/// when a tracer is given).
+fn touch_seconds(cgroup: &Cgroup, mib: u64, mut profile: Option<&mut Tracer>) -> f64 {
     let executable = build_workload(&Build {
         source: "touch_pages.c",
         compiler: "gcc",
@@ -235,66 +236,60 @@ fn touch_seconds(cgroup: &Cgroup, mib: u64) -> f64 {
     });
     let mut workload = Workload::start(&executable, &[&mib.to_string()]);
     cgroup.place(workload.pid);
+    if let Some(tracer) = profile.as_deref_mut() {
+        tracer.profile_pid(workload.pid).expect("profile");
+    }
     workload.send("go");
     let ns: f64 = workload.wait_for("touched").parse().expect("touched N");
     workload.finish();
+    if let Some(tracer) = profile {
+        tracer.poll();
+        let _ = tracer.reap_ended();
+    }
     ns / 1e9
 }
 
 /// Not a timed test: measures what the fault programs cost a process that does nothing but
-/// touch new memory, page by page (2 GiB, 524,288 faults), median of 5 runs each: without the
-/// programs loaded, with them attached but the cgroup not watched (what every other process
-/// of the node pays), and watched and profiled. Prints the ratios:
+/// touch new memory, page by page (2 GiB, 524,288 faults, no THP). Each round runs the three
+/// cases back to back: without the programs loaded, with them attached but the cgroup not
+/// watched (what every other process of the node pays), and watched and profiled; medians of 7
+/// rounds. Prints the ratios:
 /// `cargo test -p tracer-daemon --test growth_profile -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn measure_the_cost_of_the_fault_programs() {
     require_root();
     const MIB: u64 = 2048;
-    const RUNS: usize = 5;
+    const ROUNDS: usize = 7;
     let cgroup = Cgroup::create("growth-profile-cost");
+    let (mut without, mut unwatched, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counted = 0;
+    for _ in 0..ROUNDS {
+        without.push(touch_seconds(&cgroup, MIB, None));
+        let mut tracer = tracer();
+        unwatched.push(touch_seconds(&cgroup, MIB, None));
+        tracer.watch_cgroup(cgroup.id()).expect("watch");
+        watched.push(touch_seconds(&cgroup, MIB, Some(&mut tracer)));
+        counted += tracer.stats().get(Stat::FAULTS_COUNTED);
+        tracer.unwatch_cgroup(cgroup.id());
+    }
+    println!("runs (s): without {without:.3?}, unwatched {unwatched:.3?}, watched {watched:.3?}");
     let median = |mut runs: Vec<f64>| {
         runs.sort_by(f64::total_cmp);
         runs[runs.len() / 2]
     };
-    let without = median((0..RUNS).map(|_| touch_seconds(&cgroup, MIB)).collect());
-    let mut tracer = tracer();
-    let unwatched = median((0..RUNS).map(|_| touch_seconds(&cgroup, MIB)).collect());
-    tracer.watch_cgroup(cgroup.id()).expect("watch");
-    let executable = build_workload(&Build {
-        source: "touch_pages.c",
-        compiler: "gcc",
-        flags: &[],
-        libs: &[],
-        output: "touch_pages",
-    });
-    let mut watched_runs = Vec::new();
-    for _ in 0..RUNS {
-        let mut workload = Workload::start(&executable, &[&MIB.to_string()]);
-        cgroup.place(workload.pid);
-        tracer.profile_pid(workload.pid).expect("profile");
-        workload.send("go");
-        let ns: f64 = workload.wait_for("touched").parse().expect("touched N");
-        workload.finish();
-        tracer.poll();
-        let _ = tracer.reap_ended();
-        watched_runs.push(ns / 1e9);
-    }
-    let watched = median(watched_runs);
-    let stats = tracer.stats();
-    let faults = 524_288.0 * (MIB as f64 / 2048.0);
+    let (without, unwatched, watched) = (median(without), median(unwatched), median(watched));
+    let faults = (MIB << 20) as f64 / 4096.0;
     println!(
-        "touching {MIB} MiB page by page ({faults} faults), median of {RUNS}:\n  \
+        "touching {MIB} MiB page by page ({faults} faults), median of {ROUNDS} rounds:\n  \
          without the programs: {without:.3} s ({:.0} ns/fault)\n  \
-         attached, cgroup not watched: {unwatched:.3} s ({:.2}x)\n  \
-         watched and profiled: {watched:.3} s ({:.2}x, +{:.0} ns/fault)\n  \
-         faults counted: {}, frames by table: {}",
+         attached, cgroup not watched: {unwatched:.3} s ({:.2}x, {:+.0} ns/fault)\n  \
+         watched and profiled: {watched:.3} s ({:.2}x, {:+.0} ns/fault)\n  \
+         faults counted in all: {counted}",
         without * 1e9 / faults,
         unwatched / without,
+        (unwatched - without) * 1e9 / faults,
         watched / without,
         (watched - without) * 1e9 / faults,
-        stats.get(Stat::FAULTS_COUNTED),
-        stats.get(Stat::FRAMES_UNWOUND_BY_TABLE),
     );
-    tracer.unwatch_cgroup(cgroup.id());
 }

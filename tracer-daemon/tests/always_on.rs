@@ -1,0 +1,307 @@
+//! Evidence for a pod nobody selected, for real: the agent runs with no selection, a pod in a
+//! memory-limited cgroup leaks beside allocator churn, and the agent on its own names where its
+//! resident memory grows (the page-fault growth profile, no uprobes), escalates to exact
+//! tracing (which then counts what leaks with exact bytes), and keeps both with the reason at
+//! the kernel's OOM kill, across an agent restart. A cache that fills and levels off and a busy
+//! pod whose memory is flat are never escalated.
+
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{agent::*, node::*, *};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const LIMIT: u64 = 64 * MIB;
+const LEAK_BYTES: u64 = 256 * KIB;
+
+fn limited_pod(root: &Path, namespace: &str, name: &str) -> FakePod {
+    let pod = FakePod::create(
+        namespace,
+        name,
+        Driver::Systemd,
+        "burstable",
+        &["app"],
+        &root.join("pods"),
+        &root.join("containers"),
+    );
+    let limit_file = if pod.memory_is_v1() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    std::fs::write(pod.memory_dir("app").join(limit_file), LIMIT.to_string())
+        .expect("set memory limit");
+    pod
+}
+
+/// The one container of `pod` in `tracerctl pods` JSON.
+fn container<'a>(pods: &'a Value, pod: &FakePod) -> Option<&'a Value> {
+    let name = pod.display();
+    pods["pods"].as_array()?.iter().find(|p| {
+        format!(
+            "{}/{}",
+            p["namespace"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or("")
+        ) == name
+    })?["containers"]
+        .as_array()?
+        .first()
+}
+
+/// Bytes (since watched) of the growth profile's stacks that pass through `function`.
+fn growth_bytes(stacks: &Value, function: &str) -> u64 {
+    stacks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["function"] == function)
+        })
+        .map(|s| s["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// What the workload has leaked so far.
+fn leaked(workload: &mut Workload) -> u64 {
+    workload.send("count");
+    workload.wait_for("leaked").parse().expect("leaked N")
+}
+
+/// Waits until the agent says it profiles the process's page faults (its cgroup is watched).
+fn wait_profiled(agent: &Agent, pid: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !agent
+        .stderr()
+        .lines()
+        .any(|l| l.contains("profiling page faults") && l.contains(&format!("pid={pid}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never profiled:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
+    require_root();
+    let root = temp_root("always-on");
+    let state = root.join("state");
+    let namespace = format!("always-on-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "api-0");
+    let mut leaker = Workload::start(&workload("pod_leak"), &["leak", "50"]);
+    pod.place(leaker.pid, "app");
+    // No --namespace, no --pod: nothing is selected.
+    let args = [
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--memory-watch-interval",
+        "50ms",
+    ];
+    let agent = Agent::start(&root, &args);
+    let pods = agent.wait_json(&["pods"], "watched the pod", |v| {
+        container(v, &pod).is_some_and(|c| c["tracing"] == "watched")
+    });
+    let processes = &container(&pods, &pod).expect("listed")["processes"];
+    assert_eq!(processes[0]["traced"], false, "nothing selected: {pods:#}");
+    wait_profiled(&agent, leaker.pid);
+
+    leaker.send("go");
+    let _ = leaker.wait_for("started");
+    let before_escalation = leaked(&mut leaker);
+
+    // The agent escalates by itself once the trend says growing (4 s windows in tests).
+    let pods = agent.wait_json(&["pods"], "escalated the leaking pod", |v| {
+        container(v, &pod).is_some_and(|c| c["tracing"] == "auto")
+    });
+    let app = container(&pods, &pod).expect("listed");
+    assert_eq!(app["trend"]["class"], "growing", "{app:#}");
+    let reason = app["tracing_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("growing at") && reason.contains("to the limit"),
+        "{app:#}"
+    );
+    agent.wait_traced(&[leaker.pid]);
+    let traced_at = leaked(&mut leaker);
+
+    // The growth profile names the leaking function, within 20% of what it leaked.
+    let low = leaked(&mut leaker);
+    let growth = agent.ctl_json(&["growth", &pod.display(), "--since-watched"]);
+    let high = leaked(&mut leaker);
+    let profile = &growth["containers"][0]["profile"];
+    let grown = growth_bytes(&profile["stacks"], "leak_records");
+    assert!(
+        grown * 10 >= low * 8 && grown * 10 <= high * 12,
+        "leak_records first touched {grown} B; it leaked {low}..{high} B: {growth:#}"
+    );
+    let churn = growth_bytes(&profile["stacks"], "trim_and_retouch");
+    assert!(
+        churn * 4 < grown,
+        "trimmed and retouched churn ({churn} B) must not rank with the leak ({grown} B)"
+    );
+    assert!(
+        profile["retouched_bytes"].as_u64().unwrap_or(0) > 0,
+        "the churn's retouches are counted apart: {growth:#}"
+    );
+
+    // Exact tracing counts what leaked since it attached, to the byte.
+    std::thread::sleep(Duration::from_millis(500));
+    let from = leaked(&mut leaker);
+    let report = agent.ctl_json(&["top", &pod.display(), "--top", "20"]);
+    let to = leaked(&mut leaker);
+    let (bytes, count) = report_totals(&report, "leak_records");
+    assert_eq!(bytes, count * LEAK_BYTES, "whole leaks only: {report:#}");
+    assert!(
+        bytes >= from - traced_at && bytes <= to - before_escalation,
+        "exact bytes {bytes} must cover every leak after the attach ({} B) and none before \
+         escalation ({} B at most): {report:#}",
+        from - traced_at,
+        to - before_escalation
+    );
+
+    // The kernel kills it at the limit; the evidence holds both kinds and the reason.
+    let last = leaked(&mut leaker);
+    assert_eq!(leaker.wait_killed(), Some(libc::SIGKILL), "not OOM-killed");
+    let events = agent.wait_json(
+        &["oom-events", &pod.display()],
+        "recorded the OOM kill",
+        |v| v.as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let event = &events[0];
+    assert_eq!(event["source"], "kernel hook", "{event:#}");
+    for site in ["top_call_site", "top_growth_site"] {
+        assert!(
+            event[site]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("leak_records"),
+            "{site}: {event:#}"
+        );
+    }
+    assert!(
+        event["escalation_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("growing at"),
+        "{event:#}"
+    );
+    let id = event["evidence_id"]
+        .as_u64()
+        .expect("evidence id")
+        .to_string();
+    let check = |evidence: &Value| {
+        let exact = evidence["report"]["stacks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["frames"][0]["function"] == "leak_records")
+            .map(|s| s["bytes"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        assert!(
+            exact > 0 && exact % LEAK_BYTES == 0,
+            "exact bytes at the kill: {evidence:#}"
+        );
+        let grown = growth_bytes(&evidence["growth_profile"]["stacks"], "leak_records");
+        assert!(
+            grown * 10 >= last * 8 && grown <= LIMIT,
+            "first-touch bytes at the kill {grown}, leaked at least {last}: {evidence:#}"
+        );
+        assert!(
+            evidence["escalation"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("growing at"),
+            "{evidence:#}"
+        );
+    };
+    check(&agent.ctl_json(&["evidence", &id]));
+
+    // It survives the agent's restart.
+    agent.kill_9();
+    let agent = Agent::start(&root, &args);
+    check(&agent.ctl_json(&["evidence", &id]));
+    let (code, table, _) = agent.ctl(&["evidence", &id]);
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("traced by the escalation policy: growing at")
+            && table.contains("resident growth by first touch"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
+    require_root();
+    let root = temp_root("always-on-quiet");
+    let namespace = format!("always-on-quiet-{}", std::process::id());
+    let cache_pod = limited_pod(&root, &namespace, "cache-0");
+    let busy_pod = limited_pod(&root, &namespace, "busy-0");
+    let mut cache = Workload::start(&workload("pod_leak"), &["cache", "24"]);
+    cache_pod.place(cache.pid, "app");
+    let mut busy = Workload::start(&workload("pod_leak"), &["churn"]);
+    busy_pod.place(busy.pid, "app");
+    let agent = Agent::start(&root, &[]);
+    wait_profiled(&agent, cache.pid);
+    wait_profiled(&agent, busy.pid);
+    cache.send("go");
+    busy.send("go");
+    let _ = cache.wait_for("started");
+    let _ = busy.wait_for("started");
+
+    // Three growth windows (4 s each in tests).
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut last = Value::Null;
+    while Instant::now() < until {
+        last = agent.ctl_json(&["pods"]);
+        for pod in [&cache_pod, &busy_pod] {
+            let c = container(&last, pod).expect("listed");
+            assert_eq!(c["tracing"], "watched", "{}: {c:#}", pod.display());
+            assert_eq!(c["processes"][0]["traced"], false, "{c:#}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cache_trend = &container(&last, &cache_pod).expect("listed")["trend"];
+    assert!(
+        matches!(
+            cache_trend["class"].as_str(),
+            Some("levelling_off" | "stable")
+        ),
+        "the filled cache: {cache_trend:#}"
+    );
+    // (Other tests' pods on this node may escalate: only these two matter here.)
+    for pod in [&cache_pod, &busy_pod] {
+        let id = container(&last, pod).expect("listed")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        assert!(
+            !agent
+                .stderr()
+                .lines()
+                .any(|l| l.contains("escalating") && l.contains(&id)),
+            "{}",
+            agent.stderr()
+        );
+    }
+    // The cache's growth profile still says where its memory went.
+    let growth = agent.ctl_json(&["growth", &cache_pod.display(), "--since-watched"]);
+    let filled = growth_bytes(&growth["containers"][0]["profile"]["stacks"], "fill_cache");
+    assert!(
+        filled * 10 >= 24 * MIB * 8 && filled <= 24 * MIB * 12 / 10,
+        "fill_cache first touched {filled} B of 24 MiB: {growth:#}"
+    );
+    cache.finish();
+    busy.finish();
+}

@@ -71,6 +71,20 @@ fn growth_bytes(stacks: &Value, function: &str) -> u64 {
         .sum()
 }
 
+/// The metrics endpoint's text (the metrics test parses it with Prometheus's own parser).
+fn scrape(address: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).expect("response");
+    text
+}
+
 /// What the workload has leaked so far.
 fn leaked(workload: &mut Workload) -> u64 {
     workload.send("count");
@@ -104,11 +118,15 @@ fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
     let mut leaker = Workload::start(&workload("pod_leak"), &["leak", "50"]);
     pod.place(leaker.pid, "app");
     // No --namespace, no --pod: nothing is selected.
+    let metrics_port = free_port().to_string();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let args = [
         "--state-dir",
         state.to_str().expect("utf-8"),
         "--memory-watch-interval",
         "50ms",
+        "--metrics",
+        &metrics,
     ];
     let agent = Agent::start(&root, &args);
     let pods = agent.wait_json(&["pods"], "watched the pod", |v| {
@@ -135,6 +153,23 @@ fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
     );
     agent.wait_traced(&[leaker.pid]);
     let traced_at = leaked(&mut leaker);
+    let exposition = scrape(&metrics);
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l.starts_with("tracer_container_trend{")
+                && l.contains(r#"class="growing""#)
+                && l.contains(r#"tracing="auto""#)
+                && l.contains(r#"pod="api-0""#)),
+        "{exposition}"
+    );
+    // (Other tests' pods on this node, unnamed here, may be escalated too.)
+    let escalated: u64 = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("tracer_containers_escalated "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(escalated >= 1, "{exposition}");
 
     // The growth profile names the leaking function, within 20% of what it leaked.
     let low = leaked(&mut leaker);
@@ -304,4 +339,63 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
     );
     cache.finish();
     busy.finish();
+}
+
+/// The Go workload, built here with Debian's golang-go (installed by cargo xtask setup).
+fn go_map_leak() -> std::path::PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/go_map_leak");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go_map_leak");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(source.join("main.go"), dir.join("main.go")).expect("copy main.go");
+    std::fs::write(dir.join("go.mod"), "module goleak\n\ngo 1.19\n").expect("go.mod");
+    let program = dir.join("go_map_leak");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .status()
+        .expect("run go build (golang-go is installed by cargo xtask setup)");
+    assert!(built.success(), "go build failed");
+    program
+}
+
+#[test]
+fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
+    require_root();
+    let root = temp_root("always-on-go");
+    let namespace = format!("always-on-go-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "go-0");
+    // A growing pod would be escalated: this test is about the growth profile alone.
+    let config = root.join("tracer.toml");
+    std::fs::write(&config, "[escalation]\nenabled = false\n").expect("config");
+    let mut leaker = Workload::start(&go_map_leak(), &[]);
+    pod.place(leaker.pid, "app");
+    let agent = Agent::start(&root, &["--config", config.to_str().expect("utf-8")]);
+    wait_profiled(&agent, leaker.pid);
+    leaker.send("go");
+    let _ = leaker.wait_for("started");
+    // About 8 MiB leaked, well below the limit.
+    std::thread::sleep(Duration::from_millis(1600));
+    let low = leaked(&mut leaker);
+    let growth = agent.ctl_json(&["growth", &pod.display(), "--since-watched"]);
+    let high = leaked(&mut leaker);
+    let grown = growth_bytes(
+        &growth["containers"][0]["profile"]["stacks"],
+        "main.leakIntoMap",
+    );
+    assert!(
+        grown * 10 >= low * 8 && grown * 10 <= high * 12,
+        "main.leakIntoMap first touched {grown} B; it leaked {low}..{high} B: {growth:#}"
+    );
+    let pods = agent.ctl_json(&["pods"]);
+    assert_eq!(
+        container(&pods, &pod).expect("listed")["tracing"],
+        "watched",
+        "escalation is off: {pods:#}"
+    );
+    leaker.finish();
 }

@@ -28,6 +28,28 @@ pub struct ContainerLeak {
     pub memory_limit_bytes: Option<u64>,
 }
 
+/// A watched container's trend and whether it is traced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerWatch {
+    /// Namespace ("" when unnamed).
+    pub namespace: String,
+    /// Pod name (the uid when unnamed).
+    pub pod: String,
+    /// Container name ("" when unknown).
+    pub container: String,
+    /// Anonymous memory now, bytes.
+    pub anon_bytes: u64,
+    /// Its growth over the window, bytes per second.
+    pub growth_bytes_per_second: f64,
+    /// The growth class (`growing`, `levelling_off`, `stable`, `shrinking`,
+    /// `insufficient_data`).
+    pub class: &'static str,
+    /// Projected time to the limit while growing, seconds.
+    pub time_to_limit_seconds: Option<f64>,
+    /// `selected`, `auto` or `watched`.
+    pub tracing: &'static str,
+}
+
 /// Everything the metrics endpoint shows, read in one go on the agent's thread.
 #[derive(Clone, Debug, Default)]
 pub struct NodeMetrics {
@@ -53,6 +75,14 @@ pub struct NodeMetrics {
     pub containers: Vec<ContainerLeak>,
     /// Containers left out by that bound.
     pub containers_not_shown: u64,
+    /// Watched containers, fastest growing first, at most `max_containers`.
+    pub watched: Vec<ContainerWatch>,
+    /// Containers watched now.
+    pub containers_watched: u64,
+    /// Containers the escalation policy traces now.
+    pub containers_escalated: u64,
+    /// Whether the growth profile's kernel hooks are attached.
+    pub fault_hook_attached: bool,
 }
 
 impl Agent {
@@ -100,6 +130,33 @@ impl Agent {
         });
         let containers_not_shown = containers.len().saturating_sub(max_containers) as u64;
         containers.truncate(max_containers);
+        let mut watched = Vec::new();
+        for pod in self.view.pods.values() {
+            for container in pod.containers.values() {
+                let Some(trend) = self.trends.trend(&container.id) else {
+                    continue;
+                };
+                watched.push(ContainerWatch {
+                    namespace: pod.namespace.clone().unwrap_or_default(),
+                    pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
+                    container: container.name.clone().unwrap_or_default(),
+                    anon_bytes: trend.anon_bytes,
+                    growth_bytes_per_second: trend.growth.bytes_per_second,
+                    class: class_name(trend.growth.class),
+                    time_to_limit_seconds: trend.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
+                    tracing: self.tracing_mode(pod, container).0.as_str(),
+                });
+            }
+        }
+        let containers_watched = watched.len() as u64;
+        watched.sort_by(|a, b| {
+            b.growth_bytes_per_second
+                .total_cmp(&a.growth_bytes_per_second)
+                .then_with(|| {
+                    (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+                })
+        });
+        watched.truncate(max_containers);
         NodeMetrics {
             tracer: self.tracer.health(),
             bpf: self.tracer.stats(),
@@ -112,6 +169,22 @@ impl Agent {
             trace_failures: self.plan.failure_count() as u64,
             containers,
             containers_not_shown,
+            watched,
+            containers_watched,
+            containers_escalated: self.escalations.containers().count() as u64,
+            fault_hook_attached: *self.tracer.fault_hook() == crate::bpf::FaultHook::Attached,
         }
+    }
+}
+
+/// A growth class as the metrics label it.
+fn class_name(class: crate::report::growth::GrowthClass) -> &'static str {
+    use crate::report::growth::GrowthClass;
+    match class {
+        GrowthClass::InsufficientData => "insufficient_data",
+        GrowthClass::Growing => "growing",
+        GrowthClass::LevellingOff => "levelling_off",
+        GrowthClass::Stable => "stable",
+        GrowthClass::Shrinking => "shrinking",
     }
 }

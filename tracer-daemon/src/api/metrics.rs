@@ -127,6 +127,15 @@ struct ContainerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrendLabels {
+    namespace: String,
+    pod: String,
+    container: String,
+    class: String,
+    tracing: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: String,
 }
@@ -181,6 +190,9 @@ const LOSSES: &[(&str, &str)] = &[
     ("thread_state_full", "thread_state_full"),
     ("events_dropped", "ring_buffer_full"),
     ("unarmed_allocations", "process_not_armed"),
+    ("fault_profile_map_full", "fault_profile_full"),
+    ("fault_pending_expired", "fault_too_slow_or_no_anon_page"),
+    ("fault_pending_other_thread", "fault_resumed_on_another_cpu"),
 ];
 
 /// Renders the figures as OpenMetrics text.
@@ -400,10 +412,79 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
         "Traced containers left out of the per-container series (--metrics-max-containers)",
         gauge(figures.containers_not_shown),
     );
+    register_watched(&mut registry, figures);
     register_api(&mut registry, api);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// Always-on watching: every watched container's trend and how it is traced (the fastest
+/// growing `--metrics-max-containers` get series), and the growth profile's hook.
+fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
+    registry.register(
+        "containers_watched",
+        "Containers watched now (memory trend and growth profile, no uprobes)",
+        gauge(figures.containers_watched),
+    );
+    registry.register(
+        "containers_escalated",
+        "Containers the escalation policy traces exactly now",
+        gauge(figures.containers_escalated),
+    );
+    registry.register(
+        "fault_hook_attached",
+        "1 when the growth profile's page-fault programs are attached",
+        gauge(u64::from(figures.fault_hook_attached)),
+    );
+    let anon = Family::<ContainerLabels, Gauge>::default();
+    let rate = Family::<ContainerLabels, FloatGauge>::default();
+    let time_to_limit = Family::<ContainerLabels, FloatGauge>::default();
+    let trend = Family::<TrendLabels, Gauge>::default();
+    for c in &figures.watched {
+        let labels = ContainerLabels {
+            namespace: c.namespace.clone(),
+            pod: c.pod.clone(),
+            container: c.container.clone(),
+        };
+        set(&anon.get_or_create(&labels), c.anon_bytes);
+        let _ = rate.get_or_create(&labels).set(c.growth_bytes_per_second);
+        if let Some(seconds) = c.time_to_limit_seconds {
+            let _ = time_to_limit.get_or_create(&labels).set(seconds);
+        }
+        set(
+            &trend.get_or_create(&TrendLabels {
+                namespace: c.namespace.clone(),
+                pod: c.pod.clone(),
+                container: c.container.clone(),
+                class: c.class.to_owned(),
+                tracing: c.tracing.to_owned(),
+            }),
+            1,
+        );
+    }
+    registry.register_with_unit(
+        "container_anon",
+        "A watched container's anonymous memory (memory.stat anon, v1 total_rss)",
+        Unit::Bytes,
+        anon,
+    );
+    registry.register(
+        "container_growth_rate_bytes_per_second",
+        "A watched container's anonymous-memory growth over the growth window",
+        rate,
+    );
+    registry.register_with_unit(
+        "container_trend_time_to_limit",
+        "Time until a growing watched container reaches its limit at its growth rate",
+        Unit::Seconds,
+        time_to_limit,
+    );
+    registry.register(
+        "container_trend",
+        "1 per watched container, labelled with its growth class and how it is traced (selected, auto, watched)",
+        trend,
+    );
 }
 
 /// The API layer's listeners and watch streams.

@@ -245,7 +245,7 @@ fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
             .map(|s| s["bytes"].as_u64().unwrap_or(0))
             .sum::<u64>();
         assert!(
-            exact > 0 && exact % LEAK_BYTES == 0,
+            exact > 0 && exact.is_multiple_of(LEAK_BYTES),
             "exact bytes at the kill: {evidence:#}"
         );
         let grown = growth_bytes(&evidence["growth_profile"]["stacks"], "leak_records");
@@ -397,5 +397,102 @@ fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
         "watched",
         "escalation is off: {pods:#}"
     );
+    leaker.finish();
+}
+
+/// Starts an agent with `config` over a limited pod running `pod_leak hot`, and waits until
+/// the agent escalates it and traces it.
+fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload) {
+    let root = temp_root(name);
+    let namespace = format!("{name}-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "hot-0");
+    let mut leaker = Workload::start(&workload("pod_leak"), &["hot", "100"]);
+    pod.place(leaker.pid, "app");
+    let config_file = root.join("tracer.toml");
+    std::fs::write(&config_file, config).expect("config");
+    let agent = Agent::start(&root, &["--config", config_file.to_str().expect("utf-8")]);
+    wait_profiled(&agent, leaker.pid);
+    leaker.send("go");
+    let _ = leaker.wait_for("started");
+    let _ = agent.wait_json(&["pods"], "escalated the hot leaker", |v| {
+        container(v, &pod).is_some_and(|c| c["tracing"] == "auto")
+    });
+    agent.wait_traced(&[leaker.pid]);
+    (agent, pod, leaker)
+}
+
+#[test]
+fn a_hot_leaking_process_is_escalated_then_stopped_by_the_budget_with_its_records_kept() {
+    require_root();
+    let (agent, pod, leaker) = hot_leaker_escalated("budget", "[budget]\nmax_core_percent = 5\n");
+    let pods = agent.wait_json(&["pods"], "stopped tracing it for the budget", |v| {
+        container(v, &pod).is_some_and(|c| c["tracing"] == "over_budget")
+    });
+    let app = container(&pods, &pod).expect("listed");
+    let process = &app["processes"][0];
+    assert_eq!(process["traced"], false, "{app:#}");
+    let reason = process["not_traced_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("over the tracing budget: ")
+            && reason.contains("% of a core")
+            && reason.contains("against 5.0%"),
+        "{app:#}"
+    );
+    assert!(
+        app["tracing_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("over the tracing budget"),
+        "{app:#}"
+    );
+    // Its exact records up to then are evidence.
+    let listed = agent.ctl_json(&["evidence", "--pod", &pod.display()]);
+    let record = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "over_budget")
+        .unwrap_or_else(|| panic!("no over_budget evidence: {listed:#}"));
+    let evidence = agent.ctl_json(&["evidence", &record["id"].as_u64().expect("id").to_string()]);
+    let exact: u64 = evidence["report"]["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["frames"][0]["function"] == "leak_records")
+        .map(|s| s["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        exact > 0 && exact.is_multiple_of(LEAK_BYTES),
+        "the leak's exact bytes until tracing stopped: {evidence:#}"
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains("tracing stops; its records are saved as evidence"),
+        "{}",
+        agent.stderr()
+    );
+    leaker.finish();
+}
+
+#[test]
+fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown() {
+    require_root();
+    let (agent, pod, leaker) = hot_leaker_escalated("budget-off", "[budget]\nenabled = false\n");
+    let pods = agent.wait_json(&["pods"], "measured what tracing costs it", |v| {
+        container(v, &pod).is_some_and(|c| {
+            c["processes"][0]["tracing_core_share"]
+                .as_f64()
+                .is_some_and(|share| share > 0.05)
+        })
+    });
+    // Well past the two reviews a budget takes (sample interval 200 ms in tests).
+    std::thread::sleep(Duration::from_secs(2));
+    let pods_later = agent.ctl_json(&["pods"]);
+    for v in [&pods, &pods_later] {
+        let app = container(v, &pod).expect("listed");
+        assert_eq!(app["tracing"], "auto", "{app:#}");
+        assert_eq!(app["processes"][0]["traced"], true, "{app:#}");
+    }
     leaker.finish();
 }

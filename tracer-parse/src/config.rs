@@ -52,6 +52,19 @@ pub struct ConfigFile {
     /// When the agent starts exact tracing by itself (`[escalation]`).
     #[serde(default)]
     pub escalation: EscalationSection,
+    /// How much exact tracing may cost a process (`[budget]`).
+    #[serde(default)]
+    pub budget: BudgetSection,
+}
+
+/// `[budget]`: the overhead budget per traced process.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// `false`: a process stays traced whatever tracing costs it.
+    pub enabled: Option<bool>,
+    /// Percent of one core tracing may take from a process (1..=100).
+    pub max_core_percent: Option<u32>,
 }
 
 /// Namespaces not watched unless the config says otherwise: the node's own system pods (CNI,
@@ -148,6 +161,9 @@ impl ConfigFile {
         }
         if let Some(list) = &self.watch.exclude_pods {
             check_list("[watch] exclude_pods", list)?;
+        }
+        if let Some(percent) = self.budget.max_core_percent {
+            check_range("[budget] max_core_percent", percent, &(1..=100))?;
         }
         let escalation = &self.escalation;
         if let Some(percent) = escalation.usage_percent {
@@ -285,6 +301,8 @@ mod tests {
             usage_percent = 80
             max_containers = 3
             max_duration = "20m"
+            [budget]
+            max_core_percent = 10
             "#,
         )
         .expect("valid");
@@ -296,6 +314,7 @@ mod tests {
         );
         assert_eq!(config.escalation.usage_percent, Some(80));
         assert_eq!(config.escalation.max_containers, Some(3));
+        assert_eq!(config.budget.max_core_percent, Some(10));
         assert_eq!(config.selection.namespaces, ["shop-*"]);
         assert_eq!(config.selection.max_processes, Some(32));
         assert_eq!(config.growth.window, Some(Duration::from_secs(600)));

@@ -145,6 +145,13 @@ impl Selection {
         })
     }
 
+    /// Whether the pod or this container of it was started by hand (StartTracing).
+    pub fn started(&self, pod_uid: &str, container: Option<&str>) -> bool {
+        self.started.iter().any(|e| {
+            e.pod_uid == pod_uid && (e.container.is_none() || e.container.as_deref() == container)
+        })
+    }
+
     /// Selects a pod (or one container) from now on, whatever the patterns say.
     pub fn start(&mut self, explicit: Explicit) {
         let _ = self.stopped.remove(&explicit);

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::escalation::EscalationPolicy;
+use super::{budget::BudgetPolicy, escalation::EscalationPolicy};
 use crate::{
     discover::node::NodePaths,
     evidence::{store::Retention, watch::WatchConfig},
@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub watch_all: WatchAll,
     /// When the agent starts exact tracing by itself.
     pub escalation: EscalationPolicy,
+    /// How much exact tracing may cost a process.
+    pub budget: BudgetPolicy,
 }
 
 /// Always-on watching: every container of every pod not excluded has its memory trend
@@ -118,6 +120,7 @@ impl Default for AgentConfig {
             fault: None,
             watch_all: WatchAll::default(),
             escalation: EscalationPolicy::default(),
+            budget: BudgetPolicy::default(),
         }
     }
 }

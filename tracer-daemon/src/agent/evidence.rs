@@ -143,7 +143,7 @@ impl Agent {
 
     /// Takes and stores one snapshot; returns its id (failures are logged: evidence capture
     /// must never take the agent down).
-    fn capture(
+    pub(super) fn capture(
         &mut self,
         trigger: Trigger,
         pod: Option<&Pod>,

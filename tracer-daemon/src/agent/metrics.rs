@@ -83,6 +83,10 @@ pub struct NodeMetrics {
     pub containers_escalated: u64,
     /// Whether the growth profile's kernel hooks are attached.
     pub fault_hook_attached: bool,
+    /// Processes that stopped being traced for the overhead budget since start.
+    pub processes_over_budget: u64,
+    /// The largest share of a core tracing costs any traced process now.
+    pub max_tracing_core_share: f64,
 }
 
 impl Agent {
@@ -173,6 +177,14 @@ impl Agent {
             containers_watched,
             containers_escalated: self.escalations.containers().count() as u64,
             fault_hook_attached: *self.tracer.fault_hook() == crate::bpf::FaultHook::Attached,
+            processes_over_budget: self.over_budget,
+            max_tracing_core_share: self
+                .tracer
+                .pids()
+                .into_iter()
+                .filter_map(|pid| self.tracing_cost(pid))
+                .map(|c| c.core_share)
+                .fold(0.0, f64::max),
         }
     }
 }

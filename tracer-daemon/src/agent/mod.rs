@@ -7,6 +7,7 @@
 //! The agent's work is split by what it answers: `reports` (leak reports), `evidence`
 //! (snapshots at OOM kills and memory pressure, and their queries), `metrics`, `targets`.
 
+pub mod budget;
 mod config;
 pub mod escalation;
 mod evidence;
@@ -97,6 +98,10 @@ struct Agent {
     watched_cgroups: HashSet<u64>,
     /// The growth profile's windows.
     first_touch: FirstTouchWindows,
+    /// What tracing costs each traced process, against the budget.
+    budget: budget::Budget,
+    /// Processes stopped for the budget since start.
+    over_budget: u64,
 }
 
 impl Agent {
@@ -133,6 +138,8 @@ impl Agent {
             trends: ContainerTrends::new(config.growth),
             watched_cgroups: HashSet::new(),
             first_touch: FirstTouchWindows::new(config.growth, GROWTH_TRACKED_STACKS),
+            budget: budget::Budget::new(config.budget.clone(), tracer.probe_cost()),
+            over_budget: 0,
             escalations: escalation::Escalations::new(config.escalation.clone()),
             exclusions,
             watch: MemoryWatch::new(config.watch.clone()),
@@ -355,6 +362,7 @@ impl Agent {
         self.log_new_losses();
         self.review_containers();
         self.sample_first_touch();
+        self.review_budget();
         let Some(snapshot) = self.tracer.latest_scan() else {
             return;
         };
@@ -465,6 +473,11 @@ impl Agent {
                 None
             } else {
                 self.plan.failure(pid).map(str::to_owned)
+            },
+            tracing_core_share: if traced {
+                self.tracing_cost(pid).map(|c| c.core_share)
+            } else {
+                None
             },
         }
     }

@@ -63,6 +63,12 @@ impl Reconciler {
         self.selection.stopped(&pod.uid, container.name.as_deref())
     }
 
+    /// Whether StartTracing named the pod or the container: a person's choice, which the
+    /// overhead budget does not overrule.
+    pub fn started_by_hand(&self, pod: &Pod, container: &Container) -> bool {
+        self.selection.started(&pod.uid, container.name.as_deref())
+    }
+
     /// Traces a container for the escalation policy (from the next rescan).
     pub fn escalate(&mut self, container_id: &str) {
         let _ = self.escalated.insert(container_id.to_owned());

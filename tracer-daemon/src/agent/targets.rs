@@ -21,6 +21,8 @@ pub struct TargetProcess {
     pub not_traced_reason: Option<String>,
     /// How stacks are unwound through each of its executable files.
     pub unwinding: Vec<crate::unwind::loader::BinaryUnwinding>,
+    /// What tracing costs it now, as a share of one core (measured while traced).
+    pub tracing_core_share: Option<f64>,
 }
 
 /// A container.

@@ -25,6 +25,8 @@ pub enum TracingMode {
     Selected,
     /// Traced by the escalation policy.
     Auto,
+    /// Selected or escalated, but tracing its processes cost more than the budget: stopped.
+    OverBudget,
     /// Left out of watching by the `[watch]` exclusions.
     Excluded,
     /// Watched (trend, growth profile), not traced.
@@ -39,6 +41,7 @@ impl TracingMode {
         match self {
             Self::Selected => "selected",
             Self::Auto => "auto",
+            Self::OverBudget => "over_budget",
             Self::Excluded => "excluded",
             Self::Watched => "watched",
             Self::Off => "off",
@@ -52,6 +55,7 @@ impl TracingMode {
         match name {
             "selected" => Self::Selected,
             "auto" => Self::Auto,
+            "over_budget" => Self::OverBudget,
             "excluded" => Self::Excluded,
             "watched" => Self::Watched,
             _ => Self::Off,
@@ -74,10 +78,23 @@ impl Agent {
         pod: &Pod,
         container: &Container,
     ) -> (TracingMode, Option<String>) {
-        if self.plan.selected(pod, container) {
+        let over_budget = container.pids.iter().find_map(|&pid| {
+            self.plan
+                .failure(pid)
+                .filter(|reason| reason.starts_with(super::budget::OVER_BUDGET))
+                .map(|reason| format!("pid {pid}: {reason}"))
+        });
+        let selected = self.plan.selected(pod, container);
+        let escalated = self.escalation(container);
+        if (selected || escalated.is_some())
+            && let Some(reason) = over_budget
+        {
+            return (TracingMode::OverBudget, Some(reason));
+        }
+        if selected {
             return (TracingMode::Selected, None);
         }
-        if let Some(record) = self.escalation(container) {
+        if let Some(record) = escalated {
             return (TracingMode::Auto, Some(record.reason.clone()));
         }
         if !self.config.watch_all.enabled {

@@ -197,6 +197,7 @@ impl From<&TargetProcess> for pb::ProcessTarget {
                     note: u.note.clone().unwrap_or_default(),
                 })
                 .collect(),
+            tracing_core_share: p.tracing_core_share,
         }
     }
 }
@@ -219,6 +220,7 @@ impl From<&pb::ProcessTarget> for TargetProcess {
                     note: Some(u.note.clone()).filter(|s| !s.is_empty()),
                 })
                 .collect(),
+            tracing_core_share: p.tracing_core_share,
         }
     }
 }

@@ -433,6 +433,18 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
         gauge(figures.containers_escalated),
     );
     registry.register(
+        "processes_over_budget",
+        "Processes that stopped being traced because tracing cost them more than [budget] allows",
+        counter(figures.processes_over_budget),
+    );
+    let share = FloatGauge::default();
+    let _ = share.set(figures.max_tracing_core_share);
+    registry.register(
+        "max_tracing_core_share",
+        "The largest share of one core that tracing costs any traced process now",
+        share,
+    );
+    registry.register(
         "fault_hook_attached",
         "1 when the growth profile's page-fault programs are attached",
         gauge(u64::from(figures.fault_hook_attached)),

@@ -58,6 +58,11 @@ pub trait Kernel: UnwindMaps {
     ) -> Result<(), AttachError>;
     /// Moves the programs' pending log lines to the log.
     fn flush_log(&mut self);
+    /// What a probe hit costs on this node (measured at load where the object can, else the
+    /// development machines' figure).
+    fn probe_cost(&self) -> crate::bpf::probe_cost::ProbeCost {
+        crate::bpf::probe_cost::ProbeCost::MEASURED_HERE
+    }
     /// Whether OOM kills are seen at the kernel hook.
     fn oom_hook(&self) -> &OomHook;
     /// Every per-stack total (O(stacks), no syscall for the real object).

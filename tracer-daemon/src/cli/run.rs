@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     agent::{
-        self, AgentConfig, AgentExit, AgentHandle, DEFAULT_STATE_DIR, Fault,
+        self, AgentConfig, AgentExit, AgentHandle, DEFAULT_STATE_DIR, Fault, budget::BudgetPolicy,
         escalation::EscalationPolicy,
     },
     api::{
@@ -68,7 +68,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
 
-    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation]).
+    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation], [budget]).
     #[arg(long, env = "TRACER_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -319,6 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fault: args.inject_fault,
         watch_all: watch_all(&file.watch),
         escalation: escalation_policy(&file.escalation),
+        budget: budget_policy(&file.budget),
         ..AgentConfig::default()
     };
     match connections::raise_file_limit() {
@@ -459,5 +460,16 @@ fn escalation_policy(section: &config::EscalationSection) -> EscalationPolicy {
             .map_or(default.usage_ratio, |p| f64::from(p) / 100.0),
         max_containers: section.max_containers.unwrap_or(default.max_containers),
         max_duration: section.max_duration.unwrap_or(default.max_duration),
+    }
+}
+
+/// The overhead budget from the config file's `[budget]` (defaults where it is silent).
+fn budget_policy(section: &config::BudgetSection) -> BudgetPolicy {
+    let default = BudgetPolicy::default();
+    BudgetPolicy {
+        enabled: section.enabled.unwrap_or(default.enabled),
+        max_core_share: section
+            .max_core_percent
+            .map_or(default.max_core_share, |p| f64::from(p) / 100.0),
     }
 }

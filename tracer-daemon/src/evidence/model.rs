@@ -40,6 +40,14 @@ pub enum Trigger {
         /// The kill as the kernel hook saw it; `None` when only cgroup counters saw it.
         kill: Option<OomKill>,
     },
+    /// Tracing a process cost more than the overhead budget: its records, taken just before
+    /// it stopped being traced.
+    OverBudget {
+        /// The process.
+        pid: u32,
+        /// What tracing cost it, e.g. "12.0% of a core (80000 allocations/s, ...)".
+        cost: String,
+    },
 }
 
 impl Trigger {
@@ -51,6 +59,7 @@ impl Trigger {
             Self::High { .. } => "high",
             Self::Pressure { .. } => "pressure",
             Self::OomKill { .. } => KIND_OOM_KILL,
+            Self::OverBudget { .. } => "over_budget",
         }
     }
 }
@@ -141,6 +150,9 @@ impl Evidence {
                 kill.victim_comm
             ),
             Trigger::OomKill { kill: None } => format!("OOM kill seen in cgroup counters{memory}"),
+            Trigger::OverBudget { pid, cost } => {
+                format!("tracing pid {pid} stopped: over the budget at {cost}{memory}")
+            }
         };
         format!("{what}{top}")
     }

@@ -293,3 +293,32 @@ impl Tracer {
         self.symbolizer.symbolize(pid, stack_id, &addrs)
     }
 }
+
+impl Tracer {
+    /// What a probe hit costs on this node.
+    pub fn probe_cost(&self) -> crate::bpf::probe_cost::ProbeCost {
+        self.kernel.probe_cost()
+    }
+
+    /// Each traced process's allocator calls recorded so far, from the per-stack totals (no
+    /// syscall): (allocations, frees of those allocations); estimates in sampled mode. What
+    /// the overhead budget prices.
+    pub fn call_counts(&self) -> std::collections::HashMap<u32, (u64, u64)> {
+        let mut counts: std::collections::HashMap<u32, (u64, u64)> =
+            std::collections::HashMap::new();
+        self.kernel.for_each_total(&mut |key, totals| {
+            if !self.processes.contains_key(&key.tgid) {
+                return;
+            }
+            let entry = counts.entry(key.tgid).or_default();
+            entry.0 += totals.allocations_total;
+            entry.1 += totals
+                .allocations_total
+                .saturating_sub(totals.outstanding_count);
+        });
+        for &pid in self.processes.keys() {
+            let _ = counts.entry(pid).or_default();
+        }
+        counts
+    }
+}

@@ -6,7 +6,8 @@
  *                                "count" prints "leaked N", the bytes leaked so far
  *        pod_leak cache MIB      after "go": fill_cache keeps MIB 1 MiB blocks (touched), over
  *                                about a second, then holds them: a cache that levels off
- *        pod_leak churn          after "go": a busy malloc/free loop whose memory stays flat */
+ *        pod_leak churn          after "go": a busy malloc/free loop whose memory stays flat
+ *        pod_leak hot STEP_MS    leak as above, beside the busy malloc/free loop */
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -81,7 +82,11 @@ int main(int argc, char **argv) {
     say("ready");
     wait_for("go");
     pthread_t thread;
-    if (strcmp(argv[1], "leak") == 0) {
+    if (strcmp(argv[1], "hot") == 0) {
+        step_ms = argc > 2 ? atoi(argv[2]) : 50;
+        pthread_create(&thread, NULL, busy, NULL);
+        pthread_create(&thread, NULL, leaker, NULL);
+    } else if (strcmp(argv[1], "leak") == 0) {
         step_ms = argc > 2 ? atoi(argv[2]) : 50;
         pthread_create(&thread, NULL, churn, NULL);
         pthread_create(&thread, NULL, leaker, NULL);

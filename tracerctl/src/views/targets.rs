@@ -122,6 +122,9 @@ pub(crate) struct ProcessView<'a> {
     /// Why a selected process is not traced.
     not_traced_reason: Option<&'a str>,
     unwinding: Vec<UnwindingView<'a>>,
+    /// While traced: what tracing costs it, as a share of one core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracing_core_share: Option<f64>,
 }
 
 /// How stacks are unwound through one of a process's executable files.
@@ -182,6 +185,7 @@ impl<'a> From<&'a pb::ProcessTarget> for ProcessView<'a> {
             traced: p.traced,
             allocator: non_empty(&p.allocator),
             not_traced_reason: non_empty(&p.not_traced_reason),
+            tracing_core_share: p.tracing_core_share,
             unwinding: p
                 .unwinding
                 .iter()
@@ -215,8 +219,16 @@ pub(crate) fn table(targets: &NodeTargetsView<'_>) -> String {
             let processes: Vec<String> = container
                 .processes
                 .iter()
-                .map(|p| match p.not_traced_reason {
-                    Some(reason) if !p.traced => format!("{}({}: {reason})", p.pid, p.comm),
+                .map(|p| match (p.not_traced_reason, p.tracing_core_share) {
+                    (Some(reason), _) if !p.traced => format!("{}({}: {reason})", p.pid, p.comm),
+                    (_, Some(share)) if p.traced => {
+                        format!(
+                            "{}({}, tracing {:.1}% of a core)",
+                            p.pid,
+                            p.comm,
+                            share * 100.0
+                        )
+                    }
                     _ => format!("{}({})", p.pid, p.comm),
                 })
                 .collect();

@@ -224,9 +224,9 @@ fn a_leak_is_the_top_growth_site_and_trimmed_churn_is_a_retouch() {
     tracer.unwatch_cgroup(watched.id());
 }
 
-/// Seconds `touch_pages` took to touch `mib` MiB, page by page, in `cgroup` (profiled first
-/// when a tracer is given).
-fn touch_seconds(cgroup: &Cgroup, mib: u64, mut profile: Option<&mut Tracer>) -> f64 {
+/// How long `touch_pages` took to touch `mib` MiB, page by page, in `cgroup` (profiled first
+/// when a tracer is given): seconds of wall time and of the touching thread's CPU time.
+fn touch_seconds(cgroup: &Cgroup, mib: u64, mut profile: Option<&mut Tracer>) -> Touched {
     let executable = build_workload(&Build {
         source: "touch_pages.c",
         compiler: "gcc",
@@ -240,56 +240,148 @@ fn touch_seconds(cgroup: &Cgroup, mib: u64, mut profile: Option<&mut Tracer>) ->
         tracer.profile_pid(workload.pid).expect("profile");
     }
     workload.send("go");
-    let ns: f64 = workload.wait_for("touched").parse().expect("touched N");
+    let touched = workload.wait_for("touched");
+    let mut ns = touched
+        .split_whitespace()
+        .map(|n| n.parse::<f64>().expect("touched <ns> <cpu_ns>"));
+    let (wall, cpu) = (ns.next().expect("wall ns"), ns.next().expect("cpu ns"));
     workload.finish();
     if let Some(tracer) = profile {
         tracer.poll();
         let _ = tracer.reap_ended();
     }
-    ns / 1e9
+    Touched {
+        wall: wall / 1e9,
+        cpu: cpu / 1e9,
+    }
+}
+
+/// One `touch_pages` run, seconds.
+#[derive(Clone, Copy, Debug)]
+struct Touched {
+    wall: f64,
+    cpu: f64,
+}
+
+/// The fault programs of a tracer loaded after `before` (program ids then loaded), by name:
+/// (runs, run time in ns). Only meaningful while BPF run-time stats are enabled.
+fn fault_program_stats(before: &[u32]) -> Vec<(String, u64, u64)> {
+    let mut stats: Vec<(String, u64, u64)> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| !before.contains(&info.id()))
+        .filter_map(|info| {
+            let name = info.name_as_str()?.to_owned();
+            name.starts_with("fault_").then(|| {
+                (
+                    name,
+                    info.run_count(),
+                    u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                )
+            })
+        })
+        .collect();
+    stats.sort();
+    stats
+}
+
+fn loaded_program_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|info| info.id())
+        .collect()
+}
+
+/// Runs and ns per run of each fault program between two snapshots, per fault of the workload.
+fn print_program_costs(phase: &str, from: &[(String, u64, u64)], to: &[(String, u64, u64)], faults: f64) {
+    for ((name, runs_to, ns_to), (_, runs_from, ns_from)) in to.iter().zip(from) {
+        let runs = runs_to - runs_from;
+        let ns = ns_to - ns_from;
+        println!(
+            "  {phase:>9} {name:<18} {:>6.2} runs/fault {:>6.0} ns/run {:>6.0} ns/fault",
+            runs as f64 / faults,
+            ns as f64 / (runs.max(1)) as f64,
+            ns as f64 / faults,
+        );
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Not a timed test: measures what the fault programs cost a process that does nothing but
 /// touch new memory, page by page (2 GiB, 524,288 faults, no THP). Each round runs the three
 /// cases back to back: without the programs loaded, with them attached but the cgroup not
-/// watched (what every other process of the node pays), and watched and profiled; medians of 7
-/// rounds. Prints the ratios:
+/// watched (what every other process of the node pays), and watched and profiled; medians of
+/// the rounds. Prints the ratios:
 /// `cargo test -p tracer-daemon --test growth_profile -- --ignored --nocapture`.
+/// `TRACER_MEASURE_ROUNDS` (default 7) and `TRACER_MEASURE_MIB` (2048) change the size;
+/// `TRACER_MEASURE_BPF_STATS=1` turns on the kernel's BPF run-time stats (which add two clock
+/// reads to every run) and prints runs and run time per fault for each program.
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn measure_the_cost_of_the_fault_programs() {
     require_root();
-    const MIB: u64 = 2048;
-    const ROUNDS: usize = 7;
+    let mib: u64 = env_or("TRACER_MEASURE_MIB", 2048);
+    let rounds: usize = env_or("TRACER_MEASURE_ROUNDS", 7);
+    let stats_enabled = (env_or("TRACER_MEASURE_BPF_STATS", 0) == 1).then(|| {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats")
+    });
     let cgroup = Cgroup::create("growth-profile-cost");
     let (mut without, mut unwatched, mut watched) = (Vec::new(), Vec::new(), Vec::new());
+    let faults = (mib << 20) as f64 / 4096.0;
     let mut counted = 0;
-    for _ in 0..ROUNDS {
-        without.push(touch_seconds(&cgroup, MIB, None));
+    for _ in 0..rounds {
+        without.push(touch_seconds(&cgroup, mib, None));
+        let before = loaded_program_ids();
         let mut tracer = tracer();
-        unwatched.push(touch_seconds(&cgroup, MIB, None));
+        let loaded = fault_program_stats(&before);
+        unwatched.push(touch_seconds(&cgroup, mib, None));
+        let after_unwatched = fault_program_stats(&before);
         tracer.watch_cgroup(cgroup.id()).expect("watch");
-        watched.push(touch_seconds(&cgroup, MIB, Some(&mut tracer)));
+        watched.push(touch_seconds(&cgroup, mib, Some(&mut tracer)));
+        let after_watched = fault_program_stats(&before);
+        if stats_enabled.is_some() {
+            print_program_costs("unwatched", &loaded, &after_unwatched, faults);
+            print_program_costs("watched", &after_unwatched, &after_watched, faults);
+        }
         counted += tracer.stats().get(Stat::FAULTS_COUNTED);
         tracer.unwatch_cgroup(cgroup.id());
     }
-    println!("runs (s): without {without:.3?}, unwatched {unwatched:.3?}, watched {watched:.3?}");
-    let median = |mut runs: Vec<f64>| {
+    let median = |runs: &[Touched], of: fn(&Touched) -> f64| {
+        let mut runs: Vec<f64> = runs.iter().map(of).collect();
         runs.sort_by(f64::total_cmp);
         runs[runs.len() / 2]
     };
-    let (without, unwatched, watched) = (median(without), median(unwatched), median(watched));
-    let faults = (MIB << 20) as f64 / 4096.0;
-    println!(
-        "touching {MIB} MiB page by page ({faults} faults), median of {ROUNDS} rounds:\n  \
-         without the programs: {without:.3} s ({:.0} ns/fault)\n  \
-         attached, cgroup not watched: {unwatched:.3} s ({:.2}x, {:+.0} ns/fault)\n  \
-         watched and profiled: {watched:.3} s ({:.2}x, {:+.0} ns/fault)\n  \
-         faults counted in all: {counted}",
-        without * 1e9 / faults,
-        unwatched / without,
-        (unwatched - without) * 1e9 / faults,
-        watched / without,
-        (watched - without) * 1e9 / faults,
-    );
+    for (clock, of) in [
+        ("wall", (|t: &Touched| t.wall) as fn(&Touched) -> f64),
+        ("cpu", |t: &Touched| t.cpu),
+    ] {
+        let runs = |cases: &[Touched]| cases.iter().map(of).collect::<Vec<f64>>();
+        println!(
+            "{clock} (s): without {:.3?}\n  unwatched {:.3?}\n  watched {:.3?}",
+            runs(&without),
+            runs(&unwatched),
+            runs(&watched)
+        );
+        let (without, unwatched, watched) =
+            (median(&without, of), median(&unwatched, of), median(&watched, of));
+        println!(
+            "{clock} time touching {mib} MiB page by page ({faults} faults), median of {rounds} \
+             rounds:\n  \
+             without the programs: {without:.3} s ({:.0} ns/fault)\n  \
+             attached, cgroup not watched: {unwatched:.3} s ({:.2}x, {:+.0} ns/fault)\n  \
+             watched and profiled: {watched:.3} s ({:.2}x, {:+.0} ns/fault)",
+            without * 1e9 / faults,
+            unwatched / without,
+            (unwatched - without) * 1e9 / faults,
+            watched / without,
+            (watched - without) * 1e9 / faults,
+        );
+    }
+    println!("faults counted in all: {counted}");
 }
+

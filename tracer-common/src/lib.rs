@@ -62,8 +62,10 @@ pub mod names {
     /// Resident growth by first touch: [`FaultKey`](crate::FaultKey) ->
     /// [`FaultTotals`](crate::FaultTotals).
     pub const FAULT_PROFILE: &str = "FAULT_PROFILE";
-    /// Pages already counted, LRU: [`FaultPageKey`](crate::FaultPageKey) -> `u32` (unused).
+    /// Pages already counted, direct-mapped: slot -> [`fault_page_tag`](crate::fault_page_tag).
     pub const FAULT_PAGES: &str = "FAULT_PAGES";
+    /// Global: `FAULT_PAGES`'s slot count minus one (`u32`, the count a power of two).
+    pub const GLOBAL_FAULT_PAGE_SLOTS_MASK: &str = "FAULT_PAGE_SLOTS_MASK";
     /// Per-CPU: the watched fault in progress, [`PendingFault`](crate::PendingFault).
     pub const FAULT_PENDING: &str = "FAULT_PENDING";
 }
@@ -355,16 +357,26 @@ pub struct FaultTotals {
 }
 const _: () = assert!(size_of::<FaultTotals>() == 48);
 
-/// Key of `FAULT_PAGES`: a page (or huge page) of one process already counted.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FaultPageKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    /// The page's address, aligned to the size the fault mapped.
-    pub page: u64,
+/// Bits of a page number in a [`fault_page_tag`]: user addresses below 2^48 (4-level paging).
+pub const FAULT_PAGE_NUMBER_BITS: u32 = 36;
+
+/// The word `FAULT_PAGES` keeps for a counted page (or huge page, by its aligned start) of
+/// process `tgid`, and the slot it hashes to (before the mask): `None` for an address above
+/// 4-level user space (never counted as a retouch). The tag holds the page number and the tgid
+/// whole (pid_max is at most 2^22), so a slot only ever matches its own page; 0 is an empty
+/// slot.
+#[must_use]
+#[inline(always)]
+pub const fn fault_page_tag(tgid: u32, page: u64) -> Option<(u64, u32)> {
+    let number = page >> 12;
+    if number >> FAULT_PAGE_NUMBER_BITS != 0 {
+        return None;
+    }
+    let tag = ((tgid as u64 + 1) << FAULT_PAGE_NUMBER_BITS) | number;
+    // Fibonacci hashing: consecutive pages land far apart.
+    let slot = (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+    Some((tag, slot))
 }
-const _: () = assert!(size_of::<FaultPageKey>() == 16);
 
 /// A watched task's write fault between the fault tracepoint and the rss change that says
 /// it mapped a new anonymous page (one slot per CPU; `tid` 0 when empty).
@@ -629,6 +641,5 @@ mod user {
     unsafe impl aya::Pod for UnwindMapping {}
     unsafe impl aya::Pod for FaultKey {}
     unsafe impl aya::Pod for FaultTotals {}
-    unsafe impl aya::Pod for FaultPageKey {}
     unsafe impl aya::Pod for PendingFault {}
 }

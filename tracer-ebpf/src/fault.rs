@@ -12,8 +12,11 @@
 //!   skipping them keeps the slot from going stale.
 //! - `rss_stat` with member `MM_ANONPAGES`, from the same thread within [`PENDING_MAX_NS`] of
 //!   its fault: the fault mapped a new anonymous page. Only then is the slot consumed, the page
-//!   checked against the pages counted before, and the user stack walked (the walker of
-//!   `stack`: frame pointers and the unwind tables of `UNWIND_MAPPINGS`).
+//!   checked against the pages counted before (`FAULT_PAGES`, direct-mapped: a load and a
+//!   store), and the user stack found: the CPU's last walk when the thread faults again from
+//!   the same registers and the words that walk read are unchanged (a loop or memset touching
+//!   page after page; [`StackCache`]), else walked (the walker of `stack`: frame pointers and
+//!   the unwind tables of `UNWIND_MAPPINGS`).
 //! - `mm_page_alloc` (transparent huge pages): a movable allocation of order > 0 while a fault
 //!   is pending on this CPU for the current thread is the huge folio the fault maps (its
 //!   `rss_stat` adds 512 pages at once, in one event): the slot then says `1 << order` pages.
@@ -29,25 +32,31 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    Global,
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use tracer_common::{FaultKey, FaultPageKey, FaultTotals, PendingFault, Stat};
+use tracer_common::{FaultKey, FaultTotals, PendingFault, Stat, fault_page_tag};
 
 use crate::{
     config::page_size,
-    maps::{FAULT_PAGES, FAULT_PENDING, FAULT_PROFILE, WATCHED_CGROUPS},
-    stack,
+    maps::{FAULT_PAGES, FAULT_PENDING, FAULT_PROFILE, FAULT_STACK_CACHE, WATCHED_CGROUPS},
+    stack::{self, ReadLog},
     stats::bump,
     thread_state::current,
 };
 
 const EEXIST: i32 = 17;
+
+/// `FAULT_PAGES`'s slot count minus one (a power of two; the daemon sets it with the map's
+/// size).
+#[unsafe(no_mangle)]
+static FAULT_PAGE_SLOTS_MASK: Global<u32> = Global::new((1 << 17) - 1);
 
 /// First address above user space on x86-64 (4-level paging; 5-level kernels keep user space
 /// below it unless a program asks for more).
@@ -148,7 +157,7 @@ pub fn fault_rss_stat(ctx: BtfTracePointContext) -> i32 {
         bump(Stat::FAULT_PENDING_EXPIRED);
         return 0;
     }
-    record(tgid, &pending, now);
+    record(tgid, tid, &pending, now);
     0
 }
 
@@ -193,25 +202,14 @@ fn user_regs() -> Option<pt_regs> {
 
 /// Adds a fault that mapped `pending.pages` new anonymous pages to the profile.
 #[inline(always)]
-fn record(tgid: u32, pending: &PendingFault, now: u64) {
+fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
     let pages = u64::from(pending.pages.max(1));
     let bytes = pages.wrapping_mul(page_size());
     // A huge page is keyed by its aligned start, wherever in it the fault was.
     let page = pending.address & !(bytes.wrapping_sub(1));
-    let page_key = FaultPageKey {
-        tgid,
-        _pad: 0,
-        page,
-    };
-    let retouched = if FAULT_PAGES.get_ptr(&page_key).is_some() {
-        true
-    } else {
-        // A full LRU evicts its oldest page: a later retouch of that one counts as new.
-        let _ = FAULT_PAGES.insert(&page_key, &0, u64::from(BPF_NOEXIST));
-        false
-    };
+    let retouched = retouched(tgid, page);
     let stack_id = match user_regs() {
-        Some(regs) => stack::capture_at_fault(tgid, &regs),
+        Some(regs) => stack_at_fault(tgid, tid, &regs, now),
         None => {
             bump(Stat::STACKS_LOST);
             tracer_common::UNKNOWN_STACK_ID
@@ -263,6 +261,215 @@ fn record(tgid: u32, pending: &PendingFault, now: u64) {
     if pages > 1 {
         bump(Stat::FAULT_HUGE_PAGES);
     }
+}
+
+/// Whether `page` of process `tgid` was counted before; marks it counted. `FAULT_PAGES` is
+/// direct-mapped (one word per slot, no lock, no allocation: an LRU hash insert cost several
+/// hundred ns per fault): a page whose slot another page took since counts as new again, as an
+/// LRU's evicted page would.
+#[inline(always)]
+fn retouched(tgid: u32, page: u64) -> bool {
+    let Some((tag, slot)) = fault_page_tag(tgid, page) else {
+        return false;
+    };
+    let Some(word) = FAULT_PAGES.get_ptr_mut(slot & FAULT_PAGE_SLOTS_MASK.load()) else {
+        return false;
+    };
+    // SAFETY: a word of an array map; a plain 8-byte load and store are atomic, and two CPUs
+    // racing for one slot leave one of two valid tags.
+    unsafe {
+        if *word == tag {
+            return true;
+        }
+        *word = tag;
+    }
+    false
+}
+
+/// Words a cached walk may have read (a deeper or odder walk is not cached).
+const CACHED_READS: usize = 32;
+
+/// Bytes of stack a cached walk's words may span to be replayed with one user read (a shallow
+/// stack's frames are close together; a wider walk replays word by word).
+const SPAN_WORDS: usize = 64;
+
+/// How long a cached walk is reused at most: the unwind maps it used may have changed since
+/// (a library mapped after the walk, now with its table).
+const STACK_CACHE_MAX_NS: u64 = 10_000_000;
+
+/// The last stack walked on a CPU, and what the walk read: a thread that faults again from the
+/// same registers (memset or a loop touching page after page) gets the same stack if the words
+/// the walk read are unchanged, because the walk is a function of nothing else. Replaying the
+/// reads costs one user read per word, against a walk's unwind-map and table lookups.
+#[repr(C)]
+pub(crate) struct StackCache {
+    tgid: u32,
+    tid: u32,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_id: u64,
+    walked_ns: u64,
+    /// Words read, in `addresses`/`values`.
+    len: u32,
+    /// 1 when the entry may be replayed.
+    valid: u32,
+    /// Bit i: the read at `addresses[i]` (16 bytes) failed, and must fail again.
+    unreadable: u32,
+    /// Words from `span_start` that cover every read (all readable and 8-byte aligned), 0
+    /// when they do not fit `span`.
+    span_words: u32,
+    span_start: u64,
+    addresses: [u64; CACHED_READS],
+    values: [u64; CACHED_READS],
+    /// Where a replay reads the span to.
+    span: [u64; SPAN_WORDS],
+}
+
+impl ReadLog for StackCache {
+    #[inline(always)]
+    fn read(&mut self, address: u64, value: u64) {
+        let index = self.len as usize;
+        if index < CACHED_READS {
+            self.addresses[index] = address;
+            self.values[index] = value;
+            self.len += 1;
+        } else {
+            self.valid = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn unreadable(&mut self, address: u64) {
+        let index = self.len as usize;
+        if index < CACHED_READS {
+            self.addresses[index] = address;
+            self.values[index] = 0;
+            self.unreadable |= 1 << index;
+            self.len += 1;
+        } else {
+            self.valid = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn spoil(&mut self) {
+        self.valid = 0;
+    }
+}
+
+/// The id of the user stack at a fault: the CPU's cached walk when it replays, else a walk
+/// (which then becomes the cached one).
+#[inline(always)]
+fn stack_at_fault(tgid: u32, tid: u32, regs: &pt_regs, now: u64) -> u64 {
+    let Some(cache) = FAULT_STACK_CACHE.get_ptr_mut(0) else {
+        return stack::capture_at_fault(tgid, regs, &mut ());
+    };
+    // SAFETY: per-CPU, and tracing programs do not migrate while they run.
+    let cache = unsafe { &mut *cache };
+    if cache.valid == 1
+        && cache.tid == tid
+        && cache.tgid == tgid
+        && cache.ip == regs.rip
+        && cache.sp == regs.rsp
+        && cache.bp == regs.rbp
+        && now.wrapping_sub(cache.walked_ns) < STACK_CACHE_MAX_NS
+        && replays(cache)
+    {
+        return cache.stack_id;
+    }
+    cache.valid = 1;
+    cache.len = 0;
+    cache.unreadable = 0;
+    let stack_id = stack::capture_at_fault(tgid, regs, cache);
+    cache.tgid = tgid;
+    cache.tid = tid;
+    cache.ip = regs.rip;
+    cache.sp = regs.rsp;
+    cache.bp = regs.rbp;
+    cache.stack_id = stack_id;
+    cache.walked_ns = now;
+    cache.span_words = span_of(cache);
+    stack_id
+}
+
+/// How many words from `cache.span_start` cover the walk's reads (setting `span_start`), 0 if
+/// they cannot be replayed with one read.
+#[inline(always)]
+fn span_of(cache: &mut StackCache) -> u32 {
+    if cache.unreadable != 0 || cache.len == 0 {
+        return 0;
+    }
+    let mut low = u64::MAX;
+    let mut high = 0;
+    for index in 0..CACHED_READS {
+        if index as u32 >= cache.len {
+            break;
+        }
+        let address = cache.addresses[index];
+        if address % 8 != 0 {
+            return 0;
+        }
+        low = low.min(address);
+        high = high.max(address);
+    }
+    let words = (high - low) / 8 + 1;
+    if words > SPAN_WORDS as u64 {
+        return 0;
+    }
+    cache.span_start = low;
+    words as u32
+}
+
+/// Whether every word the cached walk read still reads the same (and every read that failed
+/// still fails).
+#[inline(always)]
+fn replays(cache: &mut StackCache) -> bool {
+    let words = cache.span_words;
+    if words > 0 {
+        // The mask is the bound the verifier needs (`span_of` keeps words <= SPAN_WORDS).
+        let size = ((core::hint::black_box(words - 1) & (SPAN_WORDS as u32 - 1)) + 1) * 8;
+        // SAFETY: a checked user-memory read into the entry's own buffer, at most its size.
+        let read = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                cache.span.as_mut_ptr().cast(),
+                size,
+                cache.span_start as *const core::ffi::c_void,
+            )
+        };
+        if read != 0 {
+            return false;
+        }
+        for index in 0..CACHED_READS {
+            if index as u32 >= cache.len {
+                return true;
+            }
+            let word = (cache.addresses[index].wrapping_sub(cache.span_start) / 8) as usize;
+            if word >= SPAN_WORDS || cache.span[word] != cache.values[index] {
+                return false;
+            }
+        }
+        return true;
+    }
+    for index in 0..CACHED_READS {
+        if index as u32 >= cache.len {
+            return true;
+        }
+        let address = cache.addresses[index];
+        if cache.unreadable & (1 << index) != 0 {
+            // SAFETY: a checked user-memory read.
+            if unsafe { bpf_probe_read_user(address as *const [u64; 2]) }.is_ok() {
+                return false;
+            }
+        } else {
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(address as *const u64) } {
+                Ok(value) if value == cache.values[index] => {}
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 /// Atomic add on a map value.

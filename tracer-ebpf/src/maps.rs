@@ -1,9 +1,9 @@
 //! All maps of the object. Sizes are defaults; the daemon sets the real ones at load.
 //! Hash maps are preallocated: an insert never allocates in the probe, and a full map is an
 //! error the programs count, never an eviction (LRU would silently hide leaks). The LRU maps
-//! hold per-thread call state, which is only ever stale for threads that have gone, and the
-//! pages the fault profile has counted, where an evicted page only means a later retouch of it
-//! counts as new growth.
+//! hold per-thread call state, which is only ever stale for threads that have gone. The pages
+//! the fault profile has counted are a direct-mapped array, where a page that lost its slot
+//! only means a later retouch of it counts as new growth.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tracer_common::{
-    AllocInfo, AllocKey, AllocatorText, FaultKey, FaultPageKey, FaultTotals, PendingFault,
+    AllocInfo, AllocKey, AllocatorText, FaultKey, FaultTotals, PendingFault,
     SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace, Stat, ThreadState, UnwindEntry,
     UnwindMapping, UnwindMappingKey,
 };
@@ -90,9 +90,15 @@ pub(crate) static FAULT_PROFILE: HashMap<FaultKey, FaultTotals> =
     HashMap::with_max_entries(1 << 14, 0);
 
 /// Pages the fault profile counted, per process: a fault at one of them again is a retouch.
+/// Direct-mapped, one tag per slot ([`tracer_common::fault_page_tag`]); the daemon makes the
+/// size a power of two and sets the mask (`FAULT_PAGE_SLOTS_MASK`).
 #[map]
-pub(crate) static FAULT_PAGES: LruHashMap<FaultPageKey, u32> =
-    LruHashMap::with_max_entries(1 << 17, 0);
+pub(crate) static FAULT_PAGES: Array<u64> = Array::with_max_entries(1 << 17, 0);
+
+/// The last stack walked at a fault on each CPU, to reuse (see `fault::StackCache`).
+#[map]
+pub(crate) static FAULT_STACK_CACHE: PerCpuArray<crate::fault::StackCache> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// The watched fault in progress on each CPU.
 #[map]

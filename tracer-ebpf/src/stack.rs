@@ -38,6 +38,29 @@ struct Frame {
     bp: u64,
 }
 
+/// Where a walk's user-memory reads are kept. A walk is a function of the registers it starts
+/// from, the unwind maps and the words it reads: a later walk from the same registers, whose
+/// reads would give the same words, walks the same stack (see `fault`'s stack cache).
+pub(crate) trait ReadLog {
+    /// The walk read `value` at `address`.
+    fn read(&mut self, address: u64, value: u64);
+    /// The walk could not read the word at `address` (and took that for the stack's end).
+    fn unreadable(&mut self, address: u64);
+    /// The walk cannot be replayed (a read failed, a frame was lost, the stack was not
+    /// stored).
+    fn spoil(&mut self);
+}
+
+/// No log: stacks captured in uprobes are walked every time.
+impl ReadLog for () {
+    #[inline(always)]
+    fn read(&mut self, _address: u64, _value: u64) {}
+    #[inline(always)]
+    fn unreadable(&mut self, _address: u64) {}
+    #[inline(always)]
+    fn spoil(&mut self) {}
+}
+
 /// What one step found.
 enum Step {
     /// The caller's frame.
@@ -61,6 +84,7 @@ pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
             sp: regs.rsp,
             bp: regs.rbp,
         },
+        &mut (),
     )
 }
 
@@ -70,7 +94,8 @@ pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
 /// stands for is at `pc - 1` for the unwinder's lookups and for the symbolizer. (Taken as is,
 /// a fault at a function's first instruction, a stack-growing `push`, would be looked up in the
 /// function before it.)
-pub(crate) fn capture_at_fault(tgid: u32, regs: &pt_regs) -> u64 {
+/// Every user-memory word the walk reads goes to `log`.
+pub(crate) fn capture_at_fault<L: ReadLog>(tgid: u32, regs: &pt_regs, log: &mut L) -> u64 {
     walk(
         tgid,
         Frame {
@@ -78,14 +103,16 @@ pub(crate) fn capture_at_fault(tgid: u32, regs: &pt_regs) -> u64 {
             sp: regs.rsp,
             bp: regs.rbp,
         },
+        log,
     )
 }
 
 /// Walks from `frame` (whose `pc` reads as a return address), stores the stack and returns
 /// its id.
 #[inline(always)]
-fn walk(tgid: u32, mut frame: Frame) -> u64 {
+fn walk<L: ReadLog>(tgid: u32, mut frame: Frame, log: &mut L) -> u64 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        log.spoil();
         bump(Stat::STACKS_LOST);
         return UNKNOWN_STACK_ID;
     };
@@ -95,10 +122,11 @@ fn walk(tgid: u32, mut frame: Frame) -> u64 {
     let mut frames: u64 = 1;
     let mut mapping = UnwindMapping::default();
     for i in 1..MAX_STACK_DEPTH {
-        frame = match step(tgid, &frame, &mut mapping) {
+        frame = match step(tgid, &frame, &mut mapping, log) {
             Step::Caller(caller) => caller,
             Step::End => break,
             Step::Lost => {
+                log.spoil();
                 bump(Stat::FRAMES_NOT_UNWOUND);
                 break;
             }
@@ -126,6 +154,7 @@ fn walk(tgid: u32, mut frame: Frame) -> u64 {
             Ok(()) => {}
             Err(err) if err == -EEXIST => {}
             Err(_) => {
+                log.spoil();
                 bump(Stat::STACK_TRACES_MAP_FULL);
                 return UNKNOWN_STACK_ID;
             }
@@ -137,7 +166,7 @@ fn walk(tgid: u32, mut frame: Frame) -> u64 {
 /// Unwinds one frame: from the code at `frame.pc` to its caller. `mapping` is the mapping of
 /// the previous frame's code, reused while frames stay in it (most do).
 #[inline(always)]
-fn step(tgid: u32, frame: &Frame, mapping: &mut UnwindMapping) -> Step {
+fn step<L: ReadLog>(tgid: u32, frame: &Frame, mapping: &mut UnwindMapping, log: &mut L) -> Step {
     // A return address points after its call: the call itself is at pc - 1 (and may be the
     // last instruction of a mapping or a function).
     let call = frame.pc.wrapping_sub(1);
@@ -161,29 +190,32 @@ fn step(tgid: u32, frame: &Frame, mapping: &mut UnwindMapping) -> Step {
         };
     }
     if mapping.method != unwind_method::UNWIND_TABLE {
-        return by_frame_pointer(frame);
+        return by_frame_pointer(frame, log);
     }
     let address = call.wrapping_sub(mapping.bias);
     if address > u64::from(u32::MAX) {
         return Step::Lost;
     }
     match find_row(mapping.table_start, mapping.table_len, address as u32) {
-        Some(row) => by_table(frame, &row),
+        Some(row) => by_table(frame, &row, log),
         None => Step::Lost,
     }
 }
 
 /// A step by saved frame pointer: [saved %rbp, return address] at %rbp.
 #[inline(always)]
-fn by_frame_pointer(frame: &Frame) -> Step {
+fn by_frame_pointer<L: ReadLog>(frame: &Frame, log: &mut L) -> Step {
     let bp = frame.bp;
     if bp == 0 || bp % 8 != 0 || bp < frame.sp {
         return Step::End;
     }
     // SAFETY: a checked user-memory read; a bad address gives an error, not a fault.
     let Ok(pair) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else {
+        log.unreadable(bp);
         return Step::End;
     };
+    log.read(bp, pair[0]);
+    log.read(bp + 8, pair[1]);
     // A bogus saved %rbp (the caller keeps no frame pointer) still leaves a good return
     // address; the next step checks the %rbp it gets (frames live at increasing addresses).
     if pair[1] == 0 {
@@ -198,7 +230,7 @@ fn by_frame_pointer(frame: &Frame) -> Step {
 
 /// A step by an unwind-table row.
 #[inline(always)]
-fn by_table(frame: &Frame, row: &UnwindEntry) -> Step {
+fn by_table<L: ReadLog>(frame: &Frame, row: &UnwindEntry, log: &mut L) -> Step {
     let base = match row.rule {
         UnwindEntry::RULE_CFA_RSP => frame.sp,
         UnwindEntry::RULE_CFA_RBP => frame.bp,
@@ -214,13 +246,17 @@ fn by_table(frame: &Frame, row: &UnwindEntry) -> Step {
     let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
         return Step::Lost;
     };
+    log.read(cfa - 8, return_address);
     let bp = if row.rbp_offset == 0 {
         frame.bp
     } else {
         let slot = cfa.wrapping_add(row.rbp_offset as i64 as u64);
         // SAFETY: as above.
         match unsafe { bpf_probe_read_user(slot as *const u64) } {
-            Ok(bp) => bp,
+            Ok(bp) => {
+                log.read(slot, bp);
+                bp
+            }
             Err(_) => return Step::Lost,
         }
     };

@@ -146,8 +146,9 @@ pub struct MapSizes {
     pub watched_cgroups: u32,
     /// Distinct (cgroup, process, stack) entries of the page-fault growth profile.
     pub fault_stacks: u32,
-    /// Pages (per process) the growth profile remembers, to tell a retouch from new growth
-    /// (an LRU: the oldest is forgotten first).
+    /// Pages (of all processes) the growth profile remembers, to tell a retouch from new
+    /// growth: slots of a direct-mapped table (rounded down to a power of two), where a page
+    /// counted later may take an earlier one's slot.
     pub fault_pages: u32,
 }
 
@@ -166,8 +167,8 @@ pub const DEFAULT_WATCHED_CGROUPS: u32 = 4096;
 /// 48-byte values, preallocated (about 2 MiB).
 pub const DEFAULT_FAULT_STACKS: u32 = 1 << 14;
 
-/// Default retouch memory: 131,072 pages (512 MiB of small pages, or 256 GiB of huge ones) most
-/// recently counted; an LRU hash, preallocated (about 12 MiB).
+/// Default retouch memory: 131,072 slots (about 512 MiB of small pages, or 256 GiB of huge
+/// ones); direct-mapped, one 8-byte word a slot (1 MiB).
 pub const DEFAULT_FAULT_PAGES: u32 = 1 << 17;
 
 /// Default capacity for outstanding allocations: a real service holds hundreds of thousands (a
@@ -330,12 +331,19 @@ impl Probes {
             warn!(%error, "kernel layout unknown: OOM kills will name no victim");
             KernelLayout::default()
         });
+        let fault_page_slots = fault_page_slots(sizes.fault_pages);
+        let fault_page_slots_mask = fault_page_slots - 1;
         let mut loader = EbpfLoader::new();
         let _ = loader
             .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
             .override_global(names::GLOBAL_PAGE_SIZE, &page_size, true)
             .override_global(names::GLOBAL_KERNEL_LAYOUT, &layout, true)
             .override_global(names::GLOBAL_SAMPLE_BYTES, &sample_bytes, true)
+            .override_global(
+                names::GLOBAL_FAULT_PAGE_SLOTS_MASK,
+                &fault_page_slots_mask,
+                true,
+            )
             .map_max_entries(names::ALLOCS, sizes.allocations)
             .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
             .map_max_entries(names::STACK_SLOTS, sizes.stack_totals)
@@ -346,7 +354,7 @@ impl Probes {
             .map_max_entries(names::UNWIND_MAPPINGS, sizes.unwind_mappings.max(1))
             .map_max_entries(names::WATCHED_CGROUPS, sizes.watched_cgroups.max(1))
             .map_max_entries(names::FAULT_PROFILE, sizes.fault_stacks.max(1))
-            .map_max_entries(names::FAULT_PAGES, sizes.fault_pages.max(1))
+            .map_max_entries(names::FAULT_PAGES, fault_page_slots)
             .map_max_entries(names::EVENTS, sizes.events_bytes.next_power_of_two());
         let mut ebpf = loader
             .load(OBJECT)
@@ -485,6 +493,12 @@ fn attach_btf_hook(
     Ok(())
 }
 
+/// `FAULT_PAGES`'s slots for a configured page count: the largest power of two not above it
+/// (the programs mask a hash with the count minus one).
+fn fault_page_slots(pages: u32) -> u32 {
+    1 << pages.max(1).ilog2()
+}
+
 /// The growth profile's programs and their tracepoints, in attach order: the rss and page
 /// allocation hooks first, so no fault is left pending for lack of them.
 const FAULT_PROGRAMS: [(&str, &str); 4] = [
@@ -585,4 +599,37 @@ fn effective_capabilities(status: &Path) -> Option<u64> {
     let text = fs::read_to_string(status).ok()?;
     let line = text.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
     u64::from_str_radix(line.trim(), 16).ok()
+}
+
+#[cfg(test)]
+mod fault_page_tests {
+    use tracer_common::fault_page_tag;
+
+    use super::fault_page_slots;
+
+    #[test]
+    fn fault_page_slots_are_the_largest_power_of_two_that_fits() {
+        assert_eq!(fault_page_slots(1 << 17), 1 << 17);
+        assert_eq!(fault_page_slots((1 << 17) + 5), 1 << 17);
+        assert_eq!(fault_page_slots(100_000), 1 << 16);
+        assert_eq!(fault_page_slots(0), 1);
+    }
+
+    #[test]
+    fn a_fault_page_tag_names_its_process_and_page_whole() {
+        let (tag, _) = fault_page_tag(42, 0x7f00_0000_1000).expect("user page");
+        assert_ne!(tag, 0, "0 is an empty slot");
+        assert_ne!(Some(tag), fault_page_tag(43, 0x7f00_0000_1000).map(|t| t.0));
+        assert_ne!(Some(tag), fault_page_tag(42, 0x7f00_0000_2000).map(|t| t.0));
+        // The largest pid (pid_max is at most 2^22) and the last 4-level user page.
+        let (last, _) = fault_page_tag((1 << 22) - 1, (1 << 48) - 4096).expect("user page");
+        assert_ne!(last, 0);
+        assert_eq!(fault_page_tag(1, 1 << 48), None, "above 4-level user space");
+        // Consecutive pages spread over the slots.
+        let slots: std::collections::HashSet<u32> = (0..1024u64)
+            .filter_map(|i| fault_page_tag(7, 0x5555_0000_0000 + i * 4096))
+            .map(|(_, slot)| slot & ((1 << 17) - 1))
+            .collect();
+        assert!(slots.len() > 1000, "{} distinct slots", slots.len());
+    }
 }

@@ -26,6 +26,10 @@ use crate::{
     },
 };
 
+/// Call sites of the growth profile kept in an evidence record: symbolizing is what an OOM
+/// kill's evidence waits for before it is durable, so fewer than the exact stacks.
+const GROWTH_EVIDENCE_TOP: usize = 20;
+
 /// A kernel-hook sighting of an OOM kill makes counter sightings of the same container within
 /// this long duplicates.
 const OOM_DEDUP: std::time::Duration = std::time::Duration::from_secs(10);
@@ -201,9 +205,9 @@ impl Agent {
                 .and_then(|r| r.memory)
                 .or_else(|| container.as_ref().and_then(Container::memory)),
             report,
-            growth_profile: container.as_ref().and_then(|c| {
-                self.growth_profile(c, FirstTouchOrder::Total, self.config.evidence_top)
-            }),
+            growth_profile: container
+                .as_ref()
+                .and_then(|c| self.growth_profile(c, FirstTouchOrder::Total, GROWTH_EVIDENCE_TOP)),
             escalation: container.as_ref().and_then(|c| self.escalation(c)).cloned(),
         };
         let payload = match serde_json::to_vec(&evidence) {

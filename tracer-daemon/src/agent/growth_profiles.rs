@@ -116,7 +116,7 @@ impl Agent {
                 FirstTouchOrder::Total => (t.bytes, *w),
             })
         });
-        mine.truncate(top.saturating_mul(4).max(64));
+        mine.truncate(top.saturating_mul(2).max(32));
         let stacks: Vec<(u32, u64)> = mine.iter().map(|(k, _, _)| (k.tgid, k.stack_id)).collect();
         let frames = self.tracer.symbolize_fault_stacks(&stacks);
         let raw = mine

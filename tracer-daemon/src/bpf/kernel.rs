@@ -128,8 +128,13 @@ pub enum KernelError {
 
 impl LoadedKernel {
     /// Loads and verifies the BPF programs (nothing is attached yet) and opens their maps.
-    pub fn load(sizes: &MapSizes, sample_bytes: u64, sessions: bool) -> Result<Self, KernelError> {
-        let mut probes = Probes::load(sizes, sample_bytes, sessions)?;
+    pub fn load(
+        sizes: &MapSizes,
+        sample_bytes: u64,
+        sessions: bool,
+        fault_profile: bool,
+    ) -> Result<Self, KernelError> {
+        let mut probes = Probes::load(sizes, sample_bytes, sessions, fault_profile)?;
         let maps = BpfMaps::take(&mut probes)?;
         let mut take = |name: &'static str| {
             probes

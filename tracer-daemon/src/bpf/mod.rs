@@ -318,7 +318,12 @@ pub struct Probes {
 impl Probes {
     /// Checks privileges and kernel features, then loads the object and every program tracing
     /// uses (not the benchmarks' empty ones: see [`Self::load_floor_programs`]).
-    pub fn load(sizes: &MapSizes, sample_bytes: u64, sessions: bool) -> Result<Self, LoadError> {
+    pub fn load(
+        sizes: &MapSizes,
+        sample_bytes: u64,
+        sessions: bool,
+        fault_profile: bool,
+    ) -> Result<Self, LoadError> {
         check_capabilities()?;
         check_kernel_features()?;
         if OBJECT.is_empty() {
@@ -390,11 +395,17 @@ impl Probes {
                 OomHook::Unavailable(reason)
             }
         };
-        let fault_hook = match attach_fault_hooks(&mut ebpf, btf.as_ref()) {
-            Ok(()) => FaultHook::Attached,
-            Err(reason) => {
-                warn!(%reason, "page-fault growth profile unavailable; uprobe tracing is unaffected");
-                FaultHook::Unavailable(reason)
+        // Verifying the fault programs takes seconds on a busy node (they carry the stack
+        // walker); only the agent, which watches pods, loads them.
+        let fault_hook = if !fault_profile {
+            FaultHook::Unavailable("not loaded: only the node agent profiles page faults".into())
+        } else {
+            match attach_fault_hooks(&mut ebpf, btf.as_ref()) {
+                Ok(()) => FaultHook::Attached,
+                Err(reason) => {
+                    warn!(%reason, "page-fault growth profile unavailable; uprobe tracing is unaffected");
+                    FaultHook::Unavailable(reason)
+                }
             }
         };
         let (malloc_session, sessions_unavailable) = if sessions {

@@ -295,6 +295,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             placement: args.probe_placement,
             sample_bytes: args.sample_bytes,
             sessions: args.uprobe_sessions == crate::cli::trace::Sessions::Auto,
+            fault_profile: true,
         },
         paths: NodePaths {
             pod_log_root: args.pod_log_root.clone(),

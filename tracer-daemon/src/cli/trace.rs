@@ -140,6 +140,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         placement: args.probe_placement,
         sample_bytes: args.sample_bytes,
         sessions: args.uprobe_sessions == Sessions::Auto,
+        // Tracing given pids needs no page-fault profile.
+        fault_profile: false,
     })?;
     for &pid in &args.pids {
         let programs = if args.empty_programs {

@@ -98,6 +98,8 @@ pub struct TracerConfig {
     pub sample_bytes: u64,
     /// Use uprobe sessions where the kernel has them.
     pub sessions: bool,
+    /// Load the page-fault growth profile's programs (the agent watches pods with them).
+    pub fault_profile: bool,
 }
 
 impl Default for TracerConfig {
@@ -107,6 +109,7 @@ impl Default for TracerConfig {
             placement: PlacementMode::default(),
             sample_bytes: 0,
             sessions: true,
+            fault_profile: true,
         }
     }
 }
@@ -220,6 +223,7 @@ impl Tracer {
             &config.sizes,
             config.sample_bytes.min(MAX_SAMPLE_BYTES),
             config.sessions,
+            config.fault_profile,
         )?;
         Ok(Self::with_kernel(Box::new(kernel), config))
     }

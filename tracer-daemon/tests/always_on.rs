@@ -465,6 +465,12 @@ fn a_hot_leaking_process_is_escalated_then_stopped_by_the_budget_with_its_record
         exact > 0 && exact.is_multiple_of(LEAK_BYTES),
         "the leak's exact bytes until tracing stopped: {evidence:#}"
     );
+    // The price per probe hit was measured on this node at startup.
+    assert!(
+        agent.stderr().contains("measured the cost of a probe hit"),
+        "{}",
+        agent.stderr()
+    );
     assert!(
         agent
             .stderr()

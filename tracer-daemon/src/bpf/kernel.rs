@@ -16,7 +16,7 @@ use crate::{
         self, AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet,
         closer::DetachedLinks,
     },
-    bpf::{FaultHook, MapSizes, OomHook, Probes},
+    bpf::{FaultHook, MapSizes, OomHook, Probes, probe_cost::ProbeCost},
     collect::{
         BpfMaps, CollectError, Notices, mappings::MappingTracker, scanner::Scanner, stats::BpfStats,
     },
@@ -102,6 +102,8 @@ pub trait Kernel: UnwindMaps {
 /// The loaded BPF object: its programs and links, and its maps.
 pub struct LoadedKernel {
     probes: Probes,
+    /// What a probe hit costs here, measured at load (the agent's), else the default figure.
+    probe_cost: crate::bpf::probe_cost::ProbeCost,
     maps: BpfMaps,
     unwind_entries: Array<MapData, UnwindEntry>,
     unwind_mappings: LpmTrie<MapData, UnwindMappingKey, UnwindMapping>,
@@ -135,6 +137,15 @@ impl LoadedKernel {
         fault_profile: bool,
     ) -> Result<Self, KernelError> {
         let mut probes = Probes::load(sizes, sample_bytes, sessions, fault_profile)?;
+        // The agent (which loads the fault programs) prices traced processes' calls against its
+        // budget; `trace` does not.
+        let probe_cost = if fault_profile {
+            probes
+                .calibrate_trap_ns()
+                .map_or(ProbeCost::MEASURED_HERE, ProbeCost::from_trap_ns)
+        } else {
+            ProbeCost::MEASURED_HERE
+        };
         let maps = BpfMaps::take(&mut probes)?;
         let mut take = |name: &'static str| {
             probes
@@ -156,6 +167,7 @@ impl LoadedKernel {
                 }
             })?,
             probes,
+            probe_cost,
             maps,
         })
     }
@@ -215,6 +227,10 @@ impl Kernel for LoadedKernel {
 
     fn flush_log(&mut self) {
         self.probes.flush_log();
+    }
+
+    fn probe_cost(&self) -> ProbeCost {
+        self.probe_cost
     }
 
     fn oom_hook(&self) -> &OomHook {

@@ -193,6 +193,8 @@ pub struct Tracer {
     profiled: BTreeMap<u32, ProfiledProcess>,
     /// When the growth profile was last swept for ended processes nobody profiled.
     last_fault_sweep: std::time::Instant,
+    /// When profiled processes were last checked (see `poll_profiled`).
+    last_profiled_poll: std::time::Instant,
 }
 
 /// What the tracer holds now, for the agent's health metrics.
@@ -251,6 +253,10 @@ impl Tracer {
             closing: HashSet::new(),
             profiled: BTreeMap::new(),
             last_fault_sweep: std::time::Instant::now(),
+            // Long enough ago that the first poll checks them.
+            last_profiled_poll: std::time::Instant::now()
+                .checked_sub(profile::PROFILED_POLL_INTERVAL)
+                .unwrap_or_else(std::time::Instant::now),
         }
     }
 

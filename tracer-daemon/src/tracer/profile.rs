@@ -28,6 +28,9 @@ use crate::{
 /// but nobody profiled (a read of the whole map).
 pub(super) const FAULT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often profiled (not traced) processes are checked for new code, an exec or an end.
+pub(super) const PROFILED_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a cgroup could not be watched or a process profiled.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -165,7 +168,16 @@ impl Tracer {
 
     /// Follows profiled processes (called by [`Tracer::poll`]): new code mapped, an exec (a new
     /// address space: its old fault records go), an end.
+    ///
+    /// At most once per [`PROFILED_POLL_INTERVAL`], not at every poll: reading a thousand
+    /// watched processes' maps and stat every 200 ms cost the agent a third of a core
+    /// (BENCHMARKS.md, "Always-on watching"), and a profiled process only needs its new code
+    /// found before its faults there are reported.
     pub(super) fn poll_profiled(&mut self) {
+        if self.last_profiled_poll.elapsed() < PROFILED_POLL_INTERVAL {
+            return;
+        }
+        self.last_profiled_poll = std::time::Instant::now();
         let pids: Vec<u32> = self.profiled.keys().copied().collect();
         for pid in pids {
             let traced = self.processes.contains_key(&pid);

@@ -49,8 +49,11 @@ const BYTES_PER_STACK_SLOT: u64 = 600;
 const OTHER_MAPS_BYTES: u64 = 2 << 20;
 /// Kernel memory per unwind-table row (12-byte rows in 16-byte array slots).
 const BYTES_PER_UNWIND_ROW: u64 = 16;
-/// The unwind-mapping trie at its 65536-node capacity (about 100 B a node).
-const UNWIND_MAPPINGS_BYTES: u64 = 65536 * 100;
+/// The unwind-mapping trie at its 262144-node capacity (about 100 B a node).
+const UNWIND_MAPPINGS_BYTES: u64 = 262_144 * 100;
+/// The growth profile's maps: 16384 fault stacks (2,229,376 B memlock), the 131072-slot
+/// retouch table (8 B a slot) and 4096 watched cgroups.
+const GROWTH_PROFILE_MAPS_BYTES: u64 = 7 << 19;
 /// The evidence store's page cache (redb), which only the limit needs to cover.
 const STORE_CACHE_BYTES: u64 = 16 << 20;
 
@@ -497,7 +500,8 @@ fn memory_requests_cover_the_configured_bpf_maps() {
             + stacks * BYTES_PER_STACK_SLOT
             + OTHER_MAPS_BYTES
             + unwind_rows * BYTES_PER_UNWIND_ROW
-            + UNWIND_MAPPINGS_BYTES;
+            + UNWIND_MAPPINGS_BYTES
+            + GROWTH_PROFILE_MAPS_BYTES;
 
         let daemonset = daemonset(&rendered);
         let resources = tracer_container(&daemonset)

@@ -30,13 +30,7 @@ fn limited_pod(root: &Path, namespace: &str, name: &str) -> FakePod {
         &root.join("pods"),
         &root.join("containers"),
     );
-    let limit_file = if pod.memory_is_v1() {
-        "memory.limit_in_bytes"
-    } else {
-        "memory.max"
-    };
-    std::fs::write(pod.memory_dir("app").join(limit_file), LIMIT.to_string())
-        .expect("set memory limit");
+    pod.limit_memory("app", LIMIT);
     pod
 }
 
@@ -341,26 +335,9 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
     busy.finish();
 }
 
-/// The Go workload, built here with Debian's golang-go (installed by cargo xtask setup).
+/// The Go workload (built here with Debian's golang-go).
 fn go_map_leak() -> std::path::PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/go_map_leak");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go_map_leak");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::copy(source.join("main.go"), dir.join("main.go")).expect("copy main.go");
-    std::fs::write(dir.join("go.mod"), "module goleak\n\ngo 1.19\n").expect("go.mod");
-    let program = dir.join("go_map_leak");
-    let built = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&program)
-        .arg(".")
-        .current_dir(&dir)
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .status()
-        .expect("run go build (golang-go is installed by cargo xtask setup)");
-    assert!(built.success(), "go build failed");
-    program
+    go_program("go_map_leak", include_str!("workloads/go_map_leak/main.go"))
 }
 
 #[test]

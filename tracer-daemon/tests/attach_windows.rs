@@ -168,30 +168,13 @@ fn program_32_bit() -> PathBuf {
 
 /// A Go program that keeps what it allocates (built here with Debian's golang-go).
 fn go_program() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go_keeper");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("main.go"),
+    support::go_program(
+        "go_keeper",
         "package main\n\nimport (\n\t\"bufio\"\n\t\"fmt\"\n\t\"os\"\n)\n\nvar kept [][]byte\n\n\
          func main() {\n\tfmt.Printf(\"ready %d\\n\", os.Getpid())\n\tlines := bufio.NewScanner(os.Stdin)\n\
          \tfor lines.Scan() {\n\t\tif lines.Text() == \"exit\" {\n\t\t\treturn\n\t\t}\n\
          \t\tkept = append(kept, make([]byte, 4096))\n\t}\n}\n",
     )
-    .unwrap();
-    std::fs::write(dir.join("go.mod"), "module keeper\n\ngo 1.19\n").unwrap();
-    let program = dir.join("keeper");
-    let built = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&program)
-        .arg(".")
-        .current_dir(&dir)
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .status()
-        .expect("run go build (golang-go is installed by cargo xtask setup)");
-    assert!(built.success(), "go build failed");
-    program
 }
 
 /// Starts a program that only waits; returns it.

@@ -37,16 +37,7 @@ fn oom_kill_to_durable_evidence() {
             &root.join("pods"),
             &root.join("containers"),
         );
-        let limit_file = if pod.memory_is_v1() {
-            "memory.limit_in_bytes"
-        } else {
-            "memory.max"
-        };
-        std::fs::write(
-            pod.memory_dir("app").join(limit_file),
-            (64u64 << 20).to_string(),
-        )
-        .expect("limit");
+        pod.limit_memory("app", 64u64 << 20);
         let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "2"]);
         pod.place(leaker.pid, "app");
         agent.wait_traced(&[leaker.pid]);

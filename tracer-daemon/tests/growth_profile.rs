@@ -292,7 +292,12 @@ fn loaded_program_ids() -> Vec<u32> {
 }
 
 /// Runs and ns per run of each fault program between two snapshots, per fault of the workload.
-fn print_program_costs(phase: &str, from: &[(String, u64, u64)], to: &[(String, u64, u64)], faults: f64) {
+fn print_program_costs(
+    phase: &str,
+    from: &[(String, u64, u64)],
+    to: &[(String, u64, u64)],
+    faults: f64,
+) {
     for ((name, runs_to, ns_to), (_, runs_from, ns_from)) in to.iter().zip(from) {
         let runs = runs_to - runs_from;
         let ns = ns_to - ns_from;
@@ -367,8 +372,11 @@ fn measure_the_cost_of_the_fault_programs() {
             runs(&unwatched),
             runs(&watched)
         );
-        let (without, unwatched, watched) =
-            (median(&without, of), median(&unwatched, of), median(&watched, of));
+        let (without, unwatched, watched) = (
+            median(&without, of),
+            median(&unwatched, of),
+            median(&watched, of),
+        );
         println!(
             "{clock} time touching {mib} MiB page by page ({faults} faults), median of {rounds} \
              rounds:\n  \
@@ -384,4 +392,3 @@ fn measure_the_cost_of_the_fault_programs() {
     }
     println!("faults counted in all: {counted}");
 }
-

@@ -25,16 +25,7 @@ fn limited_pod(root: &Path, namespace: &str, name: &str, containers: &[&str]) ->
         &root.join("containers"),
     );
     for container in containers {
-        let limit_file = if pod.memory_is_v1() {
-            "memory.limit_in_bytes"
-        } else {
-            "memory.max"
-        };
-        std::fs::write(
-            pod.memory_dir(container).join(limit_file),
-            LIMIT.to_string(),
-        )
-        .expect("set memory limit");
+        pod.limit_memory(container, LIMIT);
     }
     pod
 }

@@ -455,16 +455,7 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
         &logs,
         &container_logs,
     );
-    let limit_file = if pod.memory_is_v1() {
-        "memory.limit_in_bytes"
-    } else {
-        "memory.max"
-    };
-    std::fs::write(
-        pod.memory_dir("app").join(limit_file),
-        (256u64 << 20).to_string(),
-    )
-    .expect("set memory limit");
+    pod.limit_memory("app", 256u64 << 20);
     let mut workload = Workload::start(&workload("cache_and_leak"), &[]);
     pod.place(workload.pid, "app");
     let agent = Agent::start(&root, &["--namespace", &namespace]);
@@ -649,16 +640,7 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
         &root.join("pods"),
         &root.join("containers"),
     );
-    let limit_file = if pod.memory_is_v1() {
-        "memory.limit_in_bytes"
-    } else {
-        "memory.max"
-    };
-    std::fs::write(
-        pod.memory_dir("app").join(limit_file),
-        (192u64 << 20).to_string(),
-    )
-    .expect("set memory limit");
+    pod.limit_memory("app", 192u64 << 20);
     let mut workload = Workload::start(&workload("one_leak_site"), &[]);
     pod.place(workload.pid, "app");
 

@@ -507,3 +507,25 @@ pub(crate) fn run_daemon(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, 
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A Go program built here from `main_go` (Debian's golang-go, installed by `cargo xtask
+/// setup`), in its own directory under the test target dir.
+pub(crate) fn go_program(name: &str, main_go: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("main.go"), main_go).expect("write main.go");
+    std::fs::write(dir.join("go.mod"), format!("module {name}\n\ngo 1.19\n")).expect("go.mod");
+    let program = dir.join(name);
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(&dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .status()
+        .expect("run go build (golang-go is installed by cargo xtask setup)");
+    assert!(built.success(), "go build failed");
+    program
+}

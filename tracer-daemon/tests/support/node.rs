@@ -214,6 +214,17 @@ impl FakePod {
         self.mounts.memory_is_v1()
     }
 
+    /// Sets a container's memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    pub(crate) fn limit_memory(&self, container: &str, bytes: u64) {
+        let file = if self.memory_is_v1() {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        std::fs::write(self.memory_dir(container).join(file), bytes.to_string())
+            .expect("set memory limit");
+    }
+
     /// Moves a process into a container's cgroups.
     pub(crate) fn place(&self, pid: u32, container: &str) {
         let id = self.id_of(container).to_owned();

@@ -34,7 +34,8 @@ pub mod names {
     /// Per process: where its allocator library's code is, `u32` tgid ->
     /// [`AllocatorText`](crate::AllocatorText).
     pub const ALLOCATOR_TEXT: &str = "ALLOCATOR_TEXT";
-    /// Processes armed for recording (see tracer-ebpf's `maps::ARMED`).
+    /// Processes armed for recording: `u32` tgid -> [`ArmedProcess`](crate::ArmedProcess) (see
+    /// tracer-ebpf's `armed`).
     pub const ARMED: &str = "ARMED";
     /// Array: every loaded binary's unwind table rows.
     pub const UNWIND_ENTRIES: &str = "UNWIND_ENTRIES";
@@ -48,8 +49,6 @@ pub mod names {
     pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
     /// Global: offsets into kernel structures ([`KernelLayout`](crate::KernelLayout)).
     pub const GLOBAL_KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
-    /// Global: mean bytes between samples; 0 records every allocation.
-    pub const GLOBAL_SAMPLE_BYTES: &str = "SAMPLE_BYTES";
     /// `u32` array of [`SAMPLING_TABLE_LEN`](crate::SAMPLING_TABLE_LEN): `-ln(u)` in 16.16
     /// fixed point, for drawing the exponential distance to the next sample.
     pub const SAMPLE_DISTANCES: &str = "SAMPLE_DISTANCES";
@@ -76,13 +75,15 @@ pub const SAMPLING_TABLE_LEN: u32 = 1024;
 pub const SAMPLING_WEIGHT_STEPS: u64 = 64;
 /// Fixed-point scale of the sampling tables.
 pub const SAMPLING_FIXED_ONE: u64 = 1 << 16;
-/// In sampled mode, per-stack counts are kept in thousandths of an allocation.
-pub const SAMPLED_COUNT_SCALE: u64 = 1000;
+/// Per-stack counts are kept in thousandths of an allocation (an exact record adds 1,000), so
+/// one process's records made exact and sampled (the overhead budget can switch a process to
+/// sampling while it runs) add up in the same totals.
+pub const COUNT_SCALE: u64 = 1000;
 
 /// What one recorded allocation of `size_bytes` stands for: (bytes, count). Exact mode
-/// (`sample_bytes` 0): `(size_bytes, 1)`. Sampled mode, where it was recorded with probability
+/// (`sample_bytes` 0): `(size_bytes, 1)` allocation. Sampled mode, where it was recorded with probability
 /// `p = 1 - exp(-size_bytes / sample_bytes)`: about `size_bytes / p` bytes and `1 / p`
-/// allocations, the count in thousandths ([`SAMPLED_COUNT_SCALE`]). `weight_at(k)` is entry
+/// allocations, the count in thousandths ([`COUNT_SCALE`]). `weight_at(k)` is entry
 /// `k` of the weight table ([`names::SAMPLE_WEIGHTS`]), which the daemon computes (BPF has no
 /// floating point). The BPF programs add exactly this to a stack's totals and the daemon
 /// weighs the allocations it scans with it, so both always agree. Integer arithmetic without
@@ -94,7 +95,7 @@ pub fn allocation_weights(
     weight_at: impl Fn(u32) -> u32,
 ) -> (u64, u64) {
     if sample_bytes == 0 {
-        return (size_bytes, 1);
+        return (size_bytes, COUNT_SCALE);
     }
     let steps = if size_bytes > u64::MAX / SAMPLING_WEIGHT_STEPS {
         u64::MAX
@@ -108,10 +109,10 @@ pub fn allocation_weights(
         let scaled = weight_at(steps as u32);
         (sample_bytes.wrapping_mul(u64::from(scaled)) / SAMPLING_FIXED_ONE).max(size_bytes)
     };
-    let count = if size_bytes == 0 || bytes > u64::MAX / SAMPLED_COUNT_SCALE {
-        SAMPLED_COUNT_SCALE
+    let count = if size_bytes == 0 || bytes > u64::MAX / COUNT_SCALE {
+        COUNT_SCALE
     } else {
-        bytes * SAMPLED_COUNT_SCALE / size_bytes
+        bytes * COUNT_SCALE / size_bytes
     };
     (bytes, count)
 }
@@ -159,8 +160,26 @@ pub struct AllocInfo {
     pub stack_id: u64,
     /// cgroup v2 id of the allocating task.
     pub cgroup_id: u64,
+    /// The sampling mean it was recorded under (0: exact), so its free takes exactly what its
+    /// allocation added off its stack's totals whatever the process's mode is by then.
+    pub sample_bytes: u64,
 }
-const _: () = assert!(size_of::<AllocInfo>() == 32);
+const _: () = assert!(size_of::<AllocInfo>() == 40);
+
+/// A process armed for recording (the value of `ARMED`): how its allocations are sampled and
+/// how often its probes ran, which the overhead budget prices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArmedProcess {
+    /// Mean bytes between sampled allocations; 0 records every allocation. The daemon sets it
+    /// when it arms the process (its `--sample-bytes`) and the budget raises it.
+    pub sample_bytes: u64,
+    /// Allocator entry probes hit (outermost and nested calls), running total.
+    pub entry_hits: u64,
+    /// Free probes hit, running total.
+    pub free_hits: u64,
+}
+const _: () = assert!(size_of::<ArmedProcess>() == 24);
 
 /// Key of a per-stack total: stacks are per process (the same addresses mean different code in
 /// different processes).
@@ -222,13 +241,16 @@ pub struct ThreadState {
     pub stash_valid: u32,
     /// Sampled mode: 1 when the outermost call's allocation is sampled.
     pub sampled: u32,
+    /// The process's sampling mean when the outermost call entered (0: exact), which its
+    /// record keeps.
+    pub sample_bytes: u64,
     /// Sampled mode: bytes this thread may still allocate before the next sample.
     pub bytes_until_sample: i64,
     /// Uprobe sessions: the stack pointer at the outermost call's entry (its return comes back
     /// with it 8 bytes higher).
     pub session_sp: u64,
 }
-const _: () = assert!(size_of::<ThreadState>() == 88);
+const _: () = assert!(size_of::<ThreadState>() == 104);
 
 /// The address range of a process's allocator library code: mmap and munmap called from
 /// there are the allocator's own (arenas, large chunks), never the program's.
@@ -630,6 +652,7 @@ mod user {
     // bit pattern.
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for ArmedProcess {}
     unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for StackTotals {}
     unsafe impl aya::Pod for StackTrace {}

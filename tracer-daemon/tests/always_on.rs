@@ -379,7 +379,8 @@ fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
 
 /// Starts an agent with `config` over a limited pod running `pod_leak hot`, and waits until
 /// the agent escalates it and traces it.
-fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload) {
+/// Returns the agent's metrics address too.
+fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload, String) {
     let root = temp_root(name);
     let namespace = format!("{name}-{}", std::process::id());
     let pod = limited_pod(&root, &namespace, "hot-0");
@@ -387,7 +388,16 @@ fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload) 
     pod.place(leaker.pid, "app");
     let config_file = root.join("tracer.toml");
     std::fs::write(&config_file, config).expect("config");
-    let agent = Agent::start(&root, &["--config", config_file.to_str().expect("utf-8")]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start(
+        &root,
+        &[
+            "--config",
+            config_file.to_str().expect("utf-8"),
+            "--metrics",
+            &metrics,
+        ],
+    );
     wait_profiled(&agent, leaker.pid);
     leaker.send("go");
     let _ = leaker.wait_for("started");
@@ -395,23 +405,27 @@ fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload) 
         container(v, &pod).is_some_and(|c| c["tracing"] == "auto")
     });
     agent.wait_traced(&[leaker.pid]);
-    (agent, pod, leaker)
+    (agent, pod, leaker, metrics)
 }
 
 #[test]
-fn a_hot_leaking_process_is_escalated_then_stopped_by_the_budget_with_its_records_kept() {
+fn a_hot_leaking_process_is_escalated_then_sampled_then_stopped_by_the_budget_with_its_records_kept()
+ {
     require_root();
-    let (agent, pod, leaker) = hot_leaker_escalated("budget", "[budget]\nmax_core_percent = 5\n");
+    let (agent, pod, leaker, metrics) =
+        hot_leaker_escalated("budget", "[budget]\nmax_core_percent = 5\n");
     let pods = agent.wait_json(&["pods"], "stopped tracing it for the budget", |v| {
         container(v, &pod).is_some_and(|c| c["tracing"] == "over_budget")
     });
     let app = container(&pods, &pod).expect("listed");
     let process = &app["processes"][0];
     assert_eq!(process["traced"], false, "{app:#}");
+    // Stopped only once sampling was not enough: the cost that stopped it was measured sampled.
     let reason = process["not_traced_reason"].as_str().unwrap_or("");
     assert!(
         reason.starts_with("over the tracing budget: ")
             && reason.contains("% of a core")
+            && reason.contains("sampled every 524288 bytes")
             && reason.contains("against 5.0%"),
         "{app:#}"
     );
@@ -422,46 +436,74 @@ fn a_hot_leaking_process_is_escalated_then_stopped_by_the_budget_with_its_record
             .contains("over the tracing budget"),
         "{app:#}"
     );
-    // Its exact records up to then are evidence.
+    // First the switch to sampling, with its exact records up to then as evidence; then the
+    // stop, with what it held by then (exact and estimated) as evidence.
     let listed = agent.ctl_json(&["evidence", "--pod", &pod.display()]);
-    let record = listed
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["kind"] == "over_budget")
-        .unwrap_or_else(|| panic!("no over_budget evidence: {listed:#}"));
-    let evidence = agent.ctl_json(&["evidence", &record["id"].as_u64().expect("id").to_string()]);
-    let exact: u64 = evidence["report"]["stacks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["frames"][0]["function"] == "leak_records")
-        .map(|s| s["bytes"].as_u64().unwrap_or(0))
-        .sum();
+    let record_of = |kind: &str| {
+        let record = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} evidence: {listed:#}"));
+        let id = record["id"].as_u64().expect("id");
+        (
+            id,
+            agent.ctl_json(&["evidence", &id.to_string()]),
+        )
+    };
+    let (sampled_id, sampled) = record_of("budget_sampled");
+    let (stopped_id, stopped) = record_of("over_budget");
+    assert!(sampled_id < stopped_id, "sampled first: {listed:#}");
+    let leaked = |evidence: &serde_json::Value| -> u64 {
+        evidence["report"]["stacks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["frames"][0]["function"] == "leak_records")
+            .map(|s| s["bytes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let exact = leaked(&sampled);
     assert!(
         exact > 0 && exact.is_multiple_of(LEAK_BYTES),
-        "the leak's exact bytes until tracing stopped: {evidence:#}"
+        "the leak's exact bytes until it was sampled: {sampled:#}"
+    );
+    assert!(
+        leaked(&stopped) >= exact,
+        "its exact records stay through sampling: {exact} B, then {stopped:#}"
     );
     // The price per probe hit was measured on this node at startup.
-    assert!(
-        agent.stderr().contains("measured the cost of a probe hit"),
-        "{}",
-        agent.stderr()
-    );
-    assert!(
-        agent
-            .stderr()
-            .contains("tracing stops; its records are saved as evidence"),
-        "{}",
-        agent.stderr()
-    );
+    let log = agent.stderr();
+    assert!(log.contains("measured the cost of a probe hit"), "{log}");
+    let switched = log
+        .find("tracing switches to sampling")
+        .unwrap_or_else(|| panic!("{log}"));
+    let stops = log
+        .find("tracing stops; its records are saved as evidence")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(switched < stops, "{log}");
+    // Counted (at least this one: other tests' agents on this node watch every pod too).
+    let exposition = scrape(&metrics);
+    for counter in [
+        "tracer_processes_budget_sampled_total",
+        "tracer_processes_over_budget_total",
+    ] {
+        let count: u64 = exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{counter} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{counter}: {exposition}"));
+        assert!(count >= 1, "{counter}: {exposition}");
+    }
     leaker.finish();
 }
 
 #[test]
 fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown() {
     require_root();
-    let (agent, pod, leaker) = hot_leaker_escalated("budget-off", "[budget]\nenabled = false\n");
+    let (agent, pod, leaker, _) =
+        hot_leaker_escalated("budget-off", "[budget]\nenabled = false\n");
     let pods = agent.wait_json(&["pods"], "measured what tracing costs it", |v| {
         container(v, &pod).is_some_and(|c| {
             c["processes"][0]["tracing_core_share"]
@@ -476,6 +518,13 @@ fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown(
         let app = container(v, &pod).expect("listed");
         assert_eq!(app["tracing"], "auto", "{app:#}");
         assert_eq!(app["processes"][0]["traced"], true, "{app:#}");
+        assert!(app["processes"][0]["sample_bytes"].is_null(), "exact: {app:#}");
     }
+    assert!(
+        !agent.stderr().lines().any(|l| l.contains("tracing switches to sampling")
+            && l.contains(&format!("pid={}", leaker.pid))),
+        "{}",
+        agent.stderr()
+    );
     leaker.finish();
 }

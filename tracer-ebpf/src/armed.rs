@@ -9,13 +9,26 @@
 //! daemon through the ring buffer, so it re-attaches within milliseconds, not at its next poll.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{ExecEvent, Stat, event_kind};
+use tracer_common::{ArmedProcess, ExecEvent, Stat, event_kind};
 
 use crate::{
     maps::{ARMED, EVENTS},
     stats::bump,
     thread_state::current,
 };
+
+/// The armed process `tgid`: its sampling mean and probe-hit counters.
+pub(crate) fn armed(tgid: u32) -> Option<&'static mut ArmedProcess> {
+    // SAFETY: the counters are only changed with atomic adds, and the mean is a plain u64 the
+    // daemon rewrites whole.
+    ARMED.get_ptr_mut(&tgid).map(|process| unsafe { &mut *process })
+}
+
+/// Counts one probe hit in `counter` (a field of an [`ArmedProcess`]).
+pub(crate) fn count_hit(counter: &mut u64) {
+    // SAFETY: a valid, aligned u64 in map memory; see `heap::add`.
+    unsafe { crate::heap::add(counter, 1) };
+}
 
 /// True when `tgid` is armed; counts the allocation as unarmed otherwise.
 pub(crate) fn recording(tgid: u32) -> bool {

@@ -11,15 +11,6 @@ static DAEMON_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static PAGE_SIZE: Global<u64> = Global::new(4096);
 
-/// Mean bytes between sampled allocations (Poisson sampling on bytes, as tcmalloc and
-/// jemalloc do for heap profiles); 0 records every allocation.
-#[unsafe(no_mangle)]
-static SAMPLE_BYTES: Global<u64> = Global::new(0);
-
-pub(crate) fn sample_bytes() -> u64 {
-    SAMPLE_BYTES.load()
-}
-
 /// An outermost allocator call whose return has not come after this long is abandoned (its
 /// return probe was lost), so a thread can never stay stuck "inside the allocator".
 pub(crate) const STALE_CALL_NS: u64 = 1_000_000_000;

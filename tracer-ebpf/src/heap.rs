@@ -19,8 +19,15 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Records a successful allocation made by the current task, if its process is armed.
-pub(crate) fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size_bytes: u64) {
+/// Records a successful allocation made by the current task, if its process is armed, under
+/// the sampling mean its call entered with (`sample_bytes`, 0: exact).
+pub(crate) fn record<C: EbpfContext>(
+    ctx: &C,
+    tgid: u32,
+    addr: u64,
+    size_bytes: u64,
+    sample_bytes: u64,
+) {
     if !armed::recording(tgid) {
         return;
     }
@@ -31,6 +38,7 @@ pub(crate) fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size_bytes: 
         stack_id: stack::capture(ctx),
         // SAFETY: as above.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        sample_bytes,
     };
     if insert(tgid, addr, &info) {
         bump(Stat::ALLOCATIONS_RECORDED);
@@ -67,8 +75,8 @@ pub(crate) fn remove(tgid: u32, addr: u64) -> Option<AllocInfo> {
         // SAFETY: a copy of a map value.
         .and_then(|slot| STACK_TOTALS.get_ptr_mut(unsafe { *slot }))
     {
-        // The same weights as when it was added (sampled mode), so adds and frees cancel.
-        let (bytes, count) = sampling::weights(info.size_bytes);
+        // The same weights as when it was added, so adds and frees cancel.
+        let (bytes, count) = sampling::weights(info.size_bytes, info.sample_bytes);
         // SAFETY: totals entries are never deleted while their process lives.
         unsafe {
             add(&raw mut (*totals).outstanding_bytes, bytes.wrapping_neg());
@@ -105,7 +113,7 @@ fn insert(tgid: u32, addr: u64, info: &AllocInfo) -> bool {
             return false;
         }
     }
-    let (bytes, count) = sampling::weights(info.size_bytes);
+    let (bytes, count) = sampling::weights(info.size_bytes, info.sample_bytes);
     // SAFETY: totals entries are never deleted while their process lives.
     unsafe {
         add(&raw mut (*totals).outstanding_bytes, bytes);
@@ -161,7 +169,7 @@ fn new_slot(key: &StackKey) -> Option<*mut StackTotals> {
 ///
 /// # Safety
 /// `counter` must point into a live map value.
-unsafe fn add(counter: *mut u64, value: u64) {
+pub(crate) unsafe fn add(counter: *mut u64, value: u64) {
     // core's atomic types have no read-modify-write ops on the BPF target; the intrinsic
     // lowers to the BPF atomic add instruction.
     // SAFETY: the caller guarantees a valid, aligned u64 in map memory.

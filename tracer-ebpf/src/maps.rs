@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use tracer_common::{
-    AllocInfo, AllocKey, AllocatorText, FaultKey, FaultTotals, PendingFault,
+    AllocInfo, AllocKey, AllocatorText, ArmedProcess, FaultKey, FaultTotals, PendingFault,
     SAMPLING_TABLE_LEN, StackKey, StackTotals, StackTrace, Stat, ThreadState, UnwindEntry,
     UnwindMapping, UnwindMappingKey,
 };
@@ -64,10 +64,10 @@ pub(crate) static SAMPLE_WEIGHTS: Array<u32> = Array::with_max_entries(SAMPLING_
 #[map]
 pub(crate) static ALLOCATOR_TEXT: HashMap<u32, AllocatorText> = HashMap::with_max_entries(4096, 0);
 
-/// Processes armed for recording (value unused): see `armed`. Written by the daemon, and
-/// cleared by the exec hook.
+/// Processes armed for recording, with their sampling mean and probe hits: see `armed`.
+/// Written by the daemon, and cleared by the exec hook.
 #[map]
-pub(crate) static ARMED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 16, 0);
+pub(crate) static ARMED: HashMap<u32, ArmedProcess> = HashMap::with_max_entries(1 << 16, 0);
 
 /// Every loaded binary's unwind table, one after the other (see `UnwindMapping::table_start`).
 #[map]

@@ -24,6 +24,7 @@ use aya_ebpf::{
 use tracer_common::{AllocFn, Stat, ThreadState};
 
 use crate::{
+    armed,
     config::daemon_tgid,
     heap,
     mmap::{self, MAP_ANONYMOUS, MAP_FAILED},
@@ -134,7 +135,7 @@ fn resize_returned(ctx: &RetProbeContext, func: AllocFn) {
     let new: u64 = ctx.ret();
     if new != 0 {
         if state.sampled == 1 {
-            heap::record(ctx, tgid, new, state.size_bytes);
+            heap::record(ctx, tgid, new, state.size_bytes, state.sample_bytes);
         }
     } else if state.size_bytes != 0 || state.arg == 0 {
         // Failed: realloc(p, n > 0) returned NULL and p is still the caller's.
@@ -153,7 +154,13 @@ fn resize_returned(ctx: &RetProbeContext, func: AllocFn) {
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let ptr = arg(&ctx, 0);
     let (tgid, _) = current();
-    if ptr != 0 && tgid != daemon_tgid() {
+    if tgid == daemon_tgid() {
+        return 0;
+    }
+    if let Some(process) = armed::armed(tgid) {
+        armed::count_hit(&mut process.free_hits);
+    }
+    if ptr != 0 {
         let _ = heap::remove(tgid, ptr);
     }
     0
@@ -183,7 +190,7 @@ pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
         Ok(_) if state.sampled == 0 => {}
         Ok(ptr) if ptr != 0 => {
             let (tgid, _) = current();
-            heap::record(&ctx, tgid, ptr, state.size_bytes);
+            heap::record(&ctx, tgid, ptr, state.size_bytes, state.sample_bytes);
         }
         _ => bump(Stat::FAILED_CALLS),
     }
@@ -260,7 +267,7 @@ pub(crate) fn record_returned<C: EbpfContext>(ctx: &C, ptr: u64, state: &ThreadS
         return;
     }
     let (tgid, _) = current();
-    heap::record(ctx, tgid, ptr, state.size_bytes);
+    heap::record(ctx, tgid, ptr, state.size_bytes, state.sample_bytes);
 }
 
 // ---- mmap(addr, length, prot, flags, fd, offset), munmap(addr, length) ----

@@ -15,7 +15,8 @@ use aya_log_ebpf::warn;
 use tracer_common::{AllocFn, Stat, ThreadState};
 
 use crate::{
-    config::{STALE_CALL_NS, daemon_tgid, sample_bytes},
+    armed,
+    config::{STALE_CALL_NS, daemon_tgid},
     maps::THREAD_STATE,
     sampling,
     stats::bump,
@@ -39,6 +40,15 @@ pub(crate) fn enter<C: EbpfContext>(
     if tgid == daemon_tgid() {
         return None;
     }
+    // Every entry is a probe hit the budget prices; an unarmed process (being attached) records
+    // nothing, so its calls are decided as exact.
+    let sample_bytes = match armed::armed(tgid) {
+        Some(process) => {
+            armed::count_hit(&mut process.entry_hits);
+            process.sample_bytes
+        }
+        None => 0,
+    };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let state = state_of(tid)?;
@@ -62,11 +72,12 @@ pub(crate) fn enter<C: EbpfContext>(
     state.arg = arg;
     state.stash_valid = 0;
     state.sampled = 1;
-    if sample_bytes() > 0 {
+    state.sample_bytes = sample_bytes;
+    if sample_bytes > 0 {
         // Counting down the bytes to the next sample; a thread's first call draws its first
         // distance.
         if state.bytes_until_sample == 0 {
-            state.bytes_until_sample = sampling::draw_distance();
+            state.bytes_until_sample = sampling::draw_distance(sample_bytes);
         }
         let remaining = state
             .bytes_until_sample
@@ -75,7 +86,7 @@ pub(crate) fn enter<C: EbpfContext>(
             state.bytes_until_sample = remaining;
             state.sampled = 0;
         } else {
-            state.bytes_until_sample = sampling::draw_distance();
+            state.bytes_until_sample = sampling::draw_distance(sample_bytes);
         }
     }
     Some(state)

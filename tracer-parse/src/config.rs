@@ -65,6 +65,9 @@ pub struct BudgetSection {
     pub enabled: Option<bool>,
     /// Percent of one core tracing may take from a process (1..=100).
     pub max_core_percent: Option<u32>,
+    /// Mean bytes between sampled allocations for a process over the budget (0: no sampling
+    /// step, it stops being traced at once; else 1..=2^40).
+    pub sample_bytes: Option<u64>,
 }
 
 /// Namespaces not watched unless the config says otherwise: the node's own system pods (CNI,
@@ -164,6 +167,11 @@ impl ConfigFile {
         }
         if let Some(percent) = self.budget.max_core_percent {
             check_range("[budget] max_core_percent", percent, &(1..=100))?;
+        }
+        if let Some(bytes) = self.budget.sample_bytes
+            && bytes != 0
+        {
+            check_range("[budget] sample_bytes", bytes, &(1..=1 << 40))?;
         }
         let escalation = &self.escalation;
         if let Some(percent) = escalation.usage_percent {
@@ -303,6 +311,7 @@ mod tests {
             max_duration = "20m"
             [budget]
             max_core_percent = 10
+            sample_bytes = 1048576
             "#,
         )
         .expect("valid");
@@ -315,6 +324,7 @@ mod tests {
         assert_eq!(config.escalation.usage_percent, Some(80));
         assert_eq!(config.escalation.max_containers, Some(3));
         assert_eq!(config.budget.max_core_percent, Some(10));
+        assert_eq!(config.budget.sample_bytes, Some(1 << 20));
         assert_eq!(config.selection.namespaces, ["shop-*"]);
         assert_eq!(config.selection.max_processes, Some(32));
         assert_eq!(config.growth.window, Some(Duration::from_secs(600)));

@@ -85,6 +85,8 @@ pub struct NodeMetrics {
     pub fault_hook_attached: bool,
     /// Processes that stopped being traced for the overhead budget since start.
     pub processes_over_budget: u64,
+    /// Processes the overhead budget switched to sampling since start.
+    pub processes_budget_sampled: u64,
     /// The largest share of a core tracing costs any traced process now.
     pub max_tracing_core_share: f64,
 }
@@ -164,7 +166,10 @@ impl Agent {
         NodeMetrics {
             tracer: self.tracer.health(),
             bpf: self.tracer.stats(),
-            estimated: self.tracer.sample_bytes() > 0,
+            estimated: traced
+                .iter()
+                .any(|&pid| self.tracer.sample_bytes_of(pid).unwrap_or(0) > 0)
+                || self.tracer.sample_bytes() > 0,
             evidence_saved: self.evidence_saved,
             evidence_failed: self.evidence_failed,
             evidence_records: evidence_records as u64,
@@ -178,6 +183,7 @@ impl Agent {
             containers_escalated: self.escalations.containers().count() as u64,
             fault_hook_attached: *self.tracer.fault_hook() == crate::bpf::FaultHook::Attached,
             processes_over_budget: self.over_budget,
+            processes_budget_sampled: self.budget_sampled,
             max_tracing_core_share: self
                 .tracer
                 .pids()

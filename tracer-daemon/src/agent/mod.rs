@@ -102,6 +102,8 @@ struct Agent {
     budget: budget::Budget,
     /// Processes stopped for the budget since start.
     over_budget: u64,
+    /// Processes the budget switched to sampling since start.
+    budget_sampled: u64,
 }
 
 impl Agent {
@@ -138,8 +140,13 @@ impl Agent {
             trends: ContainerTrends::new(config.growth),
             watched_cgroups: HashSet::new(),
             first_touch: FirstTouchWindows::new(config.growth, GROWTH_TRACKED_STACKS),
-            budget: budget::Budget::new(config.budget.clone(), tracer.probe_cost()),
+            budget: budget::Budget::new(
+                config.budget.clone(),
+                tracer.probe_cost(),
+                tracer.sessions(),
+            ),
             over_budget: 0,
+            budget_sampled: 0,
             escalations: escalation::Escalations::new(config.escalation.clone()),
             exclusions,
             watch: MemoryWatch::new(config.watch.clone()),
@@ -476,6 +483,12 @@ impl Agent {
             },
             tracing_core_share: if traced {
                 self.tracing_cost(pid).map(|c| c.core_share)
+            } else {
+                None
+            },
+            sample_bytes: self.tracer.sample_bytes_of(pid).unwrap_or(0),
+            sampling_reason: if traced {
+                self.budget.sampling_reason(pid).map(str::to_owned)
             } else {
                 None
             },

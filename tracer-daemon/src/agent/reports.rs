@@ -176,8 +176,10 @@ impl Agent {
                 memory,
                 stacks_total: assembled.stacks_total,
                 stacks: assembled.stacks,
+                estimated: included
+                    .iter()
+                    .any(|&pid| self.tracer.sample_bytes_of(pid).unwrap_or(0) > 0),
                 pids: included,
-                estimated: self.tracer.sample_bytes() > 0,
             });
         }
         Ok(containers)
@@ -203,6 +205,7 @@ impl Agent {
             self.container_reports(&resolved, request.min_age_ns, request.sort_by, request.top)?;
         let pod = resolved.pod.as_ref();
         let stats = self.tracer.stats();
+        let estimated = self.tracer.sample_bytes() > 0 || containers.iter().any(|c| c.estimated);
         Ok(PodReport {
             taken_at_unix_ms,
             namespace: pod.and_then(|p| p.namespace.clone()),
@@ -212,7 +215,7 @@ impl Agent {
             sort_by: request.sort_by,
             min_age_ns: request.min_age_ns,
             sample_bytes: self.tracer.sample_bytes(),
-            estimated: self.tracer.sample_bytes() > 0,
+            estimated,
             incomplete: stats.incomplete_reason().is_some(),
             incomplete_reason: stats.incomplete_reason(),
             stats,

@@ -23,6 +23,10 @@ pub struct TargetProcess {
     pub unwinding: Vec<crate::unwind::loader::BinaryUnwinding>,
     /// What tracing costs it now, as a share of one core (measured while traced).
     pub tracing_core_share: Option<f64>,
+    /// While traced: mean bytes between sampled allocations (0: exact).
+    pub sample_bytes: u64,
+    /// Why it is sampled, when the budget switched it.
+    pub sampling_reason: Option<String>,
 }
 
 /// A container.

@@ -198,6 +198,8 @@ impl From<&TargetProcess> for pb::ProcessTarget {
                 })
                 .collect(),
             tracing_core_share: p.tracing_core_share,
+            sample_bytes: p.sample_bytes,
+            sampling_reason: p.sampling_reason.clone().unwrap_or_default(),
         }
     }
 }
@@ -221,6 +223,8 @@ impl From<&pb::ProcessTarget> for TargetProcess {
                 })
                 .collect(),
             tracing_core_share: p.tracing_core_share,
+            sample_bytes: p.sample_bytes,
+            sampling_reason: (!p.sampling_reason.is_empty()).then(|| p.sampling_reason.clone()),
         }
     }
 }

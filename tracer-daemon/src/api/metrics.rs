@@ -226,7 +226,7 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
     );
     registry.register(
         "sampled",
-        "1 when bytes and counts are sampled estimates (--sample-bytes), 0 when exact",
+        "1 when some bytes and counts are sampled estimates (--sample-bytes, or a process the overhead budget switched to sampling), 0 when all are exact",
         gauge(u64::from(figures.estimated)),
     );
     let events = Family::<EventLabels, Counter>::default();
@@ -436,6 +436,11 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
         "processes_over_budget",
         "Processes that stopped being traced because tracing cost them more than [budget] allows",
         counter(figures.processes_over_budget),
+    );
+    registry.register(
+        "processes_budget_sampled",
+        "Processes switched to byte sampling because exact tracing cost them more than [budget] allows",
+        counter(figures.processes_budget_sampled),
     );
     let share = FloatGauge::default();
     let _ = share.set(figures.max_tracing_core_share);

@@ -19,7 +19,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use tracing::{debug, warn};
 
-use tracer_common::{AllocatorText, names};
+use tracer_common::{AllocatorText, ArmedProcess, names};
 
 use crate::{
     attach::closer::DetachedLinks,
@@ -417,23 +417,62 @@ fn allocator_text(probes: &mut Probes, pid: u32, text: Option<AllocatorText>) {
     }
 }
 
-/// Arms (or disarms) a process for recording: see tracer-ebpf's `armed`. A process is armed
-/// only once every probe that would see its allocations end is attached.
-fn arm(probes: &mut Probes, pid: u32, armed: bool) -> Result<(), aya::maps::MapError> {
+fn armed_map(
+    probes: &mut Probes,
+) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, ArmedProcess>, aya::maps::MapError> {
     let Some(map) = probes.ebpf.map_mut(names::ARMED) else {
         return Err(aya::maps::MapError::InvalidName {
             name: names::ARMED.to_owned(),
         });
     };
-    let mut map = aya::maps::HashMap::<_, u32, u32>::try_from(map)?;
+    aya::maps::HashMap::try_from(map)
+}
+
+/// Arms (or disarms) a process for recording: see tracer-ebpf's `armed`. A process is armed
+/// only once every probe that would see its allocations end is attached, with the sampling
+/// mean it has (the budget's, if it switched it to sampling, else `--sample-bytes`).
+fn arm(probes: &mut Probes, pid: u32, armed: bool) -> Result<(), aya::maps::MapError> {
+    let sample_bytes = probes
+        .sampled_processes
+        .get(&pid)
+        .copied()
+        .unwrap_or(probes.sample_bytes);
+    let mut map = armed_map(probes)?;
     if armed {
-        map.insert(pid, 1, 0)
+        let process = ArmedProcess {
+            sample_bytes,
+            ..ArmedProcess::default()
+        };
+        map.insert(pid, process, 0)
     } else {
         match map.remove(&pid) {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             other => other,
         }
     }
+}
+
+/// Switches an armed process to sampling with mean `sample_bytes` from its next allocator
+/// call on (its records so far keep their own weights: see `AllocInfo::sample_bytes`). The
+/// probe-hit counts are carried over; hits between the read and the write (microseconds) are
+/// lost.
+pub fn sample(probes: &mut Probes, pid: u32, sample_bytes: u64) -> Result<(), aya::maps::MapError> {
+    let _ = probes.sampled_processes.insert(pid, sample_bytes);
+    let mut map = armed_map(probes)?;
+    let mut process = map.get(&pid, 0)?;
+    process.sample_bytes = sample_bytes;
+    /// `BPF_EXIST`: only replaces the entry (never arms a process that was disarmed meanwhile).
+    const ONLY_REPLACE: u64 = 2;
+    map.insert(pid, process, ONLY_REPLACE)
+}
+
+/// An armed process's sampling mean and probe hits (`None` when it is not armed).
+pub fn armed_process(probes: &Probes, pid: u32) -> Option<ArmedProcess> {
+    let map = probes.ebpf.map(names::ARMED)?;
+    aya::maps::HashMap::<_, u32, ArmedProcess>::try_from(map)
+        .ok()?
+        .get(&pid, 0)
+        .ok()
 }
 
 impl AllocatorLibrary {
@@ -471,6 +510,8 @@ pub fn rearm(
             .map(|(start, end)| AllocatorText { start, end }),
     );
     attachment.library = library;
+    // A new program starts exact (or at `--sample-bytes`): the budget prices it afresh.
+    let _ = probes.sampled_processes.remove(&pid);
     arm(probes, pid, true)
 }
 
@@ -706,6 +747,7 @@ pub fn detach(probes: &mut Probes, attachment: Attachment) -> DetachedLinks {
     } = attachment;
     // Before any probe goes: nothing is recorded whose free could then be missed.
     disarm(probes, pid);
+    let _ = probes.sampled_processes.remove(&pid);
     allocator_text(probes, pid, None);
     let mut detached = DetachedLinks {
         uprobes: Vec::new(),

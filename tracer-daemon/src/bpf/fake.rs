@@ -12,7 +12,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use tracer_common::{
-    AllocInfo, AllocKey, FaultKey, FaultTotals, StackKey, StackTotals, Stat, UnwindEntry,
+    AllocInfo, AllocKey, ArmedProcess, COUNT_SCALE, FaultKey, FaultTotals, StackKey, StackTotals, Stat, UnwindEntry,
     UnwindMapping, UnwindMappingKey,
 };
 
@@ -35,6 +35,10 @@ use crate::{
 pub struct FakeState {
     /// Processes armed for recording.
     pub armed: HashSet<u32>,
+    /// Processes switched to sampling, with their mean.
+    pub sampled: HashMap<u32, u64>,
+    /// Probe hits of armed processes: (allocator entries, frees).
+    pub hits: HashMap<u32, (u64, u64)>,
     /// Every attach and detach, in order: (pid, attached?).
     pub history: Vec<(u32, bool)>,
     /// Outstanding allocations.
@@ -74,6 +78,7 @@ impl FakeState {
                 .or_default() += 1;
             return;
         }
+        self.hits.entry(pid).or_default().0 += 1;
         let stack_id = stack_id_of(stack);
         let _ = self.stacks.insert(stack_id, stack.to_vec());
         let key = StackKey {
@@ -92,6 +97,7 @@ impl FakeState {
                 timestamp_ns: at_ns,
                 stack_id,
                 cgroup_id: 0,
+                sample_bytes: 0,
             },
         );
         let totals = self.totals.entry(key).or_insert(StackTotals {
@@ -99,7 +105,7 @@ impl FakeState {
             ..StackTotals::default()
         });
         totals.outstanding_bytes += size_bytes;
-        totals.outstanding_count += 1;
+        totals.outstanding_count += COUNT_SCALE;
         totals.allocations_total += 1;
         *self
             .counters
@@ -109,6 +115,9 @@ impl FakeState {
 
     /// What the BPF programs do for a free.
     pub fn free(&mut self, pid: u32, addr: u64) {
+        if self.armed.contains(&pid) {
+            self.hits.entry(pid).or_default().1 += 1;
+        }
         let key = AllocKey {
             tgid: pid,
             _pad: 0,
@@ -125,7 +134,7 @@ impl FakeState {
         };
         if let Some(totals) = self.totals.get_mut(&stack) {
             totals.outstanding_bytes -= info.size_bytes;
-            totals.outstanding_count -= 1;
+            totals.outstanding_count -= COUNT_SCALE;
         }
         *self.counters.entry(Stat::FREES_MATCHED.0).or_default() += 1;
     }
@@ -292,6 +301,27 @@ impl Kernel for FakeKernel {
         attachment.library = library;
         let _ = self.state().armed.insert(attachment.pid);
         Ok(())
+    }
+
+    fn sample(&mut self, pid: u32, sample_bytes: u64) -> Result<(), String> {
+        let mut state = self.state();
+        if !state.armed.contains(&pid) {
+            return Err(format!("process {pid} is not armed"));
+        }
+        let _ = state.sampled.insert(pid, sample_bytes);
+        Ok(())
+    }
+
+    fn armed_process(&self, pid: u32) -> Option<ArmedProcess> {
+        let state = self.state();
+        state.armed.contains(&pid).then(|| {
+            let (entry_hits, free_hits) = state.hits.get(&pid).copied().unwrap_or_default();
+            ArmedProcess {
+                sample_bytes: state.sampled.get(&pid).copied().unwrap_or(0),
+                entry_hits,
+                free_hits,
+            }
+        })
     }
 
     fn flush_log(&mut self) {}

@@ -7,7 +7,7 @@ use std::{collections::HashSet, os::fd::RawFd, time::Duration};
 
 use aya::maps::{Array, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
 use tracer_common::{
-    AllocInfo, AllocKey, FaultKey, FaultTotals, StackKey, StackTotals, UnwindEntry, UnwindMapping,
+    AllocInfo, AllocKey, ArmedProcess, FaultKey, FaultTotals, StackKey, StackTotals, UnwindEntry, UnwindMapping,
     UnwindMappingKey, names,
 };
 
@@ -56,12 +56,20 @@ pub trait Kernel: UnwindMaps {
         attachment: &mut Attachment,
         library: AllocatorLibrary,
     ) -> Result<(), AttachError>;
+    /// Switches an armed process to sampling with mean `sample_bytes` (see `attach::sample`).
+    fn sample(&mut self, pid: u32, sample_bytes: u64) -> Result<(), String>;
+    /// An armed process's sampling mean and probe hits (`None` when it is not armed).
+    fn armed_process(&self, pid: u32) -> Option<ArmedProcess>;
     /// Moves the programs' pending log lines to the log.
     fn flush_log(&mut self);
     /// What a probe hit costs on this node (measured at load where the object can, else the
     /// development machines' figure).
     fn probe_cost(&self) -> crate::bpf::probe_cost::ProbeCost {
         crate::bpf::probe_cost::ProbeCost::MEASURED_HERE
+    }
+    /// Whether malloc is probed as a uprobe session (an unsampled call skips its return).
+    fn sessions(&self) -> bool {
+        false
     }
     /// Whether OOM kills are seen at the kernel hook.
     fn oom_hook(&self) -> &OomHook;
@@ -225,12 +233,24 @@ impl Kernel for LoadedKernel {
         })
     }
 
+    fn sample(&mut self, pid: u32, sample_bytes: u64) -> Result<(), String> {
+        attach::sample(&mut self.probes, pid, sample_bytes).map_err(|e| e.to_string())
+    }
+
+    fn armed_process(&self, pid: u32) -> Option<ArmedProcess> {
+        attach::armed_process(&self.probes, pid)
+    }
+
     fn flush_log(&mut self) {
         self.probes.flush_log();
     }
 
     fn probe_cost(&self) -> ProbeCost {
         self.probe_cost
+    }
+
+    fn sessions(&self) -> bool {
+        self.probes.malloc_session.is_some()
     }
 
     fn oom_hook(&self) -> &OomHook {

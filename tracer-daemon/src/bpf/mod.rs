@@ -313,6 +313,11 @@ pub struct Probes {
     pub sessions_unavailable: Option<String>,
     /// Forwards the programs' rare log lines (aya-log) to this process's log.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The sampling mean a process is armed with (`--sample-bytes`; 0: exact).
+    pub(crate) sample_bytes: u64,
+    /// Processes the overhead budget switched to sampling, with their mean: kept when one is
+    /// armed again after an exec.
+    pub(crate) sampled_processes: std::collections::HashMap<u32, u64>,
 }
 
 impl Probes {
@@ -343,7 +348,6 @@ impl Probes {
             .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
             .override_global(names::GLOBAL_PAGE_SIZE, &page_size, true)
             .override_global(names::GLOBAL_KERNEL_LAYOUT, &layout, true)
-            .override_global(names::GLOBAL_SAMPLE_BYTES, &sample_bytes, true)
             .override_global(
                 names::GLOBAL_FAULT_PAGE_SLOTS_MASK,
                 &fault_page_slots_mask,
@@ -434,6 +438,8 @@ impl Probes {
             malloc_session,
             sessions_unavailable,
             logger,
+            sample_bytes,
+            sampled_processes: std::collections::HashMap::new(),
         })
     }
 

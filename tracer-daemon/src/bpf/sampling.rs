@@ -71,7 +71,7 @@ pub(super) fn fill_tables(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::SAMPLED_COUNT_SCALE;
+    use tracer_common::COUNT_SCALE;
 
     use super::*;
 
@@ -98,7 +98,7 @@ mod tests {
         ] {
             let (bytes, count) = weights(size, mean);
             let (want_bytes, want_count) = exact(size, mean);
-            let count = count as f64 / SAMPLED_COUNT_SCALE as f64;
+            let count = count as f64 / COUNT_SCALE as f64;
             assert!(
                 (bytes as f64 / want_bytes - 1.0).abs() < 0.01,
                 "size {size}: {bytes} bytes, want {want_bytes:.0}"
@@ -112,12 +112,12 @@ mod tests {
 
     #[test]
     fn exact_mode_weighs_an_allocation_as_itself() {
-        assert_eq!(weights(4096, 0), (4096, 1));
-        assert_eq!(weights(0, 0), (0, 1));
+        assert_eq!(weights(4096, 0), (4096, COUNT_SCALE));
+        assert_eq!(weights(0, 0), (0, COUNT_SCALE));
     }
 
     #[test]
     fn an_empty_sampled_allocation_stands_for_one_mean() {
-        assert_eq!(weights(0, 1000), (1000, SAMPLED_COUNT_SCALE));
+        assert_eq!(weights(0, 1000), (1000, COUNT_SCALE));
     }
 }

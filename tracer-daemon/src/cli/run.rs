@@ -472,5 +472,6 @@ fn budget_policy(section: &config::BudgetSection) -> BudgetPolicy {
         max_core_share: section
             .max_core_percent
             .map_or(default.max_core_share, |p| f64::from(p) / 100.0),
+        sample_bytes: section.sample_bytes.unwrap_or(default.sample_bytes),
     }
 }

@@ -27,7 +27,6 @@ pub struct AgeScan<'a> {
     tgids: Option<&'a HashSet<u32>>,
     now_ns: u64,
     min_age_ns: u64,
-    sample_bytes: u64,
     out: HashMap<StackKey, AgeSummary>,
 }
 
@@ -37,13 +36,11 @@ impl<'a> AgeScan<'a> {
         tgids: Option<&'a HashSet<u32>>,
         now_ns: u64,
         min_age_ns: u64,
-        sample_bytes: u64,
     ) -> Self {
         Self {
             tgids,
             now_ns,
             min_age_ns,
-            sample_bytes,
             out: HashMap::new(),
         }
     }
@@ -64,7 +61,7 @@ impl<'a> AgeScan<'a> {
         });
         summary.oldest_ns = summary.oldest_ns.min(info.timestamp_ns);
         if self.now_ns.saturating_sub(info.timestamp_ns) >= self.min_age_ns {
-            let (bytes, count) = sampling_weight(info.size_bytes, self.sample_bytes);
+            let (bytes, count) = sampling_weight(info.size_bytes, info.sample_bytes);
             summary.aged_bytes += bytes;
             summary.aged_count += count;
         }

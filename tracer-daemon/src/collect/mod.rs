@@ -292,18 +292,13 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<Notice> {
     None
 }
 
-/// What one recorded allocation of `size` bytes stands for: (bytes, allocations). Exact mode
-/// (`sample_bytes` 0): itself. Sampled mode: the estimate the BPF programs add to its stack's
-/// totals ([`bpf::sampling::weights`](crate::bpf::sampling::weights)), so an age scan and the
-/// totals agree.
+/// What one allocation of `size` bytes recorded under the mean `sample_bytes` stands for:
+/// (bytes, allocations). Exact (mean 0): itself. Sampled: the estimate the BPF programs add to
+/// its stack's totals ([`bpf::sampling::weights`](crate::bpf::sampling::weights)), so an age
+/// scan and the totals agree.
 pub fn sampling_weight(size: u64, sample_bytes: u64) -> (f64, f64) {
     let (bytes, count) = crate::bpf::sampling::weights(size, sample_bytes);
-    let count_scale = if sample_bytes == 0 {
-        1
-    } else {
-        tracer_common::SAMPLED_COUNT_SCALE
-    };
-    (bytes as f64, count as f64 / count_scale as f64)
+    (bytes as f64, count as f64 / tracer_common::COUNT_SCALE as f64)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

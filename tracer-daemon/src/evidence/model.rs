@@ -40,6 +40,17 @@ pub enum Trigger {
         /// The kill as the kernel hook saw it; `None` when only cgroup counters saw it.
         kill: Option<OomKill>,
     },
+    /// Exact tracing cost a process more than the overhead budget: its exact records, taken
+    /// just before it was switched to sampling (they stay exact; what it records after is
+    /// estimated).
+    BudgetSampled {
+        /// The process.
+        pid: u32,
+        /// What exact tracing cost it, e.g. "12.0% of a core (80000 allocations/s, ...)".
+        cost: String,
+        /// The sampling mean it was switched to.
+        sample_bytes: u64,
+    },
     /// Tracing a process cost more than the overhead budget: its records, taken just before
     /// it stopped being traced.
     OverBudget {
@@ -59,6 +70,7 @@ impl Trigger {
             Self::High { .. } => "high",
             Self::Pressure { .. } => "pressure",
             Self::OomKill { .. } => KIND_OOM_KILL,
+            Self::BudgetSampled { .. } => "budget_sampled",
             Self::OverBudget { .. } => "over_budget",
         }
     }
@@ -150,6 +162,13 @@ impl Evidence {
                 kill.victim_comm
             ),
             Trigger::OomKill { kill: None } => format!("OOM kill seen in cgroup counters{memory}"),
+            Trigger::BudgetSampled {
+                pid,
+                cost,
+                sample_bytes,
+            } => format!(
+                "tracing pid {pid} switched to sampling every {sample_bytes} bytes: over the budget at {cost}{memory}"
+            ),
             Trigger::OverBudget { pid, cost } => {
                 format!("tracing pid {pid} stopped: over the budget at {cost}{memory}")
             }

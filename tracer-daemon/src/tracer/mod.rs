@@ -35,6 +35,7 @@ use crate::{
 };
 
 pub use profile::ProfileError;
+pub use queries::ProbeHits;
 
 /// Why the tracer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +159,9 @@ struct TracedProcess {
     /// How each of its binaries is unwound.
     unwinding: Vec<BinaryUnwinding>,
     state: ProcessState,
+    /// Mean bytes between sampled allocations (0: exact): `--sample-bytes`, or what the
+    /// overhead budget switched it to.
+    sample_bytes: u64,
 }
 
 /// The tracing engine.
@@ -329,6 +333,7 @@ impl Tracer {
                 allocator,
                 unwinding,
                 state: ProcessState::Running,
+                sample_bytes: self.sample_bytes,
             },
         );
         Ok(())
@@ -516,6 +521,8 @@ impl Tracer {
         traced.snapshot = snapshot;
         traced.unwinding = unwinding;
         traced.allocator = library.path.clone();
+        // A new program starts at `--sample-bytes`: the budget prices it afresh.
+        traced.sample_bytes = self.sample_bytes;
         let Some(mut attachment) = traced.attachment.take() else {
             return;
         };

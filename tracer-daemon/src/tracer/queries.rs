@@ -9,6 +9,19 @@ use std::{
 use tracer_common::UNKNOWN_STACK_ID;
 
 use super::{ProcessStacks, ReportOptions, Tracer, TracerHealth, oldest_age};
+
+/// A traced process's probe hits so far (running totals) and its sampling mean now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeHits {
+    /// Allocator entry probes hit (every call, sampled or not, nested or not).
+    pub entries: u64,
+    /// Free probes hit.
+    pub frees: u64,
+    /// Allocations recorded (each also ran its return probe).
+    pub recorded: u64,
+    /// Its sampling mean now (0: exact).
+    pub sample_bytes: u64,
+}
 use crate::{
     collect::oom::OomKill,
     collect::{
@@ -150,19 +163,15 @@ impl Tracer {
         let now_ns = collect::monotonic_now_ns();
         let aged = if options.min_age_ns > 0 {
             let mut scan =
-                ages::AgeScan::new(Some(&wanted), now_ns, options.min_age_ns, self.sample_bytes);
+                ages::AgeScan::new(Some(&wanted), now_ns, options.min_age_ns);
             self.kernel
                 .for_each_allocation(&mut |key, info| scan.add(key, info))?;
             Some(scan.finish())
         } else {
             None
         };
-        // Counts are kept in thousandths in sampled mode.
-        let scale = if self.sample_bytes > 0 {
-            tracer_common::SAMPLED_COUNT_SCALE
-        } else {
-            1
-        };
+        // Counts are kept in thousandths.
+        let scale = tracer_common::COUNT_SCALE;
         // This loop runs once per stack on the node: one process is the common case, so it
         // avoids hashing for it; ages are looked up later, for the stacks a report shows.
         let single = (pids.len() == 1).then(|| pids[0]);
@@ -300,25 +309,53 @@ impl Tracer {
         self.kernel.probe_cost()
     }
 
-    /// Each traced process's allocator calls recorded so far, from the per-stack totals (no
-    /// syscall): (allocations, frees of those allocations); estimates in sampled mode. What
-    /// the overhead budget prices.
-    pub fn call_counts(&self) -> std::collections::HashMap<u32, (u64, u64)> {
-        let mut counts: std::collections::HashMap<u32, (u64, u64)> =
-            std::collections::HashMap::new();
+    /// Whether an unsampled malloc skips its return probe (uprobe sessions).
+    pub fn sessions(&self) -> bool {
+        self.kernel.sessions()
+    }
+
+    /// Each armed process's probe hits so far, as the programs counted them: every allocator
+    /// entry and every free trapped into the kernel, sampled or not, plus the allocations
+    /// recorded (each of which also ran a return probe). What the overhead budget prices.
+    pub fn probe_hits(&self) -> std::collections::HashMap<u32, ProbeHits> {
+        let mut hits: std::collections::HashMap<u32, ProbeHits> = self
+            .processes
+            .keys()
+            .filter_map(|&pid| {
+                let armed = self.kernel.armed_process(pid)?;
+                Some((
+                    pid,
+                    ProbeHits {
+                        entries: armed.entry_hits,
+                        frees: armed.free_hits,
+                        recorded: 0,
+                        sample_bytes: armed.sample_bytes,
+                    },
+                ))
+            })
+            .collect();
         self.kernel.for_each_total(&mut |key, totals| {
-            if !self.processes.contains_key(&key.tgid) {
-                return;
+            if let Some(process) = hits.get_mut(&key.tgid) {
+                process.recorded += totals.allocations_total;
             }
-            let entry = counts.entry(key.tgid).or_default();
-            entry.0 += totals.allocations_total;
-            entry.1 += totals
-                .allocations_total
-                .saturating_sub(totals.outstanding_count);
         });
-        for &pid in self.processes.keys() {
-            let _ = counts.entry(pid).or_default();
-        }
-        counts
+        hits
+    }
+
+    /// Switches a traced process to sampling with mean `sample_bytes` from its next allocator
+    /// call on; what it recorded exactly keeps its exact weights.
+    pub fn sample(&mut self, pid: u32, sample_bytes: u64) -> Result<(), String> {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Err(format!("process {pid} is not traced"));
+        };
+        let sample_bytes = sample_bytes.min(super::MAX_SAMPLE_BYTES);
+        self.kernel.sample(pid, sample_bytes)?;
+        process.sample_bytes = sample_bytes;
+        Ok(())
+    }
+
+    /// The sampling mean of a traced process (0: exact; `None` when it is not traced).
+    pub fn sample_bytes_of(&self, pid: u32) -> Option<u64> {
+        self.processes.get(&pid).map(|p| p.sample_bytes)
     }
 }

@@ -125,6 +125,12 @@ pub(crate) struct ProcessView<'a> {
     /// While traced: what tracing costs it, as a share of one core.
     #[serde(skip_serializing_if = "Option::is_none")]
     tracing_core_share: Option<f64>,
+    /// While traced: mean bytes between sampled allocations (absent: exact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_bytes: Option<u64>,
+    /// Why the overhead budget switched it to sampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling_reason: Option<&'a str>,
 }
 
 /// How stacks are unwound through one of a process's executable files.
@@ -186,6 +192,8 @@ impl<'a> From<&'a pb::ProcessTarget> for ProcessView<'a> {
             allocator: non_empty(&p.allocator),
             not_traced_reason: non_empty(&p.not_traced_reason),
             tracing_core_share: p.tracing_core_share,
+            sample_bytes: (p.sample_bytes > 0).then_some(p.sample_bytes),
+            sampling_reason: non_empty(&p.sampling_reason),
             unwinding: p
                 .unwinding
                 .iter()
@@ -222,8 +230,12 @@ pub(crate) fn table(targets: &NodeTargetsView<'_>) -> String {
                 .map(|p| match (p.not_traced_reason, p.tracing_core_share) {
                     (Some(reason), _) if !p.traced => format!("{}({}: {reason})", p.pid, p.comm),
                     (_, Some(share)) if p.traced => {
+                        let sampled = p
+                            .sample_bytes
+                            .map(|bytes| format!(", sampled every {bytes} B"))
+                            .unwrap_or_default();
                         format!(
-                            "{}({}, tracing {:.1}% of a core)",
+                            "{}({}, tracing {:.1}% of a core{sampled})",
                             p.pid,
                             p.comm,
                             share * 100.0

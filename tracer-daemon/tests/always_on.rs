@@ -502,7 +502,7 @@ fn a_hot_leaking_process_is_escalated_then_sampled_then_stopped_by_the_budget_wi
 #[test]
 fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown() {
     require_root();
-    let (agent, pod, leaker, _) =
+    let (agent, pod, leaker, metrics) =
         hot_leaker_escalated("budget-off", "[budget]\nenabled = false\n");
     let pods = agent.wait_json(&["pods"], "measured what tracing costs it", |v| {
         container(v, &pod).is_some_and(|c| {
@@ -525,6 +525,38 @@ fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown(
             && l.contains(&format!("pid={}", leaker.pid))),
         "{}",
         agent.stderr()
+    );
+    // The programs' own run time was measured while it ran (kernel BPF statistics), and the
+    // price of a hit is in the metrics.
+    let deadline = Instant::now() + TIMEOUT;
+    let measured = loop {
+        let log = agent.stderr();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("measured the tracing programs' run time"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "never measured:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let field = |name: &str| -> f64 {
+        measured
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {measured}"))
+    };
+    assert!(
+        field("entry_runs") > 0.0 && field("free_runs") > 0.0 && field("entry_program_ns") > 0.0,
+        "{measured}"
+    );
+    let exposition = scrape(&metrics);
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l.starts_with(r#"tracer_probe_hit_cost_seconds{kind="free"}"#)),
+        "{exposition}"
     );
     leaker.finish();
 }

@@ -9,7 +9,10 @@
 use std::{collections::HashMap, time::Instant};
 
 pub use crate::bpf::probe_cost::ProbeCost;
-use crate::tracer::ProbeHits;
+use crate::{
+    bpf::program_runs::{ProgramRuns, RUN_TIME_EVERY, RUN_TIME_WINDOW, RunTimeStats},
+    tracer::ProbeHits,
+};
 
 /// How much tracing may cost a process.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +104,33 @@ struct Tracked {
     over: u32,
 }
 
+/// Measuring the tracing programs' run time: when next, or the window in progress (see
+/// [`crate::bpf::program_runs`]).
+pub(super) enum RunTimeMeter {
+    /// Statistics off until then.
+    Idle {
+        /// When the next window may open (while something is traced).
+        next_at: Instant,
+    },
+    /// Statistics on since `since`; the counters then.
+    Measuring {
+        _stats: RunTimeStats,
+        since: Instant,
+        before: ProgramRuns,
+    },
+    /// No real programs, or the kernel refused: the development machines' figures stay.
+    Unavailable,
+}
+
+impl RunTimeMeter {
+    /// The first window opens as soon as something is traced.
+    pub(super) fn new() -> Self {
+        Self::Idle {
+            next_at: Instant::now(),
+        }
+    }
+}
+
 /// The budget's view of every traced process.
 pub struct Budget {
     policy: BudgetPolicy,
@@ -144,6 +174,23 @@ impl Budget {
         self.processes.get(&pid).and_then(|t| t.cost)
     }
 
+    /// Takes the tracing programs' run time measured between `before` and `after` into the
+    /// price of each kind of hit (a kind that ran too little keeps its figure); returns the
+    /// price now.
+    pub fn measured_programs(&mut self, before: &ProgramRuns, after: &ProgramRuns) -> ProbeCost {
+        let cost = &mut self.probe_cost;
+        for (figure, now, then) in [
+            (&mut cost.entry_program_ns, after.entry, before.entry),
+            (&mut cost.return_program_ns, after.ret, before.ret),
+            (&mut cost.free_program_ns, after.free, before.free),
+        ] {
+            if let Some(mean) = now.mean_ns_since(&then) {
+                *figure = mean;
+            }
+        }
+        *cost
+    }
+
     /// Notes why a process was switched to sampling.
     pub fn note_sampled(&mut self, pid: u32, reason: String) {
         let _ = self.sampling_reasons.insert(pid, reason);
@@ -161,9 +208,9 @@ impl Budget {
             entries
         };
         MeasuredCost {
-            core_share: (entries * self.probe_cost.per_entry_ns
-                + returns * self.probe_cost.per_return_ns
-                + frees * self.probe_cost.per_free_ns)
+            core_share: (entries * self.probe_cost.per_entry_ns()
+                + returns * self.probe_cost.per_return_ns()
+                + frees * self.probe_cost.per_free_ns())
                 / 1e9,
             allocations_per_second: entries,
             frees_per_second: frees,
@@ -313,6 +360,62 @@ impl super::Agent {
         }
     }
 
+    /// At each poll: opens a window of the kernel's run-time statistics when one is due and
+    /// something is traced, and closes it after [`RUN_TIME_WINDOW`], pricing probe hits with
+    /// what the programs measured.
+    pub(super) fn meter_program_run_time(&mut self) {
+        let now = Instant::now();
+        match &self.run_time_meter {
+            RunTimeMeter::Unavailable => {}
+            RunTimeMeter::Idle { next_at } => {
+                if now < *next_at || self.tracer.pids().is_empty() {
+                    return;
+                }
+                let Some(before) = self.tracer.program_runs() else {
+                    self.run_time_meter = RunTimeMeter::Unavailable;
+                    return;
+                };
+                self.run_time_meter = match RunTimeStats::enable() {
+                    Ok(stats) => RunTimeMeter::Measuring {
+                        _stats: stats,
+                        since: now,
+                        before,
+                    },
+                    Err(error) => {
+                        tracing::warn!(
+                            error,
+                            "the budget prices the tracing programs at the development machines' figures"
+                        );
+                        RunTimeMeter::Unavailable
+                    }
+                };
+            }
+            RunTimeMeter::Measuring { since, before, .. } => {
+                if now.duration_since(*since) < RUN_TIME_WINDOW {
+                    return;
+                }
+                let before = *before;
+                let after = self.tracer.program_runs();
+                // Statistics off again (the descriptor closes here).
+                self.run_time_meter = RunTimeMeter::Idle {
+                    next_at: now + RUN_TIME_EVERY,
+                };
+                if let Some(after) = after {
+                    let cost = self.budget.measured_programs(&before, &after);
+                    tracing::info!(
+                        trap_ns = cost.trap_ns.round(),
+                        entry_program_ns = cost.entry_program_ns.round(),
+                        return_program_ns = cost.return_program_ns.round(),
+                        free_program_ns = cost.free_program_ns.round(),
+                        entry_runs = after.entry.runs.saturating_sub(before.entry.runs),
+                        free_runs = after.free.runs.saturating_sub(before.free.runs),
+                        "measured the tracing programs' run time"
+                    );
+                }
+            }
+        }
+    }
+
     /// Saves a process's container's records as evidence, then stops tracing it.
     fn stop_over_budget(&mut self, pid: u32, cost: MeasuredCost) {
         let budget = self.budget.policy().max_core_share * 100.0;
@@ -390,9 +493,10 @@ mod tests {
                 sample_bytes: SAMPLE,
             },
             ProbeCost {
-                per_entry_ns: 400.0,
-                per_return_ns: 600.0,
-                per_free_ns: 500.0,
+                trap_ns: 300.0,
+                entry_program_ns: 100.0,
+                return_program_ns: 300.0,
+                free_program_ns: 200.0,
             },
             true,
         )

@@ -89,6 +89,8 @@ pub struct NodeMetrics {
     pub processes_budget_sampled: u64,
     /// The largest share of a core tracing costs any traced process now.
     pub max_tracing_core_share: f64,
+    /// What the budget prices each kind of probe hit at.
+    pub probe_cost: crate::bpf::probe_cost::ProbeCost,
 }
 
 impl Agent {
@@ -184,6 +186,7 @@ impl Agent {
             fault_hook_attached: *self.tracer.fault_hook() == crate::bpf::FaultHook::Attached,
             processes_over_budget: self.over_budget,
             processes_budget_sampled: self.budget_sampled,
+            probe_cost: self.budget.probe_cost(),
             max_tracing_core_share: self
                 .tracer
                 .pids()

@@ -104,6 +104,8 @@ struct Agent {
     over_budget: u64,
     /// Processes the budget switched to sampling since start.
     budget_sampled: u64,
+    /// Measures the tracing programs' run time now and then, for the budget.
+    run_time_meter: budget::RunTimeMeter,
 }
 
 impl Agent {
@@ -147,6 +149,7 @@ impl Agent {
             ),
             over_budget: 0,
             budget_sampled: 0,
+            run_time_meter: budget::RunTimeMeter::new(),
             escalations: escalation::Escalations::new(config.escalation.clone()),
             exclusions,
             watch: MemoryWatch::new(config.watch.clone()),
@@ -288,6 +291,7 @@ impl Agent {
     fn poll(&mut self) {
         self.tracer.poll();
         self.handle_oom_kills();
+        self.meter_program_run_time();
         for pid in self.tracer.reap_ended() {
             self.growth.forget(|&(p, _)| p == pid);
             self.first_touch.forget(pid);

@@ -141,6 +141,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HitLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -441,6 +446,24 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
         "processes_budget_sampled",
         "Processes switched to byte sampling because exact tracing cost them more than [budget] allows",
         counter(figures.processes_budget_sampled),
+    );
+    let hit_cost = Family::<HitLabels, FloatGauge>::default();
+    for (kind, ns) in [
+        ("entry", figures.probe_cost.per_entry_ns()),
+        ("return", figures.probe_cost.per_return_ns()),
+        ("free", figures.probe_cost.per_free_ns()),
+    ] {
+        let _ = hit_cost
+            .get_or_create(&HitLabels {
+                kind: kind.to_owned(),
+            })
+            .set(ns / 1e9);
+    }
+    registry.register_with_unit(
+        "probe_hit_cost",
+        "What the budget prices one probe hit of each kind at: the trap measured at startup plus the program's run time measured now and then",
+        Unit::Seconds,
+        hit_cost,
     );
     let share = FloatGauge::default();
     let _ = share.set(figures.max_tracing_core_share);

@@ -71,6 +71,10 @@ pub trait Kernel: UnwindMaps {
     fn sessions(&self) -> bool {
         false
     }
+    /// The tracing programs' run counters (`None` where there are no real programs).
+    fn program_runs(&self) -> Option<crate::bpf::program_runs::ProgramRuns> {
+        None
+    }
     /// Whether OOM kills are seen at the kernel hook.
     fn oom_hook(&self) -> &OomHook;
     /// Every per-stack total (O(stacks), no syscall for the real object).
@@ -251,6 +255,10 @@ impl Kernel for LoadedKernel {
 
     fn sessions(&self) -> bool {
         self.probes.malloc_session.is_some()
+    }
+
+    fn program_runs(&self) -> Option<crate::bpf::program_runs::ProgramRuns> {
+        Some(self.probes.program_runs())
     }
 
     fn oom_hook(&self) -> &OomHook {

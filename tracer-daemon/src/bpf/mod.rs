@@ -7,6 +7,7 @@
 pub mod kernel;
 pub mod kernel_layout;
 pub mod probe_cost;
+pub mod program_runs;
 pub mod sampling;
 pub mod session;
 pub(crate) mod syscall;

@@ -1,38 +1,60 @@
 //! What a probe hit costs on this node: the price the overhead budget puts on each traced
 //! allocator call.
 
-/// What each kind of probe hit costs on this node, ns (the trap into the kernel and the
-/// program).
+/// What each kind of probe hit costs on this node, ns: the trap into the kernel and back
+/// (measured at startup with an empty program) plus that kind's program (measured while it runs,
+/// see [`super::program_runs`]; the development machines' figures until then).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProbeCost {
-    /// An allocator entry (every call, sampled or not).
-    pub per_entry_ns: f64,
-    /// An allocation's return, where its record is made (in sampled mode with uprobe sessions,
-    /// only sampled calls return through a probe).
-    pub per_return_ns: f64,
-    /// A free.
-    pub per_free_ns: f64,
+    /// A hit of an empty program.
+    pub trap_ns: f64,
+    /// An allocator entry's program (every call, sampled or not).
+    pub entry_program_ns: f64,
+    /// An allocation return's program, where its record is made (in sampled mode with uprobe
+    /// sessions, only sampled mallocs return through a probe).
+    pub return_program_ns: f64,
+    /// A free's program.
+    pub free_program_ns: f64,
+}
+
+impl Default for ProbeCost {
+    fn default() -> Self {
+        Self::MEASURED_HERE
+    }
 }
 
 impl ProbeCost {
     /// Measured on the development machines (BENCHMARKS.md: exact mode adds about 1.5 µs per
     /// malloc/free pair, 0.9–1.45 µs of it the three traps, 152 ns the free's program): what a
-    /// node assumes until it has measured its own trap cost.
+    /// node assumes until it has measured its own.
     pub const MEASURED_HERE: Self = Self {
-        per_entry_ns: 450.0,
-        per_return_ns: 550.0,
-        per_free_ns: 500.0,
+        trap_ns: 350.0,
+        entry_program_ns: 100.0,
+        return_program_ns: 200.0,
+        free_program_ns: 150.0,
     };
 
-    /// From a trap cost measured on this node and the programs' own cost (measured here:
-    /// about 150 ns for an entry's program, 300 ns for a return's, which records, 150 ns for a
-    /// free's).
+    /// From a trap cost measured on this node, with the development machines' program costs.
     pub fn from_trap_ns(trap_ns: f64) -> Self {
         Self {
-            per_entry_ns: trap_ns + 150.0,
-            per_return_ns: trap_ns + 300.0,
-            per_free_ns: trap_ns + 150.0,
+            trap_ns,
+            ..Self::MEASURED_HERE
         }
+    }
+
+    /// An allocator entry hit.
+    pub fn per_entry_ns(&self) -> f64 {
+        self.trap_ns + self.entry_program_ns
+    }
+
+    /// An allocation return hit.
+    pub fn per_return_ns(&self) -> f64 {
+        self.trap_ns + self.return_program_ns
+    }
+
+    /// A free hit.
+    pub fn per_free_ns(&self) -> f64 {
+        self.trap_ns + self.free_program_ns
     }
 }
 

@@ -135,6 +135,11 @@ pub fn load(
 }
 
 impl SessionProgram {
+    /// The program's descriptor number (for its fdinfo).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Attaches the program at `offset` of `path` for one process.
     pub fn attach(&self, path: &Path, offset: u64, pid: u32) -> io::Result<SessionLink> {
         let path = CString::new(path.as_os_str().as_bytes())

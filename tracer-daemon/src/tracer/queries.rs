@@ -314,6 +314,11 @@ impl Tracer {
         self.kernel.sessions()
     }
 
+    /// The tracing programs' run counters (`None` without real programs).
+    pub fn program_runs(&self) -> Option<crate::bpf::program_runs::ProgramRuns> {
+        self.kernel.program_runs()
+    }
+
     /// Each armed process's probe hits so far, as the programs counted them: every allocator
     /// entry and every free trapped into the kernel, sampled or not, plus the allocations
     /// recorded (each of which also ran a return probe). What the overhead budget prices.

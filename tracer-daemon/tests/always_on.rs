@@ -299,6 +299,11 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
             assert_eq!(c["tracing"], "watched", "{}: {c:#}", pod.display());
             assert_eq!(c["processes"][0]["traced"], false, "{c:#}");
         }
+        // The kernel's word too: no uprobe link anywhere on the machine names them.
+        for pid in [cache.pid, busy.pid] {
+            let links = support::links::uprobe_links_on(pid);
+            assert!(links.is_empty(), "pid {pid} has uprobes: {links:#?}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     let cache_trend = &container(&last, &cache_pod).expect("listed")["trend"];
@@ -324,6 +329,15 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
             agent.stderr()
         );
     }
+    // The link check sees uprobes when there are some: traced by hand, the busy pod has them.
+    let _ = agent.ctl_json(&["trace", "start", "--pid", &busy.pid.to_string()]);
+    agent.wait_traced(&[busy.pid]);
+    let links = support::links::uprobe_links_on(busy.pid);
+    assert!(
+        links.iter().any(|l| l.contains("libc.so")),
+        "traced by hand, the busy pod's process has uprobes on its libc: {links:#?}"
+    );
+    let _ = agent.ctl_json(&["trace", "stop", "--pid", &busy.pid.to_string()]);
     // The cache's growth profile still says where its memory went.
     let growth = agent.ctl_json(&["growth", &cache_pod.display(), "--since-watched"]);
     let filled = growth_bytes(&growth["containers"][0]["profile"]["stacks"], "fill_cache");

@@ -21,6 +21,7 @@ use serde_json::Value;
 pub(crate) mod agent;
 pub(crate) mod docker;
 pub(crate) mod faults;
+pub(crate) mod links;
 pub(crate) mod manifest;
 pub(crate) mod node;
 

@@ -6,6 +6,7 @@
 //! the time from a leak's start to its container classed growing and traced exactly.
 
 mod agent;
+pub(super) mod budget;
 mod json;
 mod node;
 mod programs;

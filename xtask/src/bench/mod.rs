@@ -16,6 +16,8 @@
 //! - always-on: what watching every pod costs a flat malloc/free loop and a process touching
 //!   new memory (no agent, pod watched, pod excluded), the agent's CPU and memory over 200
 //!   pods, and how soon a leak at the default settings is classed growing and traced.
+//! - budget: a hot malloc/free loop the agent's config selects, with no agent, traced with the
+//!   budget off, and through the budget's phases (exact, sampled, no longer traced).
 
 mod always_on;
 mod churn;
@@ -52,6 +54,8 @@ pub(crate) enum Suite {
     Unwinding,
     /// What watching every pod costs, and how soon a leak is escalated.
     AlwaysOn,
+    /// What the overhead budget does for a hot malloc/free loop.
+    Budget,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +101,9 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::AlwaysOn) {
         always_on::always_on(args)?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Budget) {
+        always_on::budget::budget(args)?;
     }
     Ok(())
 }

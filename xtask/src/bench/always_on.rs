@@ -102,6 +102,11 @@ pub(super) fn always_on(args: &BenchArgs) -> anyhow::Result<()> {
 
     let costs = costs(&binaries, &logs, &churn, &touch, args.rounds)?;
     let programs = fault_program_costs(&binaries, &logs, &touch)?;
+    if args.touch_only {
+        println!("{}", cost_rows(args, &costs, &programs));
+        eprintln!("xtask bench: --touch-only: BENCHMARKS.md is left as it is");
+        return Ok(());
+    }
     let footprint = footprint(&binaries, &logs, if args.quick { 20 } else { 60 })?;
     let escalation = escalation(&binaries, &logs, &leak, args.quick)?;
 
@@ -409,6 +414,55 @@ fn section(
     escalation: &Escalation,
     foreign_programs: usize,
 ) -> String {
+    let mut text = cost_rows(args, costs, programs);
+    text.push_str(&format!(
+        "\n| agent watching | processes profiled | settled after | CPU while settling | CPU, settled ({} s) | RSS | peak RSS (VmHWM) | targets |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|\n\
+         | {FLEET_PODS} pods × {FLEET_PROCESSES_PER_POD} `sleep` ({} containers listed watched, {} with a trend) | {} of {} | {:.0} s | {:.1}% of a core | **{:.2}%** of a core | **{:.1} MiB** | {:.1} MiB | ≤ 2% of a core, ≤ 96 MiB |\n",
+        footprint.window_s,
+        footprint.watched_containers,
+        footprint.with_trend,
+        footprint.profiled,
+        footprint.processes,
+        footprint.settled_s,
+        footprint.settling_cpu * 100.0,
+        footprint.cpu * 100.0,
+        footprint.rss_kib as f64 / 1024.0,
+        footprint.peak_kib as f64 / 1024.0,
+    ));
+    text.push_str(&format!(
+        "\n| leak | container limit | settings | classed growing | escalated (`tracing` = auto) | process traced |\n\
+         |---|---:|---|---:|---:|---:|\n\
+         | {} KiB every {} ms ({:.0} KiB/s) | {} MiB | {} | **{}** | **{}** | **{}** |\n\n\
+         Escalation's reason, as `tracerctl pods` gave it: \"{}\".\n",
+        LEAK_BYTES >> 10,
+        LEAK_STEP_MS,
+        (LEAK_BYTES >> 10) as f64 * 1000.0 / LEAK_STEP_MS as f64,
+        LEAK_LIMIT_BYTES >> 20,
+        escalation.settings,
+        seconds(escalation.growing_s),
+        seconds(escalation.auto_s),
+        seconds(escalation.traced_s),
+        escalation.reason,
+    ));
+    if costs.disturbed > 0 {
+        text.push_str(&format!(
+            "\nIn {} of the {} timed runs another process's fault programs were loaded (a test \
+             suite running on the same machine).\n",
+            costs.disturbed, costs.runs
+        ));
+    }
+    if foreign_programs > 0 {
+        text.push_str(&format!(
+            "\nWarning: {foreign_programs} fault programs of another agent were loaded when \
+             this ran; it may have watched these pods too.\n"
+        ));
+    }
+    text
+}
+
+/// The timed runs' table and the fault programs' run time (the part `--touch-only` prints).
+fn cost_rows(args: &BenchArgs, costs: &Costs, programs: &ProgramCosts) -> String {
     let faults = (TOUCH_MIB << 20) / PAGE_BYTES;
     let [churn_none, churn_watched, churn_excluded] = costs.churn_ns;
     let [touch_none, touch_watched, touch_excluded] = costs.touch_s;
@@ -460,49 +514,6 @@ fn section(
             mode.name(),
             ns_per_fault(list),
             parts.join(", ")
-        ));
-    }
-    text.push_str(&format!(
-        "\n| agent watching | processes profiled | settled after | CPU while settling | CPU, settled ({} s) | RSS | peak RSS (VmHWM) | targets |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n\
-         | {FLEET_PODS} pods × {FLEET_PROCESSES_PER_POD} `sleep` ({} containers listed watched, {} with a trend) | {} of {} | {:.0} s | {:.1}% of a core | **{:.2}%** of a core | **{:.1} MiB** | {:.1} MiB | ≤ 2% of a core, ≤ 96 MiB |\n",
-        footprint.window_s,
-        footprint.watched_containers,
-        footprint.with_trend,
-        footprint.profiled,
-        footprint.processes,
-        footprint.settled_s,
-        footprint.settling_cpu * 100.0,
-        footprint.cpu * 100.0,
-        footprint.rss_kib as f64 / 1024.0,
-        footprint.peak_kib as f64 / 1024.0,
-    ));
-    text.push_str(&format!(
-        "\n| leak | container limit | settings | classed growing | escalated (`tracing` = auto) | process traced |\n\
-         |---|---:|---|---:|---:|---:|\n\
-         | {} KiB every {} ms ({:.0} KiB/s) | {} MiB | {} | **{}** | **{}** | **{}** |\n\n\
-         Escalation's reason, as `tracerctl pods` gave it: \"{}\".\n",
-        LEAK_BYTES >> 10,
-        LEAK_STEP_MS,
-        (LEAK_BYTES >> 10) as f64 * 1000.0 / LEAK_STEP_MS as f64,
-        LEAK_LIMIT_BYTES >> 20,
-        escalation.settings,
-        seconds(escalation.growing_s),
-        seconds(escalation.auto_s),
-        seconds(escalation.traced_s),
-        escalation.reason,
-    ));
-    if costs.disturbed > 0 {
-        text.push_str(&format!(
-            "\nIn {} of the {} timed runs another process's fault programs were loaded (a test \
-             suite running on the same machine).\n",
-            costs.disturbed, costs.runs
-        ));
-    }
-    if foreign_programs > 0 {
-        text.push_str(&format!(
-            "\nWarning: {foreign_programs} fault programs of another agent were loaded when \
-             this ran; it may have watched these pods too.\n"
         ));
     }
     text

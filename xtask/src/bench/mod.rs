@@ -75,6 +75,11 @@ pub(crate) struct BenchArgs {
     /// the agent's CPU over 20 s) for iterating; BENCHMARKS.md is left as it is.
     #[arg(long)]
     quick: bool,
+    /// always-on: only the timed runs and the fault programs' run time (no fleet, no
+    /// escalation), for iterating on the fault programs; BPF run-time stats as usual, and
+    /// BENCHMARKS.md is left as it is.
+    #[arg(long)]
+    touch_only: bool,
 }
 
 /// Runs the chosen suites; the caller has checked for root (they attach uprobes).

@@ -80,6 +80,11 @@ pub(crate) struct BenchArgs {
     /// BENCHMARKS.md is left as it is.
     #[arg(long)]
     touch_only: bool,
+    /// always-on: run the tracer-daemon and tracerctl found in this directory instead of
+    /// building them (another commit's release build, for a before/after comparison); needs
+    /// --touch-only.
+    #[arg(long, requires = "touch_only")]
+    prebuilt: Option<std::path::PathBuf>,
 }
 
 /// Runs the chosen suites; the caller has checked for root (they attach uprobes).

@@ -24,6 +24,13 @@
 //!   that falls back to a small page is followed by the small page's movable allocation,
 //!   which sets the slot back to one page.
 //!
+//! Sampling: recording a page (the stack, the profile entry, the retouch table) costs several
+//! hundred ns against a fault of about 2 us, so by default one page in N (`FAULT_SAMPLE_SHIFT`,
+//! set by the daemon) is recorded and counted as N: the fault tracepoints drop the others after
+//! the error-code test and a multiply, before any helper call, so that `rss_stat` and
+//! `mm_page_alloc` find no pending slot. Which pages are kept is a function of the address
+//! ([`sampled`]), so retouches stay retouches.
+//!
 //! `rss_stat` also fires when anonymous pages go (munmap, exit) and does not say which way the
 //! counter moved; the pending slot's thread and time bound are what make a decrease after a
 //! write fault that mapped no anonymous page (a shared file mapping, a COW of a page shared
@@ -83,6 +90,7 @@ const MAX_ORDER_COUNTED: u64 = 18;
 /// counted, and says so (`FAULT_PENDING_EXPIRED`). Short, so that a decrease (an unmap) soon
 /// after a fault that mapped no anonymous page is rarely mistaken for one.
 const PENDING_MAX_NS: u64 = 1_000_000;
+
 
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
@@ -161,10 +169,17 @@ pub fn fault_rss_stat(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A fault: pending when it is a write by a task of a watched cgroup.
+/// A fault: pending when it is a write by a task of a watched cgroup, at a page the sampling
+/// keeps. The tests are ordered by cost, cheapest first: every fault of every task on the node
+/// comes here, and all but the watched, sampled ones should leave after as few instructions as
+/// possible (the error code and the address are arguments; the cgroup id is a helper call and
+/// the watched set a hash lookup).
 #[inline(always)]
 fn on_fault(address: u64, error_code: u64) {
     if error_code & PF_WRITE == 0 || error_code & PF_INSTR != 0 {
+        return;
+    }
+    if !sampled(address) {
         return;
     }
     // SAFETY: the helper has no preconditions.
@@ -188,6 +203,40 @@ fn on_fault(address: u64, error_code: u64) {
     }
 }
 
+/// log2 of the sampling period: one page in `1 << FAULT_SAMPLE_SHIFT` is recorded, weighted by
+/// the period (0 records every page). Set by the daemon at load.
+#[unsafe(no_mangle)]
+static FAULT_SAMPLE_SHIFT: Global<u32> = Global::new(0);
+
+/// Random key of the page sampling, chosen by the daemon at load.
+#[unsafe(no_mangle)]
+static FAULT_SAMPLE_KEY: Global<u64> = Global::new(0);
+
+/// Whether the page at `address` is one the profile records.
+///
+/// A page is kept by a function of its address, not by a coin toss per fault: a page is then
+/// kept every time it is touched or never, so a retouch of a kept page is found as one (a coin
+/// per fault would, over enough rounds of trim-and-retouch churn, count every page of the churn
+/// as new growth once, weighted by the period). The function is Fibonacci hashing of the page
+/// number plus a random key: the top bits of `(page + key) * 2^64/phi` are zero for one page in
+/// 2^shift, evenly spread (consecutive pages step by the golden ratio around the circle, so any
+/// run of consecutive pages keeps within a page or two of exactly 1 in 2^shift, far closer than
+/// independent draws would), and with the key random every page is kept with probability exactly
+/// 1 / 2^shift, so the weighted bytes are an unbiased estimate for any pattern of addresses.
+/// A huge page is kept by the 4 KiB page its fault landed on.
+#[inline(always)]
+fn sampled(address: u64) -> bool {
+    let shift = FAULT_SAMPLE_SHIFT.load();
+    if shift == 0 {
+        return true;
+    }
+    let page = (address >> 12).wrapping_add(FAULT_SAMPLE_KEY.load());
+    page.wrapping_mul(GOLDEN_RATIO_64) >> (64 - u64::from(shift & 63)) == 0
+}
+
+/// 2^64 / phi, rounded to odd.
+const GOLDEN_RATIO_64: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The user registers the kernel saved when the current task entered it (for a fault in the
 /// kernel's copy to user memory too: they are the task's, not the kernel's).
 #[inline(always)]
@@ -204,9 +253,13 @@ fn user_regs() -> Option<pt_regs> {
 #[inline(always)]
 fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
     let pages = u64::from(pending.pages.max(1));
-    let bytes = pages.wrapping_mul(page_size());
+    let size = pages.wrapping_mul(page_size());
     // A huge page is keyed by its aligned start, wherever in it the fault was.
-    let page = pending.address & !(bytes.wrapping_sub(1));
+    let page = pending.address & !(size.wrapping_sub(1));
+    // A sampled page stands for the period's pages (see `sampled`).
+    let weight = 1u64 << (FAULT_SAMPLE_SHIFT.load() & 31);
+    let huge = pages > 1;
+    let (pages, bytes) = (pages * weight, size * weight);
     let retouched = retouched(tgid, page);
     let stack_id = match user_regs() {
         Some(regs) => stack_at_fault(tgid, tid, &regs, now),
@@ -249,7 +302,7 @@ fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
             add(&raw mut (*totals).pages, pages);
         }
         add(&raw mut (*totals).faults, 1);
-        if pages > 1 {
+        if huge {
             add(&raw mut (*totals).huge_faults, 1);
         }
         (*totals).last_ns = now;
@@ -258,7 +311,7 @@ fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
     if retouched {
         bump(Stat::FAULT_RETOUCHES);
     }
-    if pages > 1 {
+    if huge {
         bump(Stat::FAULT_HUGE_PAGES);
     }
 }

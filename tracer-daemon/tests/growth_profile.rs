@@ -75,6 +75,17 @@ fn growth_leak() -> PathBuf {
     })
 }
 
+/// One test at a time: the fault programs keep a watched fault pending in one slot per CPU, so
+/// another test's watched process faulting on the same CPU while a huge page is zeroed (the
+/// zeroing yields the CPU) takes that slot, and the huge page is not counted.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn tracer() -> Tracer {
     tracer_sampling(TracerConfig::default().fault_sample_pages)
 }
@@ -150,6 +161,7 @@ fn by_site(
 #[test]
 fn a_leak_is_the_top_growth_site_and_trimmed_churn_is_a_retouch() {
     require_root();
+    let _one = one_at_a_time();
     leak_and_churn(tracer());
 }
 
@@ -157,6 +169,7 @@ fn a_leak_is_the_top_growth_site_and_trimmed_churn_is_a_retouch() {
 #[test]
 fn with_sampling_off_every_page_is_counted_exactly() {
     require_root();
+    let _one = one_at_a_time();
     let tracer = tracer_sampling(1);
     assert_eq!(tracer.fault_sample_pages(), 1);
     leak_and_churn(tracer);
@@ -252,6 +265,74 @@ fn leak_and_churn(mut tracer: Tracer) {
         "{left:?}"
     );
     tracer.unwatch_cgroup(watched.id());
+}
+
+/// Transparent huge pages, where this kernel gives them (THP `always` or `madvise`): a first
+/// touch that maps a 2 MiB page counts its 512 pages, once. Exact mode, so that every one of
+/// the few faults is recorded; the ground truth is the kernel's own `AnonHugePages`.
+#[test]
+fn a_huge_page_first_touch_counts_its_512_pages() {
+    require_root();
+    let _one = one_at_a_time();
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        eprintln!(
+            "SKIPPED: transparent huge pages are off on this kernel ({:?}): nothing to count",
+            thp.trim()
+        );
+        return;
+    }
+    const HUGE_PAGES: u64 = 8;
+    let executable = build_workload(&Build {
+        source: "huge_touch.c",
+        compiler: "gcc",
+        flags: &["-fno-omit-frame-pointer"],
+        libs: &[],
+        output: "huge_touch",
+    });
+    let mut tracer = tracer_sampling(1);
+    let cgroup = Cgroup::create("growth-profile-huge");
+    let mut workload = Workload::start(&executable, &[&HUGE_PAGES.to_string()]);
+    cgroup.place(workload.pid);
+    tracer.watch_cgroup(cgroup.id()).expect("watch");
+    tracer.profile_pid(workload.pid).expect("profile");
+    workload.send("go");
+    let _ = workload.wait_for("touched");
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", workload.pid))
+        .expect("smaps_rollup");
+    let huge_kib: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("AnonHugePages in smaps_rollup");
+    let huge = huge_kib / 2048;
+    let totals = tracer.fault_totals().expect("read the profile");
+    let stats = tracer.stats();
+    let sites = by_site(&mut tracer, workload.pid, &totals, &executable);
+    let summary = format!("AnonHugePages {huge_kib} kB\nsites: {sites:#?}\nstats: {stats:?}");
+    assert!(
+        huge > 0,
+        "the kernel gave no huge page (no free 2 MiB block?): {summary}"
+    );
+    let (site, touched, _) = &sites[0];
+    assert_eq!(site, "touch_huge", "{summary}");
+    let mine: Vec<&FaultTotals> = totals
+        .iter()
+        .filter(|(key, _)| key.tgid == workload.pid)
+        .map(|(_, totals)| totals)
+        .collect();
+    let huge_faults: u64 = mine.iter().map(|t| t.huge_faults).sum();
+    assert_eq!(huge_faults, huge, "one huge fault per huge page: {summary}");
+    // Each huge page 512 pages, and any 2 MiB that fell back to a small page one.
+    let small = HUGE_PAGES - huge;
+    assert_eq!(touched.pages, huge * 512 + small, "{summary}");
+    assert_eq!(touched.bytes, touched.pages * 4096, "{summary}");
+    assert!(stats.get(Stat::FAULT_HUGE_PAGES) >= huge, "{summary}");
+    workload.finish();
+    tracer.poll();
+    let _ = tracer.reap_ended();
+    tracer.unwatch_cgroup(cgroup.id());
 }
 
 /// How long `touch_pages` took to touch `mib` MiB, page by page, in `cgroup` (profiled first
@@ -360,6 +441,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 #[ignore = "a measurement, run by hand"]
 fn measure_the_cost_of_the_fault_programs() {
     require_root();
+    let _one = one_at_a_time();
     let mib: u64 = env_or("TRACER_MEASURE_MIB", 2048);
     let rounds: usize = env_or("TRACER_MEASURE_ROUNDS", 7);
     let stats_enabled = (env_or("TRACER_MEASURE_BPF_STATS", 0) == 1).then(|| {

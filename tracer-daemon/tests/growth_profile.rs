@@ -435,6 +435,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// the rounds. Prints the ratios:
 /// `cargo test -p tracer-daemon --test growth_profile -- --ignored --nocapture`.
 /// `TRACER_MEASURE_ROUNDS` (default 7) and `TRACER_MEASURE_MIB` (2048) change the size;
+/// `TRACER_MEASURE_SAMPLE_PAGES` sets the sampling period (default: the agent's; 1 is exact);
 /// `TRACER_MEASURE_BPF_STATS=1` turns on the kernel's BPF run-time stats (which add two clock
 /// reads to every run) and prints runs and run time per fault for each program.
 #[test]
@@ -444,6 +445,10 @@ fn measure_the_cost_of_the_fault_programs() {
     let _one = one_at_a_time();
     let mib: u64 = env_or("TRACER_MEASURE_MIB", 2048);
     let rounds: usize = env_or("TRACER_MEASURE_ROUNDS", 7);
+    let sample_pages: u32 = env_or(
+        "TRACER_MEASURE_SAMPLE_PAGES",
+        TracerConfig::default().fault_sample_pages,
+    );
     let stats_enabled = (env_or("TRACER_MEASURE_BPF_STATS", 0) == 1).then(|| {
         aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats")
     });
@@ -454,7 +459,7 @@ fn measure_the_cost_of_the_fault_programs() {
     for _ in 0..rounds {
         without.push(touch_seconds(&cgroup, mib, None));
         let before = loaded_program_ids();
-        let mut tracer = tracer();
+        let mut tracer = tracer_sampling(sample_pages);
         let loaded = fault_program_stats(&before);
         unwatched.push(touch_seconds(&cgroup, mib, None));
         let after_unwatched = fault_program_stats(&before);

@@ -67,6 +67,10 @@ pub mod names {
     pub const GLOBAL_FAULT_PAGE_SLOTS_MASK: &str = "FAULT_PAGE_SLOTS_MASK";
     /// Per-CPU: the watched fault in progress, [`PendingFault`](crate::PendingFault).
     pub const FAULT_PENDING: &str = "FAULT_PENDING";
+    /// Global: log2 of the growth profile's sampling period (`u32`; 0 records every page).
+    pub const GLOBAL_FAULT_SAMPLE_SHIFT: &str = "FAULT_SAMPLE_SHIFT";
+    /// Global: the random key that chooses which pages the growth profile samples (`u64`).
+    pub const GLOBAL_FAULT_SAMPLE_KEY: &str = "FAULT_SAMPLE_KEY";
 }
 
 /// Entries of the sampling tables.
@@ -359,7 +363,10 @@ pub struct FaultKey {
 const _: () = assert!(size_of::<FaultKey>() == 24);
 
 /// What faults at one [`FaultKey`] mapped, since the process was first seen. Added to with
-/// atomic adds (threads of a process fault on several CPUs at once).
+/// atomic adds (threads of a process fault on several CPUs at once). When the profile samples
+/// pages (one in N, `FAULT_SAMPLE_SHIFT`), each recorded page adds N pages' bytes: `bytes`,
+/// `pages` and `retouched_bytes` are then unbiased estimates, `faults` and `huge_faults` count
+/// the recorded faults only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultTotals {

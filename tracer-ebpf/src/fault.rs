@@ -22,7 +22,21 @@
 //!   `rss_stat` adds 512 pages at once, in one event): the slot then says `1 << order` pages.
 //!   Page tables and slab pages are never movable, so they do not count; a huge allocation
 //!   that falls back to a small page is followed by the small page's movable allocation,
-//!   which sets the slot back to one page.
+//!   which sets the slot back to one page. It is the dearest hook here (every task's every
+//!   page allocation, the page cache's too, runs it, if only to its first check), and the
+//!   cheaper ways to find a huge first touch fail on the kernels this was built on: fentry on
+//!   the THP fault path (`do_huge_pmd_anonymous_page`, `map_anon_folio_pmd`, in the BTF and
+//!   not inlined) is refused at load (EPERM, as on `oom_kill_process`); reading the PMD at
+//!   `rss_stat` (set before the counter moves) needs the direct map's base, which kallsyms
+//!   does not list without CONFIG_KALLSYMS_ALL; and the jump of the mm's anonymous counter
+//!   is blurred by other threads' per-CPU batches flushing during the fault.
+//!
+//! Sampling: recording a page (the stack, the profile entry, the retouch table) costs several
+//! hundred ns against a fault of about 2 us, so by default one page in N (`FAULT_SAMPLE_SHIFT`,
+//! set by the daemon) is recorded and counted as N: the fault tracepoints drop the others after
+//! the error-code test and a multiply, before any helper call, so that `rss_stat` and
+//! `mm_page_alloc` find no pending slot. Which pages are kept is a function of the address
+//! ([`sampled`]), so retouches stay retouches.
 //!
 //! `rss_stat` also fires when anonymous pages go (munmap, exit) and does not say which way the
 //! counter moved; the pending slot's thread and time bound are what make a decrease after a
@@ -84,6 +98,14 @@ const MAX_ORDER_COUNTED: u64 = 18;
 /// after a fault that mapped no anonymous page is rarely mistaken for one.
 const PENDING_MAX_NS: u64 = 1_000_000;
 
+/// The same for a fault that allocated a huge page: zeroing 2 MiB yields the CPU between
+/// subpages, and the allocation may compact memory first, so on a busy node such a fault takes
+/// milliseconds (1 ms lost seven huge faults in eight on a loaded 2-core test machine). The
+/// slot only says huge once `mm_page_alloc` saw this thread's movable huge allocation, after
+/// which this thread's next anonymous rss change is that page's mapping.
+const HUGE_PENDING_MAX_NS: u64 = 200_000_000;
+
+
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     // (address, regs, error_code)
@@ -144,7 +166,12 @@ pub fn fault_rss_stat(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current();
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let fresh = now.wrapping_sub(slot.timestamp_ns) <= PENDING_MAX_NS;
+    let max_ns = if slot.pages > 1 {
+        HUGE_PENDING_MAX_NS
+    } else {
+        PENDING_MAX_NS
+    };
+    let fresh = now.wrapping_sub(slot.timestamp_ns) <= max_ns;
     if slot.tid != tid {
         if fresh {
             bump(Stat::FAULT_PENDING_OTHER_THREAD);
@@ -161,10 +188,17 @@ pub fn fault_rss_stat(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A fault: pending when it is a write by a task of a watched cgroup.
+/// A fault: pending when it is a write by a task of a watched cgroup, at a page the sampling
+/// keeps. The tests are ordered by cost, cheapest first: every fault of every task on the node
+/// comes here, and all but the watched, sampled ones should leave after as few instructions as
+/// possible (the error code and the address are arguments; the cgroup id is a helper call and
+/// the watched set a hash lookup).
 #[inline(always)]
 fn on_fault(address: u64, error_code: u64) {
     if error_code & PF_WRITE == 0 || error_code & PF_INSTR != 0 {
+        return;
+    }
+    if !sampled(address) {
         return;
     }
     // SAFETY: the helper has no preconditions.
@@ -188,6 +222,40 @@ fn on_fault(address: u64, error_code: u64) {
     }
 }
 
+/// log2 of the sampling period: one page in `1 << FAULT_SAMPLE_SHIFT` is recorded, weighted by
+/// the period (0 records every page). Set by the daemon at load.
+#[unsafe(no_mangle)]
+static FAULT_SAMPLE_SHIFT: Global<u32> = Global::new(0);
+
+/// Random key of the page sampling, chosen by the daemon at load.
+#[unsafe(no_mangle)]
+static FAULT_SAMPLE_KEY: Global<u64> = Global::new(0);
+
+/// Whether the page at `address` is one the profile records.
+///
+/// A page is kept by a function of its address, not by a coin toss per fault: a page is then
+/// kept every time it is touched or never, so a retouch of a kept page is found as one (a coin
+/// per fault would, over enough rounds of trim-and-retouch churn, count every page of the churn
+/// as new growth once, weighted by the period). The function is Fibonacci hashing of the page
+/// number plus a random key: the top bits of `(page + key) * 2^64/phi` are zero for one page in
+/// 2^shift, evenly spread (consecutive pages step by the golden ratio around the circle, so any
+/// run of consecutive pages keeps within a page or two of exactly 1 in 2^shift, far closer than
+/// independent draws would), and with the key random every page is kept with probability exactly
+/// 1 / 2^shift, so the weighted bytes are an unbiased estimate for any pattern of addresses.
+/// A huge page is kept by the 4 KiB page its fault landed on.
+#[inline(always)]
+fn sampled(address: u64) -> bool {
+    let shift = FAULT_SAMPLE_SHIFT.load();
+    if shift == 0 {
+        return true;
+    }
+    let page = (address >> 12).wrapping_add(FAULT_SAMPLE_KEY.load());
+    page.wrapping_mul(GOLDEN_RATIO_64) >> (64 - u64::from(shift & 63)) == 0
+}
+
+/// 2^64 / phi, rounded to odd.
+const GOLDEN_RATIO_64: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The user registers the kernel saved when the current task entered it (for a fault in the
 /// kernel's copy to user memory too: they are the task's, not the kernel's).
 #[inline(always)]
@@ -204,9 +272,13 @@ fn user_regs() -> Option<pt_regs> {
 #[inline(always)]
 fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
     let pages = u64::from(pending.pages.max(1));
-    let bytes = pages.wrapping_mul(page_size());
+    let size = pages.wrapping_mul(page_size());
     // A huge page is keyed by its aligned start, wherever in it the fault was.
-    let page = pending.address & !(bytes.wrapping_sub(1));
+    let page = pending.address & !(size.wrapping_sub(1));
+    // A sampled page stands for the period's pages (see `sampled`).
+    let weight = 1u64 << (FAULT_SAMPLE_SHIFT.load() & 31);
+    let huge = pages > 1;
+    let (pages, bytes) = (pages * weight, size * weight);
     let retouched = retouched(tgid, page);
     let stack_id = match user_regs() {
         Some(regs) => stack_at_fault(tgid, tid, &regs, now),
@@ -249,7 +321,7 @@ fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
             add(&raw mut (*totals).pages, pages);
         }
         add(&raw mut (*totals).faults, 1);
-        if pages > 1 {
+        if huge {
             add(&raw mut (*totals).huge_faults, 1);
         }
         (*totals).last_ns = now;
@@ -258,7 +330,7 @@ fn record(tgid: u32, tid: u32, pending: &PendingFault, now: u64) {
     if retouched {
         bump(Stat::FAULT_RETOUCHES);
     }
-    if pages > 1 {
+    if huge {
         bump(Stat::FAULT_HUGE_PAGES);
     }
 }

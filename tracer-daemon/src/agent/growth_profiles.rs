@@ -134,6 +134,7 @@ impl Agent {
         profile.total_window_bytes = total_window_bytes;
         profile.retouched_bytes = retouched_bytes;
         profile.stacks_total = stacks_total;
+        profile.sampled_one_page_in = self.tracer.fault_sample_pages();
         Some(profile)
     }
 }

@@ -786,6 +786,7 @@ pub fn growth_profile(p: &GrowthProfile) -> pb::GrowthProfile {
             })
             .collect(),
         stacks_total: u32::try_from(p.stacks_total).unwrap_or(u32::MAX),
+        sampled_one_page_in: p.sampled_one_page_in,
     }
 }
 

@@ -147,8 +147,15 @@ impl LoadedKernel {
         sample_bytes: u64,
         sessions: bool,
         fault_profile: bool,
+        fault_sample_pages: u32,
     ) -> Result<Self, KernelError> {
-        let mut probes = Probes::load(sizes, sample_bytes, sessions, fault_profile)?;
+        let mut probes = Probes::load(
+            sizes,
+            sample_bytes,
+            sessions,
+            fault_profile,
+            fault_sample_pages,
+        )?;
         // The agent (which loads the fault programs) prices traced processes' calls against its
         // budget; `trace` does not.
         let probe_cost = if fault_profile {

@@ -329,6 +329,7 @@ impl Probes {
         sample_bytes: u64,
         sessions: bool,
         fault_profile: bool,
+        fault_sample_pages: u32,
     ) -> Result<Self, LoadError> {
         check_capabilities()?;
         check_kernel_features()?;
@@ -344,6 +345,8 @@ impl Probes {
         });
         let fault_page_slots = fault_page_slots(sizes.fault_pages);
         let fault_page_slots_mask = fault_page_slots - 1;
+        let fault_sample_shift = fault_sample_shift(fault_sample_pages);
+        let fault_sample_key = fault_sample_key();
         let mut loader = EbpfLoader::new();
         let _ = loader
             .override_global(names::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
@@ -354,6 +357,8 @@ impl Probes {
                 &fault_page_slots_mask,
                 true,
             )
+            .override_global(names::GLOBAL_FAULT_SAMPLE_SHIFT, &fault_sample_shift, true)
+            .override_global(names::GLOBAL_FAULT_SAMPLE_KEY, &fault_sample_key, true)
             .map_max_entries(names::ALLOCS, sizes.allocations)
             .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
             .map_max_entries(names::STACK_SLOTS, sizes.stack_totals)
@@ -509,6 +514,34 @@ fn attach_btf_hook(
         .map_err(|e| format!("cannot attach tp_btf/{function}: {e}"))?;
     info!("attached tp_btf/{function}");
     Ok(())
+}
+
+/// The growth profile's sampling period, in pages, unless configured: one new page in 16 is
+/// recorded (weighted 16). Measured with `cargo xtask bench --suite always-on` (BENCHMARKS.md,
+/// "Always-on watching"): recording a page (stack, profile, retouch table) costs several
+/// hundred ns on a fault of about 2 us, so recording every one cost a watched process that
+/// touches new memory 1.5-1.7x; at one in 16 that cost is spread over 16 faults.
+pub const DEFAULT_FAULT_SAMPLE_PAGES: u32 = 16;
+
+/// Largest sampling period accepted.
+pub const MAX_FAULT_SAMPLE_PAGES: u32 = 1 << 16;
+
+/// log2 of the sampling period used for a configured one (see [`fault_sample_period`]).
+fn fault_sample_shift(pages: u32) -> u32 {
+    pages.clamp(1, MAX_FAULT_SAMPLE_PAGES).ilog2()
+}
+
+/// The sampling period used for a configured one: a power of two from 1 to
+/// [`MAX_FAULT_SAMPLE_PAGES`] (others are rounded down to one; 0 is taken as 1).
+pub fn fault_sample_period(pages: u32) -> u32 {
+    1 << fault_sample_shift(pages)
+}
+
+/// A random key for the page sampling: which pages are kept changes with every load, so no
+/// address pattern is kept or skipped systematically.
+fn fault_sample_key() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::hash::RandomState::new().hash_one(std::process::id())
 }
 
 /// `FAULT_PAGES`'s slots for a configured page count: the largest power of two not above it

@@ -26,7 +26,7 @@ pub struct ProbeCostArgs {
 
 /// Runs `probe-cost` until Ctrl-C.
 pub async fn run(args: ProbeCostArgs) -> anyhow::Result<()> {
-    let mut probes = Probes::load(&MapSizes::default(), 0, false, false)?;
+    let mut probes = Probes::load(&MapSizes::default(), 0, false, false, 1)?;
     probes.load_floor_programs()?;
     let data = std::fs::read(&args.binary)
         .with_context(|| format!("cannot read {}", args.binary.display()))?;

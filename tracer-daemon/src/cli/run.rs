@@ -143,6 +143,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = crate::cli::trace::Sessions::Auto)]
     pub uprobe_sessions: crate::cli::trace::Sessions,
 
+    /// The growth profile records one new page in N, chosen by a hash of its address with a
+    /// random key, and weights it by N (its bytes become estimates); a power of two, 1 records
+    /// every page exactly.
+    #[arg(
+        long,
+        default_value_t = crate::bpf::DEFAULT_FAULT_SAMPLE_PAGES,
+        value_parser = parse_fault_sample_pages,
+    )]
+    pub growth_sample_pages: u32,
+
     /// Where evidence is persisted (a hostPath in the DaemonSet).
     #[arg(long, env = "TRACER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -296,6 +306,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             sample_bytes: args.sample_bytes,
             sessions: args.uprobe_sessions == crate::cli::trace::Sessions::Auto,
             fault_profile: true,
+            fault_sample_pages: args.growth_sample_pages,
         },
         paths: NodePaths {
             pod_log_root: args.pod_log_root.clone(),
@@ -474,4 +485,16 @@ fn budget_policy(section: &config::BudgetSection) -> BudgetPolicy {
             .map_or(default.max_core_share, |p| f64::from(p) / 100.0),
         sample_bytes: section.sample_bytes.unwrap_or(default.sample_bytes),
     }
+}
+
+/// A growth-profile sampling period: a power of two from 1 to 65,536.
+fn parse_fault_sample_pages(value: &str) -> Result<u32, String> {
+    let pages: u32 = value.parse().map_err(|e| format!("{e}"))?;
+    if !pages.is_power_of_two() || pages > crate::bpf::MAX_FAULT_SAMPLE_PAGES {
+        return Err(format!(
+            "{pages} is not a power of two from 1 to {}",
+            crate::bpf::MAX_FAULT_SAMPLE_PAGES
+        ));
+    }
+    Ok(pages)
 }

@@ -142,6 +142,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         sessions: args.uprobe_sessions == Sessions::Auto,
         // Tracing given pids needs no page-fault profile.
         fault_profile: false,
+        fault_sample_pages: 1,
     })?;
     for &pid in &args.pids {
         let programs = if args.empty_programs {

@@ -83,6 +83,10 @@ pub struct GrowthProfile {
     pub stacks: Vec<FirstTouchStack>,
     /// Stacks (per process) before the top-N cut.
     pub stacks_total: usize,
+    /// One new page in this many was recorded, weighted by it: the bytes and pages are
+    /// estimates unless it is 1 (0 in evidence stored before sampling: exact).
+    #[serde(default)]
+    pub sampled_one_page_in: u32,
 }
 
 /// Order of a growth profile's stacks.

@@ -101,6 +101,9 @@ pub struct TracerConfig {
     pub sessions: bool,
     /// Load the page-fault growth profile's programs (the agent watches pods with them).
     pub fault_profile: bool,
+    /// The growth profile records one new page in this many (a power of two; 1 records every
+    /// page, exactly), weighting each by it.
+    pub fault_sample_pages: u32,
 }
 
 impl Default for TracerConfig {
@@ -111,6 +114,7 @@ impl Default for TracerConfig {
             sample_bytes: 0,
             sessions: true,
             fault_profile: true,
+            fault_sample_pages: crate::bpf::DEFAULT_FAULT_SAMPLE_PAGES,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct Tracer {
     oom_kills: Vec<OomKill>,
     placement: PlacementMode,
     sample_bytes: u64,
+    /// The growth profile's sampling period in pages (1: every page).
+    fault_sample_pages: u32,
     /// Processes that exec'd, waiting to be attached to their new program.
     reattach: HashMap<u32, std::time::Instant>,
     /// Traced pids named as OOM victims, so their end is reported as an OOM kill.
@@ -230,6 +236,7 @@ impl Tracer {
             config.sample_bytes.min(MAX_SAMPLE_BYTES),
             config.sessions,
             config.fault_profile,
+            config.fault_sample_pages,
         )?;
         Ok(Self::with_kernel(Box::new(kernel), config))
     }
@@ -252,6 +259,7 @@ impl Tracer {
             page_size: crate::bpf::page_size(),
             placement: config.placement,
             sample_bytes: config.sample_bytes.min(MAX_SAMPLE_BYTES),
+            fault_sample_pages: crate::bpf::fault_sample_period(config.fault_sample_pages),
             sizes: config.sizes,
             closer: LinkCloser::new(),
             closing: HashSet::new(),

@@ -105,6 +105,12 @@ impl Tracer {
         self.sample_bytes
     }
 
+    /// The growth profile records one new page in this many, weighted by it (1: every page,
+    /// exact).
+    pub fn fault_sample_pages(&self) -> u32 {
+        self.fault_sample_pages
+    }
+
     /// Where probes go in each function (what [`super::Prepared::read`] needs to know).
     pub fn placement(&self) -> crate::attach::placement::PlacementMode {
         self.placement

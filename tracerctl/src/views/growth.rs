@@ -42,6 +42,11 @@ pub(crate) struct GrowthProfileView<'a> {
     total_window_bytes: u64,
     retouched_bytes: u64,
     stacks_total: u32,
+    /// One new page in this many was recorded and weighted by it: bytes are estimates unless
+    /// it is 1.
+    sampled_one_page_in: u32,
+    /// Whether the bytes and pages are estimates (sampled) rather than exact.
+    estimated: bool,
     stacks: Vec<FirstTouchView<'a>>,
 }
 
@@ -64,6 +69,8 @@ impl<'a> From<&'a pb::GrowthProfile> for GrowthProfileView<'a> {
             total_window_bytes: p.total_window_bytes,
             retouched_bytes: p.retouched_bytes,
             stacks_total: p.stacks_total,
+            sampled_one_page_in: p.sampled_one_page_in.max(1),
+            estimated: p.sampled_one_page_in > 1,
             stacks: p
                 .stacks
                 .iter()
@@ -140,6 +147,13 @@ pub(crate) fn profile_table(p: &GrowthProfileView<'_>, full_stacks: bool) -> Str
         human_duration_ns(p.window_ns),
         human_bytes(p.retouched_bytes)
     );
+    if p.estimated {
+        let _ = writeln!(
+            out,
+            "    estimated: one new page in {} recorded (by address), each counted as {}",
+            p.sampled_one_page_in, p.sampled_one_page_in
+        );
+    }
     let _ = writeln!(
         out,
         "    {:>4} {:>12} {:>12} {:>12} CALL SITE",
@@ -211,6 +225,7 @@ mod tests {
                     total_window_bytes: 16 << 20,
                     retouched_bytes: 1 << 30,
                     stacks_total: 3,
+                    sampled_one_page_in: 16,
                     stacks: vec![pb::FirstTouchStack {
                         bytes: 40 << 20,
                         window_bytes: 16 << 20,
@@ -242,5 +257,9 @@ mod tests {
         );
         assert!(printed.contains("leak_records"), "{printed}");
         assert!(printed.contains("... 2 more stacks"), "{printed}");
+        assert!(
+            printed.contains("estimated: one new page in 16 recorded"),
+            "{printed}"
+        );
     }
 }

@@ -83,11 +83,20 @@ impl Mode {
 
 pub(super) fn always_on(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let daemon = build_daemon()?;
-    run(crate::cargo().args(["build", "--release", "--package", "tracerctl"]))?;
-    let binaries = Binaries {
-        daemon,
-        tracerctl: root.join("target/release/tracerctl"),
+    let binaries = match &args.prebuilt {
+        // Another build's binaries (an earlier commit's, to compare with): nothing is built.
+        Some(dir) => Binaries {
+            daemon: dir.join("tracer-daemon"),
+            tracerctl: dir.join("tracerctl"),
+        },
+        None => {
+            let daemon = build_daemon()?;
+            run(crate::cargo().args(["build", "--release", "--package", "tracerctl"]))?;
+            Binaries {
+                daemon,
+                tracerctl: root.join("target/release/tracerctl"),
+            }
+        }
     };
     let churn = compile(&root, "churn")?;
     let touch = compile(&root, "touch_pages")?;
@@ -103,6 +112,11 @@ pub(super) fn always_on(args: &BenchArgs) -> anyhow::Result<()> {
 
     let costs = costs(&binaries, &logs, &churn, &touch, args.rounds)?;
     let programs = fault_program_costs(&binaries, &logs, &touch)?;
+    if args.touch_only {
+        println!("{}", cost_rows(args, &costs, &programs));
+        eprintln!("xtask bench: --touch-only: BENCHMARKS.md is left as it is");
+        return Ok(());
+    }
     let footprint = footprint(&binaries, &logs, if args.quick { 20 } else { 60 })?;
     let escalation = escalation(&binaries, &logs, &leak, args.quick)?;
 
@@ -129,6 +143,9 @@ pub(super) fn always_on(args: &BenchArgs) -> anyhow::Result<()> {
 struct Costs {
     churn_ns: [f64; 3],
     touch_s: [f64; 3],
+    /// The touching thread's CPU time, seconds (medians): the faults' own cost, which other
+    /// load on the machine disturbs far less than the wall time.
+    touch_cpu_s: [f64; 3],
     /// Runs during which another process's fault programs were loaded (a test suite on the
     /// same machine), and runs in all.
     disturbed: usize,
@@ -145,6 +162,7 @@ fn costs(
     let pod = FakePod::create(logs, COST_NAMESPACE, "hot-0")?;
     let mut churn_ns: [Vec<f64>; 3] = Default::default();
     let mut touch_s: [Vec<f64>; 3] = Default::default();
+    let mut touch_cpu_s: [Vec<f64>; 3] = Default::default();
     let mut disturbed = 0;
     for round in 0..rounds {
         for i in 0..MODES.len() {
@@ -159,11 +177,14 @@ fn costs(
             // The churn is short and its noise is of the size of what is measured: three runs.
             for _ in 0..CHURN_RUNS {
                 let pairs = CHURN_PAIRS.to_string();
-                let ns = run_in_pod(churn, &[pairs, "1".into()], &pod, agent.as_ref(), mode)?;
+                let (ns, _) =
+                    run_in_pod(churn, &[pairs, "1".into()], &pod, agent.as_ref(), mode)?;
                 churn_ns[index].push(ns / CHURN_PAIRS as f64);
             }
-            let ns = run_in_pod(touch, &[TOUCH_MIB.to_string()], &pod, agent.as_ref(), mode)?;
+            let (ns, cpu_ns) =
+                run_in_pod(touch, &[TOUCH_MIB.to_string()], &pod, agent.as_ref(), mode)?;
             touch_s[index].push(ns / 1e9);
+            touch_cpu_s[index].push(cpu_ns.context("touch_pages printed no CPU time")? / 1e9);
             if let Some(agent) = &agent
                 && agent.lines_with(&["escalating", COST_NAMESPACE]) > 0
             {
@@ -175,11 +196,13 @@ fn costs(
                     .any(|id| !ours.contains(id));
             disturbed += usize::from(foreign);
             eprintln!(
-                "xtask bench: always-on round {}: {:<20} churn {:>6.2} ns/pair, touch {:.3} s{}",
+                "xtask bench: always-on round {}: {:<20} churn {:>6.2} ns/pair, touch {:.3} s \
+                 ({:.3} s CPU){}",
                 round + 1,
                 mode.name(),
                 churn_ns[index].last().copied().unwrap_or(f64::NAN),
                 touch_s[index].last().copied().unwrap_or(f64::NAN),
+                touch_cpu_s[index].last().copied().unwrap_or(f64::NAN),
                 if foreign {
                     " (another process's fault programs were loaded)"
                 } else {
@@ -191,20 +214,22 @@ fn costs(
     Ok(Costs {
         churn_ns: churn_ns.map(|mut v| median(&mut v)),
         touch_s: touch_s.map(|mut v| median(&mut v)),
+        touch_cpu_s: touch_cpu_s.map(|mut v| median(&mut v)),
         disturbed,
         runs: rounds * MODES.len(),
     })
 }
 
 /// Starts `program` paused, moves it into `pod`, waits until the agent (if any) has it in the
-/// state `mode` says, then lets it run; returns the nanoseconds it reports.
+/// state `mode` says, then lets it run; returns the nanoseconds it reports (wall time, and CPU
+/// time if it reports that too).
 fn run_in_pod(
     program: &Path,
     args: &[String],
     pod: &FakePod,
     agent: Option<&Agent>,
     mode: Mode,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<f64>)> {
     let mut workload = start_paused(program, args)?;
     let pid = workload.child.id();
     pod.place(pid)?;
@@ -220,17 +245,18 @@ fn run_in_pod(
     }
     let mut stdin = workload.child.stdin.take().context("stdin")?;
     writeln!(stdin, "go")?;
-    let ns: f64 = workload
+    let line = workload
         .lines
         .next()
-        .context("the workload printed no time")??
-        .trim()
-        .parse()?;
+        .context("the workload printed no time")??;
+    let mut times = line.split_whitespace().map(str::parse::<f64>);
+    let ns = times.next().context("the workload printed no time")??;
+    let cpu_ns = times.next().transpose()?;
     // touch_pages waits for a second line; churn has exited already.
     let _ = writeln!(stdin, "exit");
     drop(stdin);
     let _ = workload.child.wait();
-    Ok(ns)
+    Ok((ns, cpu_ns))
 }
 
 /// The agent watching the fleet.
@@ -410,59 +436,7 @@ fn section(
     escalation: &Escalation,
     foreign_programs: usize,
 ) -> String {
-    let faults = (TOUCH_MIB << 20) / PAGE_BYTES;
-    let [churn_none, churn_watched, churn_excluded] = costs.churn_ns;
-    let [touch_none, touch_watched, touch_excluded] = costs.touch_s;
-    let per_fault = |s: f64| s * 1e9 / faults as f64;
-    let mut text = format!(
-        "Measured {} with `cargo xtask bench --suite always-on --rounds {}` (release build; the \
-         agent with no selection, as shipped: `[watch]` excluding kube-system and leak-tracer, \
-         escalation on, 10 s samples, 5 min window, 2 s discovery; {} interleaved rounds, the \
-         mode order rotating, medians; the same binaries in the same pod cgroup in every mode).\n\n\
-         | workload | no agent | agent, pod watched | agent, pod excluded | watched / none | excluded / none | target |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n\
-         | malloc/free churn, flat memory ({} M pairs, {CHURN_RUNS} runs a round) | {churn_none:.1} ns/pair | {churn_watched:.1} ns/pair | {churn_excluded:.1} ns/pair | **{:.2}×** | {:.2}× | 1.00× |\n\
-         | touching {} GiB page by page ({faults} faults) | {touch_none:.3} s ({:.0} ns/fault) | {touch_watched:.3} s ({:.0} ns/fault) | {touch_excluded:.3} s ({:.0} ns/fault) | **{:.2}×** | **{:.2}×** | ≤ 1.10× |\n",
-        today(),
-        args.rounds,
-        args.rounds,
-        CHURN_PAIRS / 1_000_000,
-        churn_watched / churn_none,
-        churn_excluded / churn_none,
-        TOUCH_MIB / 1024,
-        per_fault(touch_none),
-        per_fault(touch_watched),
-        per_fault(touch_excluded),
-        touch_watched / touch_none,
-        touch_excluded / touch_none,
-    );
-    text.push_str(
-        "\nThe agent's fault programs' own run time during one more touching run in each mode, \
-         with `kernel.bpf_stats_enabled=1` (which adds two clock reads per program run; restored \
-         after; not part of the timings above). The runs are every task's on the machine, not \
-         only the workload's 524,288 faults, so the first column is an upper bound:\n\n\
-         | mode | run time over the workload's faults | per program: runs × mean run time |\n|---|---:|---|\n",
-    );
-    for (mode, list) in &programs.modes {
-        let parts: Vec<String> = list
-            .iter()
-            .filter(|p| p.runs > 0.0)
-            .map(|p| {
-                format!(
-                    "`{}` {:.2} M × {:.0} ns",
-                    p.name,
-                    p.runs / 1e6,
-                    p.ns_per_run
-                )
-            })
-            .collect();
-        text.push_str(&format!(
-            "| {} | ≤ {:.0} ns per fault | {} |\n",
-            mode.name(),
-            ns_per_fault(list),
-            parts.join(", ")
-        ));
-    }
+    let mut text = cost_rows(args, costs, programs);
     text.push_str(&format!(
         "\n| agent watching | processes profiled | settled after | CPU while settling | CPU, settled ({} s) | RSS | peak RSS (VmHWM) | targets |\n\
          |---|---:|---:|---:|---:|---:|---:|---|\n\
@@ -504,6 +478,71 @@ fn section(
         text.push_str(&format!(
             "\nWarning: {foreign_programs} fault programs of another agent were loaded when \
              this ran; it may have watched these pods too.\n"
+        ));
+    }
+    text
+}
+
+/// The timed runs' table and the fault programs' run time (the part `--touch-only` prints).
+fn cost_rows(args: &BenchArgs, costs: &Costs, programs: &ProgramCosts) -> String {
+    let faults = (TOUCH_MIB << 20) / PAGE_BYTES;
+    let [churn_none, churn_watched, churn_excluded] = costs.churn_ns;
+    let [touch_none, touch_watched, touch_excluded] = costs.touch_s;
+    let [cpu_none, cpu_watched, cpu_excluded] = costs.touch_cpu_s;
+    let per_fault = |s: f64| s * 1e9 / faults as f64;
+    let mut text = format!(
+        "Measured {} with `cargo xtask bench --suite always-on --rounds {}` (release build; the \
+         agent with no selection, as shipped: `[watch]` excluding kube-system and leak-tracer, \
+         escalation on, 10 s samples, 5 min window, 2 s discovery; {} interleaved rounds, the \
+         mode order rotating, medians; the same binaries in the same pod cgroup in every mode).\n\n\
+         | workload | no agent | agent, pod watched | agent, pod excluded | watched / none | excluded / none | target |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         | malloc/free churn, flat memory ({} M pairs, {CHURN_RUNS} runs a round) | {churn_none:.1} ns/pair | {churn_watched:.1} ns/pair | {churn_excluded:.1} ns/pair | **{:.2}×** | {:.2}× | 1.00× |\n\
+         | touching {} GiB page by page ({faults} faults), wall time | {touch_none:.3} s ({:.0} ns/fault) | {touch_watched:.3} s ({:.0} ns/fault) | {touch_excluded:.3} s ({:.0} ns/fault) | **{:.2}×** | **{:.2}×** | ≤ 1.10× |\n\
+         | the same, the touching thread's CPU time | {cpu_none:.3} s ({:.0} ns/fault) | {cpu_watched:.3} s ({:.0} ns/fault) | {cpu_excluded:.3} s ({:.0} ns/fault) | **{:.2}×** | **{:.2}×** | ≤ 1.10× |\n",
+        today(),
+        args.rounds,
+        args.rounds,
+        CHURN_PAIRS / 1_000_000,
+        churn_watched / churn_none,
+        churn_excluded / churn_none,
+        TOUCH_MIB / 1024,
+        per_fault(touch_none),
+        per_fault(touch_watched),
+        per_fault(touch_excluded),
+        touch_watched / touch_none,
+        touch_excluded / touch_none,
+        per_fault(cpu_none),
+        per_fault(cpu_watched),
+        per_fault(cpu_excluded),
+        cpu_watched / cpu_none,
+        cpu_excluded / cpu_none,
+    );
+    text.push_str(
+        "\nThe agent's fault programs' own run time during one more touching run in each mode, \
+         with `kernel.bpf_stats_enabled=1` (which adds two clock reads per program run; restored \
+         after; not part of the timings above). The runs are every task's on the machine, not \
+         only the workload's 524,288 faults, so the first column is an upper bound:\n\n\
+         | mode | run time over the workload's faults | per program: runs × mean run time |\n|---|---:|---|\n",
+    );
+    for (mode, list) in &programs.modes {
+        let parts: Vec<String> = list
+            .iter()
+            .filter(|p| p.runs > 0.0)
+            .map(|p| {
+                format!(
+                    "`{}` {:.2} M × {:.0} ns",
+                    p.name,
+                    p.runs / 1e6,
+                    p.ns_per_run
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "| {} | ≤ {:.0} ns per fault | {} |\n",
+            mode.name(),
+            ns_per_fault(list),
+            parts.join(", ")
         ));
     }
     text

@@ -79,6 +79,16 @@ pub(crate) struct BenchArgs {
     /// the agent's CPU over 20 s) for iterating; BENCHMARKS.md is left as it is.
     #[arg(long)]
     quick: bool,
+    /// always-on: only the timed runs and the fault programs' run time (no fleet, no
+    /// escalation), for iterating on the fault programs; BPF run-time stats as usual, and
+    /// BENCHMARKS.md is left as it is.
+    #[arg(long)]
+    touch_only: bool,
+    /// always-on: run the tracer-daemon and tracerctl found in this directory instead of
+    /// building them (another commit's release build, for a before/after comparison); needs
+    /// --touch-only.
+    #[arg(long, requires = "touch_only")]
+    prebuilt: Option<std::path::PathBuf>,
 }
 
 /// Runs the chosen suites; the caller has checked for root (they attach uprobes).

@@ -75,6 +75,10 @@ pub(crate) struct BenchArgs {
     /// the agent's CPU over 20 s) for iterating; BENCHMARKS.md is left as it is.
     #[arg(long)]
     quick: bool,
+    /// always-on: only the agent's CPU and memory watching the fleet (printed; BENCHMARKS.md
+    /// is left as it is), for iterating on what the agent costs.
+    #[arg(long)]
+    agent_cpu_only: bool,
 }
 
 /// Runs the chosen suites; the caller has checked for root (they attach uprobes).

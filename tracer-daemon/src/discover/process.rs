@@ -149,6 +149,43 @@ pub fn liveness(info: &ProcessInfo) -> Liveness {
     }
 }
 
+/// What one read of /proc/PID/stat says of a process's address space, to tell cheaply whether
+/// its maps are worth reading again. An exec gives a new address space: with address-space
+/// randomization its code, stack and argument addresses all move (and its name usually
+/// changes); a new mapping that is not laid over an old one (a dlopen, any new file mapped)
+/// grows its size. Anything else (a library mapped over a region reserved earlier, or
+/// unmapped and replaced by one of the same size) leaves the hint as it was: the caller reads
+/// the maps now and then all the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSpaceHint {
+    start_ticks: u64,
+    comm: String,
+    size_bytes: u64,
+    code: (u64, u64),
+    stack_start: u64,
+    arguments_start: Option<u64>,
+    environment_end: Option<u64>,
+}
+
+/// Reads a live process's [`AddressSpaceHint`] (one read of its stat; a zombie reads as gone).
+pub fn address_space_hint(pid: u32) -> Result<AddressSpaceHint, ProcessError> {
+    use procfs::FromRead as _;
+    let stat = procfs::process::Stat::from_file(format!("/proc/{pid}/stat"))
+        .map_err(|e| map_error(pid, "stat", e))?;
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(ProcessError::NotFound { pid });
+    }
+    Ok(AddressSpaceHint {
+        start_ticks: stat.starttime,
+        comm: stat.comm,
+        size_bytes: stat.vsize,
+        code: (stat.startcode, stat.endcode),
+        stack_start: stat.startstack,
+        arguments_start: stat.arg_start,
+        environment_end: stat.env_end,
+    })
+}
+
 /// The process's file-backed executable mappings, in address order.
 ///
 /// Malformed lines are skipped with a warning (see [`parse_exec_mappings`]).

@@ -302,6 +302,61 @@ mod tests {
     }
 
     #[test]
+    fn the_address_space_hint_changes_when_a_file_is_mapped_and_at_an_exec() {
+        use std::os::fd::AsRawFd as _;
+        let me = std::process::id();
+        let before = address_space_hint(me).expect("own stat");
+        assert_eq!(
+            address_space_hint(me).expect("own stat"),
+            before,
+            "nothing changed"
+        );
+        let file = std::fs::File::open(std::env::current_exe().expect("current exe"))
+            .expect("open own binary");
+        // SAFETY: a fresh read-only private mapping of a file, unmapped below, never read.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(mapped, libc::MAP_FAILED);
+        let after = address_space_hint(me).expect("own stat");
+        // SAFETY: the mapping made above, of that length.
+        let _ = unsafe { libc::munmap(mapped, 1 << 20) };
+        assert_ne!(after, before, "a new file mapping grows the address space");
+
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _ ; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let shell = address_space_hint(pid).expect("the shell's stat");
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while address_space_hint(pid).is_ok_and(|hint| hint.comm != "sleep") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh never exec'd sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exec = address_space_hint(pid).expect("sleep's stat");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_ne!(
+            exec, shell,
+            "another program: its code (and, randomized, its stack) moved"
+        );
+    }
+
+    #[test]
     fn this_process_maps_its_own_test_binary() {
         let mappings = exec_mappings(std::process::id()).expect("own maps are readable");
         let exe = std::env::current_exe().expect("current exe");

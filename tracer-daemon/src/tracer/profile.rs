@@ -33,7 +33,7 @@ use crate::{
 pub(super) const FAULT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often [`Tracer::poll`] checks the profiled processes that are due (see
-/// [`PROFILED_CHECK_INTERVAL`]): each round takes about a fifth of them, not all at once.
+/// [`PROFILED_CHECK_INTERVAL`]).
 pub(super) const PROFILED_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often each profiled (not traced) process is checked for new code, an exec or an end:
@@ -78,22 +78,19 @@ pub(super) struct ProfiledProcess {
 }
 
 impl ProfiledProcess {
+    /// Checked in full at the next poll, then on its own schedule from there: processes
+    /// profiled over time (discovery profiles a bounded number per round) are checked spread
+    /// over the interval, not all in one round.
     fn new(snapshot: ProcessSnapshot, unwinding: Vec<BinaryUnwinding>, now: Instant) -> Self {
-        // Spread over the intervals by pid: a thousand processes profiled in the same round
-        // are not all read in the same later one.
-        let spread =
-            |interval: Duration| interval.mul_f64(f64::from(snapshot.pid() % 1000) / 1000.0);
         Self {
-            next_check: now + spread(PROFILED_CHECK_INTERVAL),
-            next_full_check: now
-                + PROFILED_FULL_CHECK_INTERVAL / 2
-                + spread(PROFILED_FULL_CHECK_INTERVAL / 2),
             snapshot,
             state: ProcessState::Running,
             unwinding,
             // Read at the first check, before the maps are read again: a hint read now, after
             // the snapshot, could already include a change the snapshot does not.
             hint: None,
+            next_check: now,
+            next_full_check: now,
         }
     }
 }

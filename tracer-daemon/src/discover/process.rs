@@ -167,10 +167,40 @@ pub struct AddressSpaceHint {
     environment_end: Option<u64>,
 }
 
+/// Reads a /proc (or cgroupfs) file whole into `buffer`, cleared first. Not `fs::read` or
+/// `File::read_to_end`: they ask `statx` and `lseek` for a size hint, and these files' sizes
+/// read 0; discovery and the profiled-process checks read thousands of them.
+pub fn read_proc_file(path: &std::path::Path, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    const STEP: usize = 4096;
+    let mut file = std::fs::File::open(path)?;
+    buffer.clear();
+    loop {
+        let filled = buffer.len();
+        buffer.resize(filled + STEP, 0);
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => {
+                buffer.truncate(filled);
+                return Ok(());
+            }
+            Ok(read) => buffer.truncate(filled + read),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                buffer.truncate(filled);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Reads a live process's [`AddressSpaceHint`] (one read of its stat; a zombie reads as gone).
 pub fn address_space_hint(pid: u32) -> Result<AddressSpaceHint, ProcessError> {
     use procfs::FromRead as _;
-    let stat = procfs::process::Stat::from_file(format!("/proc/{pid}/stat"))
+    let mut content = Vec::with_capacity(512);
+    read_proc_file(
+        std::path::Path::new(&format!("/proc/{pid}/stat")),
+        &mut content,
+    )
+    .map_err(|e| map_error(pid, "stat", e.into()))?;
+    let stat = procfs::process::Stat::from_read(content.as_slice())
         .map_err(|e| map_error(pid, "stat", e))?;
     if stat.state == 'Z' || stat.state == 'X' {
         return Err(ProcessError::NotFound { pid });

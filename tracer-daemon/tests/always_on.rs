@@ -461,10 +461,7 @@ fn a_hot_leaking_process_is_escalated_then_sampled_then_stopped_by_the_budget_wi
             .find(|e| e["kind"] == kind)
             .unwrap_or_else(|| panic!("no {kind} evidence: {listed:#}"));
         let id = record["id"].as_u64().expect("id");
-        (
-            id,
-            agent.ctl_json(&["evidence", &id.to_string()]),
-        )
+        (id, agent.ctl_json(&["evidence", &id.to_string()]))
     };
     let (sampled_id, sampled) = record_of("budget_sampled");
     let (stopped_id, stopped) = record_of("over_budget");
@@ -532,11 +529,17 @@ fn with_the_budget_off_a_hot_leaking_process_stays_traced_and_its_cost_is_shown(
         let app = container(v, &pod).expect("listed");
         assert_eq!(app["tracing"], "auto", "{app:#}");
         assert_eq!(app["processes"][0]["traced"], true, "{app:#}");
-        assert!(app["processes"][0]["sample_bytes"].is_null(), "exact: {app:#}");
+        assert!(
+            app["processes"][0]["sample_bytes"].is_null(),
+            "exact: {app:#}"
+        );
     }
     assert!(
-        !agent.stderr().lines().any(|l| l.contains("tracing switches to sampling")
-            && l.contains(&format!("pid={}", leaker.pid))),
+        !agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("tracing switches to sampling")
+                && l.contains(&format!("pid={}", leaker.pid))),
         "{}",
         agent.stderr()
     );

@@ -274,8 +274,8 @@ fn leak_and_churn(mut tracer: Tracer) {
 fn a_huge_page_first_touch_counts_its_512_pages() {
     require_root();
     let _one = one_at_a_time();
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if thp.is_empty() || thp.contains("[never]") {
         eprintln!(
             "SKIPPED: transparent huge pages are off on this kernel ({:?}): nothing to count",

@@ -21,7 +21,9 @@ use crate::{
 pub(crate) fn armed(tgid: u32) -> Option<&'static mut ArmedProcess> {
     // SAFETY: the counters are only changed with atomic adds, and the mean is a plain u64 the
     // daemon rewrites whole.
-    ARMED.get_ptr_mut(&tgid).map(|process| unsafe { &mut *process })
+    ARMED
+        .get_ptr_mut(&tgid)
+        .map(|process| unsafe { &mut *process })
 }
 
 /// Counts one probe hit in `counter` (a field of an [`ArmedProcess`]).

@@ -105,7 +105,6 @@ const PENDING_MAX_NS: u64 = 1_000_000;
 /// which this thread's next anonymous rss change is that page's mapping.
 const HUGE_PENDING_MAX_NS: u64 = 200_000_000;
 
-
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_user(ctx: BtfTracePointContext) -> i32 {
     // (address, regs, error_code)

@@ -345,7 +345,11 @@ impl super::Agent {
                             self.budget_sampled += 1;
                         }
                         Err(error) => {
-                            tracing::warn!(pid, error, "cannot switch to sampling; stopping instead");
+                            tracing::warn!(
+                                pid,
+                                error,
+                                "cannot switch to sampling; stopping instead"
+                            );
                             self.stop_over_budget(pid, cost);
                         }
                     }
@@ -507,7 +511,11 @@ mod tests {
         ProbeHits {
             entries: pairs,
             frees: pairs,
-            recorded: if sample_bytes == 0 { pairs } else { pairs / 1000 },
+            recorded: if sample_bytes == 0 {
+                pairs
+            } else {
+                pairs / 1000
+            },
             sample_bytes,
         }
     }
@@ -521,16 +529,26 @@ mod tests {
     fn a_hot_process_is_sampled_after_two_reviews_then_stopped_if_still_over() {
         let mut b = budget(true);
         let review = |b: &mut Budget, second: u32, hot: ProbeHits, quiet: u64| {
-            b.review(
-                at(second),
-                &HashMap::from([(1, hot), (2, hits(quiet, 0))]),
-            )
+            b.review(at(second), &HashMap::from([(1, hot), (2, hits(quiet, 0))]))
         };
-        assert!(review(&mut b, 0, hits(0, 0), 0).is_empty(), "nothing to compare yet");
+        assert!(
+            review(&mut b, 0, hits(0, 0), 0).is_empty(),
+            "nothing to compare yet"
+        );
         // 100,000 pairs/s exact: 100,000 × 1.5 µs = 15% of a core; 1,000 pairs/s: 0.15%.
-        assert!(review(&mut b, 1, hits(100_000, 0), 1_000).is_empty(), "one burst");
+        assert!(
+            review(&mut b, 1, hits(100_000, 0), 1_000).is_empty(),
+            "one burst"
+        );
         let actions = review(&mut b, 2, hits(200_000, 0), 2_000);
-        let [BudgetAction::Sample { pid: 1, cost, sample_bytes: SAMPLE }] = actions[..] else {
+        let [
+            BudgetAction::Sample {
+                pid: 1,
+                cost,
+                sample_bytes: SAMPLE,
+            },
+        ] = actions[..]
+        else {
             panic!("{actions:?}");
         };
         assert!((cost.core_share - 0.15).abs() < 1e-9, "{cost:?}");
@@ -564,7 +582,10 @@ mod tests {
         let _ = b.review(at(1), &HashMap::from([(1, hits(40_000, 0))]));
         let mut total = 80_000;
         let actions = b.review(at(2), &HashMap::from([(1, hits(total, 0))]));
-        assert!(matches!(actions[..], [BudgetAction::Sample { pid: 1, .. }]), "{actions:?}");
+        assert!(
+            matches!(actions[..], [BudgetAction::Sample { pid: 1, .. }]),
+            "{actions:?}"
+        );
         for second in 3..10 {
             total += 40_000;
             assert!(
@@ -592,7 +613,10 @@ mod tests {
             last = b.review(at(second), &HashMap::from([(1, hits(total, 0))]));
             total += 200_000;
         }
-        assert!(matches!(last[..], [BudgetAction::Stop { pid: 1, .. }]), "{last:?}");
+        assert!(
+            matches!(last[..], [BudgetAction::Stop { pid: 1, .. }]),
+            "{last:?}"
+        );
     }
 
     #[test]

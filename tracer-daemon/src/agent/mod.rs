@@ -67,6 +67,8 @@ struct Agent {
     config: AgentConfig,
     tracer: Tracer,
     mounts: CgroupMounts,
+    /// Rescans the node, remembering its processes in pods between scans.
+    scanner: node::Scanner,
     view: NodeView,
     growth: GrowthTracker<(u32, u64)>,
     /// What to trace, what waits to be attached, what could not be.
@@ -156,6 +158,7 @@ impl Agent {
             config,
             tracer,
             mounts,
+            scanner: node::Scanner::default(),
             view: NodeView::default(),
             plan,
             preparer,
@@ -322,7 +325,7 @@ impl Agent {
     fn rescan_view(&mut self) {
         self.tracer.drain_events();
         self.handle_oom_kills();
-        let view = node::scan(&self.config.paths, &self.mounts);
+        let view = self.scanner.scan(&self.config.paths, &self.mounts);
         self.tracer.drain_events();
         self.handle_oom_kills();
         self.view = view;

@@ -12,8 +12,8 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use tracer_common::{
-    AllocInfo, AllocKey, ArmedProcess, COUNT_SCALE, FaultKey, FaultTotals, StackKey, StackTotals, Stat, UnwindEntry,
-    UnwindMapping, UnwindMappingKey,
+    AllocInfo, AllocKey, ArmedProcess, COUNT_SCALE, FaultKey, FaultTotals, StackKey, StackTotals,
+    Stat, UnwindEntry, UnwindMapping, UnwindMappingKey,
 };
 
 use crate::{

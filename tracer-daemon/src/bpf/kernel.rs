@@ -7,8 +7,8 @@ use std::{collections::HashSet, os::fd::RawFd, time::Duration};
 
 use aya::maps::{Array, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
 use tracer_common::{
-    AllocInfo, AllocKey, ArmedProcess, FaultKey, FaultTotals, StackKey, StackTotals, UnwindEntry, UnwindMapping,
-    UnwindMappingKey, names,
+    AllocInfo, AllocKey, ArmedProcess, FaultKey, FaultTotals, StackKey, StackTotals, UnwindEntry,
+    UnwindMapping, UnwindMappingKey, names,
 };
 
 use crate::{

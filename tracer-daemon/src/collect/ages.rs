@@ -32,11 +32,7 @@ pub struct AgeScan<'a> {
 
 impl<'a> AgeScan<'a> {
     /// An empty summary.
-    pub fn new(
-        tgids: Option<&'a HashSet<u32>>,
-        now_ns: u64,
-        min_age_ns: u64,
-    ) -> Self {
+    pub fn new(tgids: Option<&'a HashSet<u32>>, now_ns: u64, min_age_ns: u64) -> Self {
         Self {
             tgids,
             now_ns,

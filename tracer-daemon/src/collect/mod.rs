@@ -298,7 +298,10 @@ fn apply_event(bytes: &[u8], tracker: &mut MappingTracker) -> Option<Notice> {
 /// scan and the totals agree.
 pub fn sampling_weight(size: u64, sample_bytes: u64) -> (f64, f64) {
     let (bytes, count) = crate::bpf::sampling::weights(size, sample_bytes);
-    (bytes as f64, count as f64 / tracer_common::COUNT_SCALE as f64)
+    (
+        bytes as f64,
+        count as f64 / tracer_common::COUNT_SCALE as f64,
+    )
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

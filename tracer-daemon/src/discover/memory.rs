@@ -13,7 +13,15 @@ pub use tracer_parse::memory::*;
 pub fn read_memory(dir: &Path, version: CgroupVersion) -> Result<MemoryFigures, MemoryError> {
     memory_figures(version, |file| {
         let path = dir.join(file);
-        fs::read_to_string(&path).map_err(|source| MemoryError::Read { path, source })
+        // Not `fs::read_to_string`: see `read_proc_file`; this runs for every watched
+        // container each sample interval.
+        let mut bytes = Vec::new();
+        super::process::read_proc_file(&path, &mut bytes)
+            .and_then(|()| {
+                String::from_utf8(bytes)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })
+            .map_err(|source| MemoryError::Read { path, source })
     })
 }
 

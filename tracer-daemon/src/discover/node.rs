@@ -5,7 +5,7 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use tracing::{debug, warn};
@@ -14,6 +14,7 @@ use crate::discover::{
     cgroup::{self, QosClass, Runtime},
     memory::{self, CgroupMounts, CgroupVersion, MemoryError, MemoryFigures},
     pods,
+    process::read_proc_file,
 };
 
 /// Where the node's records live (configurable for tests).
@@ -131,96 +132,169 @@ impl NodeView {
     }
 }
 
-/// Scans /proc and the kubelet's records.
+/// Scans /proc and the kubelet's records once (see [`Scanner`] for scans repeated).
 pub fn scan(paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
-    let identities = pods::read_pod_log_dirs(&paths.pod_log_root);
-    let container_names = pods::read_container_log_names(&paths.container_log_root);
-    let mut view = NodeView::default();
-    let Ok(entries) = std::fs::read_dir(&paths.proc_root) else {
-        return view;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
+    Scanner::default().scan(paths, mounts)
+}
+
+/// A process in a pod is read again in full (its cgroup and name) at least once every this
+/// many scans, even when it is the same process as at the last scan: a process moved to
+/// another cgroup, or renamed (an exec, `prctl`), is seen within this many discovery
+/// intervals. New processes, and processes not in a pod, are read at every scan.
+pub const REREAD_EVERY_SCANS: u64 = 8;
+
+/// What a scan remembers of a process in a pod, for the next.
+#[derive(Clone, Debug)]
+struct KnownProcess {
+    /// The inode of its /proc directory: a new process under a reused pid has another.
+    inode: u64,
+    cgroups: cgroup::ProcessCgroups,
+    /// Whether its cgroup paths were read exactly (valid UTF-8).
+    exact_paths: bool,
+    comm: String,
+}
+
+/// Scans the node again and again, remembering its processes in pods: a process that was in
+/// a pod at the last scan and is still the same process (its /proc directory has the same
+/// inode) is not read again, but for one scan in [`REREAD_EVERY_SCANS`] (spread by pid).
+/// Reading every process's cgroup and name every 2 s was most of what the agent costs on a
+/// node of a thousand processes (BENCHMARKS.md, "Always-on watching").
+#[derive(Debug, Default)]
+pub struct Scanner {
+    known: HashMap<u32, KnownProcess>,
+    scans: u64,
+}
+
+impl Scanner {
+    /// Scans /proc and the kubelet's records.
+    pub fn scan(&mut self, paths: &NodePaths, mounts: &CgroupMounts) -> NodeView {
+        use std::os::unix::fs::DirEntryExt as _;
+        let identities = pods::read_pod_log_dirs(&paths.pod_log_root);
+        let container_names = pods::read_container_log_names(&paths.container_log_root);
+        let mut view = NodeView::default();
+        let Ok(entries) = std::fs::read_dir(&paths.proc_root) else {
+            return view;
         };
-        let dir = entry.path();
-        // A process can exit between the listing and these reads: skip it quietly.
-        let Ok(bytes) = std::fs::read(dir.join("cgroup")) else {
-            continue;
-        };
-        // Cgroup names are any bytes (a container may create nested cgroups); pod and container
-        // ids are ASCII, so a lossy conversion still finds them, but names no directory.
-        let content = String::from_utf8_lossy(&bytes);
-        let exact_paths = matches!(content, Cow::Borrowed(_));
-        let cgroups = match cgroup::process_cgroups(&content) {
-            Ok(cgroups) => cgroups,
-            Err(error) => {
-                warn!(pid, %error, "skipping process with a malformed /proc/PID/cgroup");
+        self.scans += 1;
+        let mut known = HashMap::with_capacity(self.known.len());
+        // One buffer for every process's files.
+        let mut bytes = Vec::with_capacity(4096);
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
+            };
+            // procfs gives 1 for an entry it could not instantiate: never trust that.
+            let inode = entry.ino();
+            let due = (u64::from(pid) + self.scans).is_multiple_of(REREAD_EVERY_SCANS);
+            let remembered = self
+                .known
+                .remove(&pid)
+                .filter(|process| process.inode == inode && inode > 1 && !due);
+            let process = match remembered {
+                Some(process) => process,
+                None => match read_process(pid, entry.path(), inode, &mut bytes) {
+                    Some(process) => process,
+                    None => continue,
+                },
+            };
+            let (cgroups, exact_paths) = (&process.cgroups, process.exact_paths);
+            let Some(pod_cgroup) = cgroups.pod.clone() else {
+                continue;
+            };
+            let Some(container_id) = pod_cgroup.container_id.clone() else {
+                continue;
+            };
+            let identity = identities.get(&pod_cgroup.pod_uid);
+            let pod = view
+                .pods
+                .entry(pod_cgroup.pod_uid.clone())
+                .or_insert_with(|| Pod {
+                    uid: pod_cgroup.pod_uid.clone(),
+                    namespace: identity.map(|i| i.namespace.clone()),
+                    name: identity.map(|i| i.name.clone()),
+                    qos: pod_cgroup.qos,
+                    containers: BTreeMap::new(),
+                });
+            let container = pod
+                .containers
+                .entry(container_id.clone())
+                .or_insert_with(|| Container {
+                    id: container_id.clone(),
+                    name: container_names
+                        .get(&container_id)
+                        .map(|c| c.container.clone()),
+                    runtime: pod_cgroup.runtime,
+                    memory_dir: None,
+                    unified_dir: None,
+                    pids: BTreeSet::new(),
+                });
+            if exact_paths && container.memory_dir.is_none() {
+                container.memory_dir = memory::memory_cgroup_dir(
+                    mounts,
+                    cgroups.unified.as_deref(),
+                    cgroups.memory_v1.as_deref(),
+                );
             }
-        };
-        let Some(pod_cgroup) = cgroups.pod.clone() else {
-            continue;
-        };
-        let Some(container_id) = pod_cgroup.container_id.clone() else {
-            continue;
-        };
-        let comm = read_comm(&dir).unwrap_or_default();
-        let identity = identities.get(&pod_cgroup.pod_uid);
-        let pod = view
-            .pods
-            .entry(pod_cgroup.pod_uid.clone())
-            .or_insert_with(|| Pod {
-                uid: pod_cgroup.pod_uid.clone(),
-                namespace: identity.map(|i| i.namespace.clone()),
-                name: identity.map(|i| i.name.clone()),
-                qos: pod_cgroup.qos,
-                containers: BTreeMap::new(),
-            });
-        let container = pod
-            .containers
-            .entry(container_id.clone())
-            .or_insert_with(|| Container {
-                id: container_id.clone(),
-                name: container_names
-                    .get(&container_id)
-                    .map(|c| c.container.clone()),
-                runtime: pod_cgroup.runtime,
-                memory_dir: None,
-                unified_dir: None,
-                pids: BTreeSet::new(),
-            });
-        if exact_paths && container.memory_dir.is_none() {
-            container.memory_dir = memory::memory_cgroup_dir(
-                mounts,
-                cgroups.unified.as_deref(),
-                cgroups.memory_v1.as_deref(),
-            );
-        }
-        if exact_paths && container.unified_dir.is_none() {
-            container.unified_dir = mounts
-                .unified
-                .as_deref()
-                .zip(cgroups.unified.as_deref())
-                .and_then(|(mount, path)| memory::join_cgroup_path(mount, path));
-        }
-        let _ = container.pids.insert(pid);
-        let _ = view.processes.insert(
-            pid,
-            NodeProcess {
+            if exact_paths && container.unified_dir.is_none() {
+                container.unified_dir = mounts
+                    .unified
+                    .as_deref()
+                    .zip(cgroups.unified.as_deref())
+                    .and_then(|(mount, path)| memory::join_cgroup_path(mount, path));
+            }
+            let _ = container.pids.insert(pid);
+            let _ = view.processes.insert(
                 pid,
-                comm,
-                pod_uid: pod_cgroup.pod_uid.clone(),
-                container_id,
-            },
-        );
+                NodeProcess {
+                    pid,
+                    comm: process.comm.clone(),
+                    pod_uid: pod_cgroup.pod_uid.clone(),
+                    container_id,
+                },
+            );
+            let _ = known.insert(pid, process);
+        }
+        self.known = known;
+        name_single_containers(&mut view, &identities);
+        view
     }
-    name_single_containers(&mut view, &identities);
-    view
+}
+
+/// Reads a process's cgroup and, when it is in a pod's container, its name. `None` for a
+/// process in no container, or gone before it was read (skipped quietly), or whose cgroup
+/// file is malformed (with a warning).
+fn read_process(
+    pid: u32,
+    mut dir: PathBuf,
+    inode: u64,
+    bytes: &mut Vec<u8>,
+) -> Option<KnownProcess> {
+    dir.push("cgroup");
+    read_proc_file(&dir, bytes).ok()?;
+    let _ = dir.pop();
+    // Cgroup names are any bytes (a container may create nested cgroups); pod and container
+    // ids are ASCII, so a lossy conversion still finds them, but names no directory.
+    let content = String::from_utf8_lossy(bytes);
+    let exact_paths = matches!(content, Cow::Borrowed(_));
+    let cgroups = match cgroup::process_cgroups(&content) {
+        Ok(cgroups) => cgroups,
+        Err(error) => {
+            warn!(pid, %error, "skipping process with a malformed /proc/PID/cgroup");
+            return None;
+        }
+    };
+    cgroups.pod.as_ref()?.container_id.as_ref()?;
+    let comm = read_comm(&mut dir, bytes).unwrap_or_default();
+    Some(KnownProcess {
+        inode,
+        cgroups,
+        exact_paths,
+        comm,
+    })
 }
 
 /// Without the container log symlinks, a pod with one container directory and one container
@@ -253,13 +327,13 @@ fn name_single_containers(view: &mut NodeView, identities: &HashMap<String, pods
     }
 }
 
-fn read_comm(dir: &Path) -> Option<String> {
-    Some(
-        std::fs::read_to_string(dir.join("comm"))
-            .ok()?
-            .trim_end()
-            .to_owned(),
-    )
+/// A process's name, from `dir` (its /proc directory; given back as it was).
+fn read_comm(dir: &mut PathBuf, buffer: &mut Vec<u8>) -> Option<String> {
+    dir.push("comm");
+    let read = read_proc_file(dir, buffer);
+    let _ = dir.pop();
+    read.ok()?;
+    Some(String::from_utf8_lossy(buffer).trim_end().to_owned())
 }
 
 #[cfg(test)]
@@ -419,6 +493,52 @@ mod tests {
             warnings, 5,
             "a cut path (103), an empty file (106) or a process gone (107) warns of nothing: {log:#?}"
         );
+    }
+
+    #[test]
+    fn a_rescan_rereads_new_processes_at_once_and_known_ones_within_the_bound() {
+        let node = FakeNode::new("rescan");
+        let web = fixture!("proc_cgroup_v2_systemd_containerd.txt");
+        node.process("101", "web", web);
+        let mounts = CgroupMounts::default();
+        let mut scanner = Scanner::default();
+        let view = scanner.scan(&node.paths, &mounts);
+        assert_eq!(view.processes[&101].comm, "web");
+
+        // Renamed in place (the same /proc directory): seen within the bound, not before
+        // its turn.
+        node.process("101", "renamed", web);
+        // A new process: found at the very next scan.
+        node.process("102", "sidecar", web);
+        let mut seen_renamed_after = None;
+        for scan in 1..=REREAD_EVERY_SCANS {
+            let view = scanner.scan(&node.paths, &mounts);
+            assert_eq!(view.processes[&102].comm, "sidecar", "scan {scan}");
+            if view.processes[&101].comm == "renamed" {
+                seen_renamed_after = Some(scan);
+                break;
+            }
+        }
+        assert!(
+            seen_renamed_after.is_some(),
+            "a known process is read again within {REREAD_EVERY_SCANS} scans"
+        );
+
+        // The pid reused by another process (another /proc directory: another inode),
+        // in no pod: gone from the view at once.
+        let other = node.paths.proc_root.join("next-101");
+        node.write(other.join("comm"), b"other\n");
+        node.write(other.join("cgroup"), b"0::/user.slice\n");
+        fs::remove_dir_all(node.paths.proc_root.join("101")).expect("remove 101");
+        fs::rename(&other, node.paths.proc_root.join("101")).expect("reuse 101");
+        let view = scanner.scan(&node.paths, &mounts);
+        assert!(!view.processes.contains_key(&101), "{view:#?}");
+        assert!(view.processes.contains_key(&102));
+
+        // Ended: gone at once.
+        fs::remove_dir_all(node.paths.proc_root.join("102")).expect("remove 102");
+        let view = scanner.scan(&node.paths, &mounts);
+        assert!(view.processes.is_empty(), "{view:#?}");
     }
 
     #[test]

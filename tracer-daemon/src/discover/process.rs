@@ -149,6 +149,73 @@ pub fn liveness(info: &ProcessInfo) -> Liveness {
     }
 }
 
+/// What one read of /proc/PID/stat says of a process's address space, to tell cheaply whether
+/// its maps are worth reading again. An exec gives a new address space: with address-space
+/// randomization its code, stack and argument addresses all move (and its name usually
+/// changes); a new mapping that is not laid over an old one (a dlopen, any new file mapped)
+/// grows its size. Anything else (a library mapped over a region reserved earlier, or
+/// unmapped and replaced by one of the same size) leaves the hint as it was: the caller reads
+/// the maps now and then all the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSpaceHint {
+    start_ticks: u64,
+    comm: String,
+    size_bytes: u64,
+    code: (u64, u64),
+    stack_start: u64,
+    arguments_start: Option<u64>,
+    environment_end: Option<u64>,
+}
+
+/// Reads a /proc (or cgroupfs) file whole into `buffer`, cleared first. Not `fs::read` or
+/// `File::read_to_end`: they ask `statx` and `lseek` for a size hint, and these files' sizes
+/// read 0; discovery and the profiled-process checks read thousands of them.
+pub fn read_proc_file(path: &std::path::Path, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    const STEP: usize = 4096;
+    let mut file = std::fs::File::open(path)?;
+    buffer.clear();
+    loop {
+        let filled = buffer.len();
+        buffer.resize(filled + STEP, 0);
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => {
+                buffer.truncate(filled);
+                return Ok(());
+            }
+            Ok(read) => buffer.truncate(filled + read),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                buffer.truncate(filled);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Reads a live process's [`AddressSpaceHint`] (one read of its stat; a zombie reads as gone).
+pub fn address_space_hint(pid: u32) -> Result<AddressSpaceHint, ProcessError> {
+    use procfs::FromRead as _;
+    let mut content = Vec::with_capacity(512);
+    read_proc_file(
+        std::path::Path::new(&format!("/proc/{pid}/stat")),
+        &mut content,
+    )
+    .map_err(|e| map_error(pid, "stat", e.into()))?;
+    let stat = procfs::process::Stat::from_read(content.as_slice())
+        .map_err(|e| map_error(pid, "stat", e))?;
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(ProcessError::NotFound { pid });
+    }
+    Ok(AddressSpaceHint {
+        start_ticks: stat.starttime,
+        comm: stat.comm,
+        size_bytes: stat.vsize,
+        code: (stat.startcode, stat.endcode),
+        stack_start: stat.startstack,
+        arguments_start: stat.arg_start,
+        environment_end: stat.env_end,
+    })
+}
+
 /// The process's file-backed executable mappings, in address order.
 ///
 /// Malformed lines are skipped with a warning (see [`parse_exec_mappings`]).
@@ -262,6 +329,61 @@ mod tests {
         );
         assert_one_warning(&log, &["pid=7", "line_number=1", "is empty"]);
         assert_one_warning(&log, &["pid=7", "line_number=2", "not UTF-8"]);
+    }
+
+    #[test]
+    fn the_address_space_hint_changes_when_a_file_is_mapped_and_at_an_exec() {
+        use std::os::fd::AsRawFd as _;
+        let me = std::process::id();
+        let before = address_space_hint(me).expect("own stat");
+        assert_eq!(
+            address_space_hint(me).expect("own stat"),
+            before,
+            "nothing changed"
+        );
+        let file = std::fs::File::open(std::env::current_exe().expect("current exe"))
+            .expect("open own binary");
+        // SAFETY: a fresh read-only private mapping of a file, unmapped below, never read.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(mapped, libc::MAP_FAILED);
+        let after = address_space_hint(me).expect("own stat");
+        // SAFETY: the mapping made above, of that length.
+        let _ = unsafe { libc::munmap(mapped, 1 << 20) };
+        assert_ne!(after, before, "a new file mapping grows the address space");
+
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _ ; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let shell = address_space_hint(pid).expect("the shell's stat");
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while address_space_hint(pid).is_ok_and(|hint| hint.comm != "sleep") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh never exec'd sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exec = address_space_hint(pid).expect("sleep's stat");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_ne!(
+            exec, shell,
+            "another program: its code (and, randomized, its stack) moved"
+        );
     }
 
     #[test]

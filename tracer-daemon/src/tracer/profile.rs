@@ -6,7 +6,11 @@
 //! process only makes its stacks better (unwind tables through code without frame pointers)
 //! and nameable. A traced process is already both, so profiling it costs nothing more.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tracer_common::{FaultKey, FaultTotals};
 use tracing::{debug, info, warn};
@@ -16,7 +20,7 @@ use crate::{
     bpf::FaultHook,
     collect::CollectError,
     discover::{
-        process::{self, Liveness, ProcessError},
+        process::{self, AddressSpaceHint, Liveness, ProcessError},
         snapshot::ProcessSnapshot,
     },
     report::ProcessState,
@@ -28,8 +32,20 @@ use crate::{
 /// but nobody profiled (a read of the whole map).
 pub(super) const FAULT_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How often profiled (not traced) processes are checked for new code, an exec or an end.
-pub(super) const PROFILED_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often [`Tracer::poll`] checks the profiled processes that are due (see
+/// [`PROFILED_CHECK_INTERVAL`]).
+pub(super) const PROFILED_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often each profiled (not traced) process is checked for new code, an exec or an end:
+/// one read of its stat, its maps read only when the stat hints at a change
+/// ([`AddressSpaceHint`]). New code that grows the address space, and an exec, are found
+/// within this interval (plus one [`PROFILED_POLL_INTERVAL`]).
+pub(super) const PROFILED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often each profiled process's program and maps are read whatever its stat says: new
+/// code that leaves the hint as it was (mapped over a region reserved earlier) is found
+/// within this interval (plus one [`PROFILED_POLL_INTERVAL`]).
+pub(super) const PROFILED_FULL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why a cgroup could not be watched or a process profiled.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +69,30 @@ pub(super) struct ProfiledProcess {
     pub(super) state: ProcessState,
     /// How each of its binaries is unwound.
     pub(super) unwinding: Vec<BinaryUnwinding>,
+    /// Its stat's hint when its maps were last read (`None`: read them at the next check).
+    hint: Option<AddressSpaceHint>,
+    /// When it is next checked (one read of its stat).
+    next_check: Instant,
+    /// When its program and maps are next read whatever its stat says.
+    next_full_check: Instant,
+}
+
+impl ProfiledProcess {
+    /// Checked in full at the next poll, then on its own schedule from there: processes
+    /// profiled over time (discovery profiles a bounded number per round) are checked spread
+    /// over the interval, not all in one round.
+    fn new(snapshot: ProcessSnapshot, unwinding: Vec<BinaryUnwinding>, now: Instant) -> Self {
+        Self {
+            snapshot,
+            state: ProcessState::Running,
+            unwinding,
+            // Read at the first check, before the maps are read again: a hint read now, after
+            // the snapshot, could already include a change the snapshot does not.
+            hint: None,
+            next_check: now,
+            next_full_check: now,
+        }
+    }
 }
 
 impl Tracer {
@@ -111,11 +151,7 @@ impl Tracer {
         info!(pid, comm = %snapshot.info.comm, "profiling page faults");
         let _ = self.profiled.insert(
             pid,
-            ProfiledProcess {
-                snapshot,
-                state: ProcessState::Running,
-                unwinding,
-            },
+            ProfiledProcess::new(snapshot, unwinding, Instant::now()),
         );
         Ok(())
     }
@@ -169,24 +205,43 @@ impl Tracer {
     /// Follows profiled processes (called by [`Tracer::poll`]): new code mapped, an exec (a new
     /// address space: its old fault records go), an end.
     ///
-    /// At most once per [`PROFILED_POLL_INTERVAL`], not at every poll: reading a thousand
-    /// watched processes' maps and stat every 200 ms cost the agent a third of a core
-    /// (BENCHMARKS.md, "Always-on watching"), and a profiled process only needs its new code
-    /// found before its faults there are reported.
+    /// Each process is checked every [`PROFILED_CHECK_INTERVAL`], by one read of its stat; its
+    /// program and maps are read only when the stat hints at a change, or every
+    /// [`PROFILED_FULL_CHECK_INTERVAL`]. Reading a thousand watched processes' maps and stat
+    /// every 200 ms cost the agent a third of a core, and every 5 s still 2% of one
+    /// (BENCHMARKS.md, "Always-on watching"); a profiled process only needs its new code found
+    /// before its faults there are reported.
     pub(super) fn poll_profiled(&mut self) {
         if self.last_profiled_poll.elapsed() < PROFILED_POLL_INTERVAL {
             return;
         }
-        self.last_profiled_poll = std::time::Instant::now();
-        let pids: Vec<u32> = self.profiled.keys().copied().collect();
-        for pid in pids {
+        let now = Instant::now();
+        self.last_profiled_poll = now;
+        let due: Vec<u32> = self
+            .profiled
+            .iter()
+            .filter(|(_, p)| !p.state.has_ended() && p.next_check <= now)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in due {
             let traced = self.processes.contains_key(&pid);
             let Some(profiled) = self.profiled.get_mut(&pid) else {
                 continue;
             };
-            if profiled.state.has_ended() {
+            profiled.next_check = now + PROFILED_CHECK_INTERVAL;
+            let hint = match process::address_space_hint(pid) {
+                Ok(hint) => hint,
+                Err(_) => {
+                    debug!(pid, "profiled process ended");
+                    profiled.state = ProcessState::Ended;
+                    continue;
+                }
+            };
+            if profiled.next_full_check > now && profiled.hint.as_ref() == Some(&hint) {
                 continue;
             }
+            profiled.next_full_check = now + PROFILED_FULL_CHECK_INTERVAL;
+            profiled.hint = Some(hint);
             match process::liveness(&profiled.snapshot.info) {
                 Liveness::Alive => {
                     if let Some(snapshot) = profiled.snapshot.changed() {

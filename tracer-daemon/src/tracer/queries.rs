@@ -168,8 +168,7 @@ impl Tracer {
         let wanted: HashSet<u32> = pids.iter().copied().collect();
         let now_ns = collect::monotonic_now_ns();
         let aged = if options.min_age_ns > 0 {
-            let mut scan =
-                ages::AgeScan::new(Some(&wanted), now_ns, options.min_age_ns);
+            let mut scan = ages::AgeScan::new(Some(&wanted), now_ns, options.min_age_ns);
             self.kernel
                 .for_each_allocation(&mut |key, info| scan.add(key, info))?;
             Some(scan.finish())

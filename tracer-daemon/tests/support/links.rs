@@ -43,10 +43,7 @@ pub(crate) fn kernel_links() -> Vec<String> {
         };
         // SAFETY: a new descriptor the kernel just returned, owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let path = format!(
-            "/proc/self/fdinfo/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&fd)
-        );
+        let path = format!("/proc/self/fdinfo/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
         if let Ok(info) = std::fs::read_to_string(path) {
             links.push(info);
         }
@@ -66,8 +63,9 @@ pub(crate) fn uprobe_links_on(pid: u32) -> Vec<String> {
         .into_iter()
         .filter(|info| match field(info, "link_type:").as_deref() {
             Some("uprobe_multi") => field(info, "pid:") == Some(pid.to_string()),
-            Some("perf") => field(info, "name:")
-                .is_some_and(|name| name.starts_with(&format!("/proc/{pid}/"))),
+            Some("perf") => {
+                field(info, "name:").is_some_and(|name| name.starts_with(&format!("/proc/{pid}/")))
+            }
             _ => false,
         })
         .collect()

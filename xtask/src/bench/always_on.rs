@@ -110,6 +110,12 @@ pub(super) fn always_on(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    if args.agent_cpu_only {
+        let footprint = footprint(&binaries, &logs, if args.quick { 20 } else { 60 })?;
+        println!("{}", footprint_rows(&footprint));
+        eprintln!("xtask bench: --agent-cpu-only: BENCHMARKS.md is left as it is");
+        return Ok(());
+    }
     let costs = costs(&binaries, &logs, &churn, &touch, args.rounds)?;
     let programs = fault_program_costs(&binaries, &logs, &touch)?;
     if args.touch_only {
@@ -177,8 +183,7 @@ fn costs(
             // The churn is short and its noise is of the size of what is measured: three runs.
             for _ in 0..CHURN_RUNS {
                 let pairs = CHURN_PAIRS.to_string();
-                let (ns, _) =
-                    run_in_pod(churn, &[pairs, "1".into()], &pod, agent.as_ref(), mode)?;
+                let (ns, _) = run_in_pod(churn, &[pairs, "1".into()], &pod, agent.as_ref(), mode)?;
                 churn_ns[index].push(ns / CHURN_PAIRS as f64);
             }
             let (ns, cpu_ns) =
@@ -437,21 +442,7 @@ fn section(
     foreign_programs: usize,
 ) -> String {
     let mut text = cost_rows(args, costs, programs);
-    text.push_str(&format!(
-        "\n| agent watching | processes profiled | settled after | CPU while settling | CPU, settled ({} s) | RSS | peak RSS (VmHWM) | targets |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n\
-         | {FLEET_PODS} pods × {FLEET_PROCESSES_PER_POD} `sleep` ({} containers listed watched, {} with a trend) | {} of {} | {:.0} s | {:.1}% of a core | **{:.2}%** of a core | **{:.1} MiB** | {:.1} MiB | ≤ 2% of a core, ≤ 96 MiB |\n",
-        footprint.window_s,
-        footprint.watched_containers,
-        footprint.with_trend,
-        footprint.profiled,
-        footprint.processes,
-        footprint.settled_s,
-        footprint.settling_cpu * 100.0,
-        footprint.cpu * 100.0,
-        footprint.rss_kib as f64 / 1024.0,
-        footprint.peak_kib as f64 / 1024.0,
-    ));
+    text.push_str(&footprint_rows(footprint));
     text.push_str(&format!(
         "\n| leak | container limit | settings | classed growing | escalated (`tracing` = auto) | process traced |\n\
          |---|---:|---|---:|---:|---:|\n\
@@ -546,4 +537,23 @@ fn cost_rows(args: &BenchArgs, costs: &Costs, programs: &ProgramCosts) -> String
         ));
     }
     text
+}
+
+/// The table of the agent watching the fleet.
+fn footprint_rows(footprint: &Footprint) -> String {
+    format!(
+        "\n| agent watching | processes profiled | settled after | CPU while settling | CPU, settled ({} s) | RSS | peak RSS (VmHWM) | targets |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|\n\
+         | {FLEET_PODS} pods × {FLEET_PROCESSES_PER_POD} `sleep` ({} containers listed watched, {} with a trend) | {} of {} | {:.0} s | {:.1}% of a core | **{:.2}%** of a core | **{:.1} MiB** | {:.1} MiB | ≤ 2% of a core, ≤ 96 MiB |\n",
+        footprint.window_s,
+        footprint.watched_containers,
+        footprint.with_trend,
+        footprint.profiled,
+        footprint.processes,
+        footprint.settled_s,
+        footprint.settling_cpu * 100.0,
+        footprint.cpu * 100.0,
+        footprint.rss_kib as f64 / 1024.0,
+        footprint.peak_kib as f64 / 1024.0,
+    )
 }

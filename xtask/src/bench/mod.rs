@@ -89,6 +89,10 @@ pub(crate) struct BenchArgs {
     /// --touch-only.
     #[arg(long, requires = "touch_only")]
     prebuilt: Option<std::path::PathBuf>,
+    /// always-on: only the agent's CPU and memory watching the fleet (printed; BENCHMARKS.md
+    /// is left as it is), for iterating on what the agent costs.
+    #[arg(long)]
+    agent_cpu_only: bool,
 }
 
 /// Runs the chosen suites; the caller has checked for root (they attach uprobes).

@@ -62,13 +62,18 @@ pub(crate) fn budget(args: &BenchArgs) -> anyhow::Result<()> {
 
     let none = run_loop(&hot, &pod, None, |seconds| seconds.len() >= STEADY_SECONDS)?;
     let off_config = format!("{SELECTING}[budget]\nenabled = false\n");
-    let off = run_loop(&hot, &pod, Some((&binaries, &logs, &off_config)), |seconds| {
-        seconds.len() >= STEADY_SECONDS
-    })?;
+    let off = run_loop(
+        &hot,
+        &pod,
+        Some((&binaries, &logs, &off_config)),
+        |seconds| seconds.len() >= STEADY_SECONDS,
+    )?;
     let on = run_loop(&hot, &pod, Some((&binaries, &logs, SELECTING)), |seconds| {
         let stopped = seconds.iter().filter(|s| s.phase == Phase::Stopped).count();
         stopped >= AFTER_STOP_SECONDS
-            || seconds.last().is_some_and(|s| s.at_s > BUDGET_LIMIT.as_secs_f64())
+            || seconds
+                .last()
+                .is_some_and(|s| s.at_s > BUDGET_LIMIT.as_secs_f64())
     })?;
 
     let text = section(&none, &off, &on);

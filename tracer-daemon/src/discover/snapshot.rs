@@ -86,13 +86,55 @@ impl ProcessSnapshot {
 
     /// Reads the process's mappings again; `Some(new snapshot)` when its executable mappings
     /// changed (a library was loaded or unloaded), `None` when they did not or the process
-    /// cannot be read any more.
+    /// cannot be read any more. A process that is exiting (an OOM kill's victim before its
+    /// parent reaps it) still answers with no mappings at all: that is no change, because
+    /// its last report still needs the mappings it had to name its stacks.
     pub fn changed(&self) -> Option<Self> {
         let mappings = process::exec_mappings(self.pid()).ok()?;
+        if mappings.is_empty() {
+            return None;
+        }
         let same = mappings.len() == self.mappings.len()
             && mappings.iter().zip(&self.mappings).all(|(new, old)| {
                 new.start == old.start && new.end == old.end && new.path == old.path
             });
         (!same).then(|| Self::of(self.info.clone(), mappings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProcessSnapshot;
+
+    #[test]
+    fn an_exited_process_awaiting_its_reaping_keeps_its_last_mappings() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let alive = ProcessSnapshot::read(pid).expect("the shell's maps");
+        assert!(!alive.mappings.is_empty(), "a live shell maps its code");
+        // It exits and stays a zombie (not waited for): /proc/PID/maps reads empty.
+        drop(child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|s| s.starts_with(" Z")))
+        {
+            assert!(std::time::Instant::now() < deadline, "sh never exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            super::process::exec_mappings(pid).is_ok_and(|m| m.is_empty()),
+            "a zombie's maps read empty"
+        );
+        let changed = alive.changed();
+        let _ = child.wait();
+        assert!(
+            changed.is_none(),
+            "an exiting process's empty maps replaced its mappings: {:?}",
+            changed.map(|s| s.mappings)
+        );
     }
 }

@@ -264,3 +264,178 @@ fn trace_logs_an_oom_kill_of_a_process_it_does_not_trace_only_at_debug_level() {
     drop(trace);
     quiet.finish();
 }
+
+/// The row of `function`'s call site in `tracerctl diff -o json`.
+fn diff_row<'a>(diff: &'a Value, function: &str) -> Option<&'a Value> {
+    diff["stacks"]
+        .as_array()?
+        .iter()
+        .find(|s| s["frames"][0]["function"] == function)
+}
+
+/// `go tool pprof -top` in bytes: the flat bytes of each function that has any.
+fn pprof_flat_bytes(args: &[&str], home: &Path) -> Vec<(String, i64)> {
+    let output = Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-unit=B",
+            "-sample_index=inuse_space",
+        ])
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .expect("run go tool pprof (Debian's golang-go; cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "flat flat% sum% cum cum% name": flat in bytes as "-41943040B".
+    text.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let flat = words.first()?.strip_suffix('B')?.parse().ok()?;
+            Some((words.get(5..)?.join(" "), flat))
+        })
+        .collect()
+}
+
+#[test]
+fn diff_names_what_grew_between_an_oom_kill_and_the_pod_now_and_pprof_base_agrees() {
+    require_root();
+    let root = temp_root("diff");
+    let state = root.join("state");
+    let namespace = format!("diff-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, "diffed-0", &["app"]);
+    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "5"]);
+    pod.place(leaker.pid, "app");
+    let args = agent_args(&namespace, &state);
+    let agent = Agent::start(&root, &strs(&args));
+    agent.wait_traced(&[leaker.pid]);
+    leaker.send("go");
+    let last = leaker.last_allocated_before_death();
+    assert_eq!(leaker.wait_killed(), Some(libc::SIGKILL));
+    let events = agent.wait_json(
+        &["oom-events", &pod.display()],
+        "recorded the OOM kill",
+        |v| v.as_array().is_some_and(|a| !a.is_empty()),
+    );
+    let kill = events[0]["evidence_id"].as_u64().expect("id").to_string();
+
+    // The container's next processes, each 1 MiB and then ten minutes asleep: one from
+    // leak_until_oom (the same call path as the victim's), one from nibble_memory.
+    let mut again = Workload::start(&workload("oom_leaker"), &["leak", "600000"]);
+    pod.place(again.pid, "app");
+    let mut nibbler = Workload::start(&workload("oom_leaker"), &["nibble", "600000"]);
+    pod.place(nibbler.pid, "app");
+    agent.wait_traced(&[again.pid, nibbler.pid]);
+    for workload in [&mut again, &mut nibbler] {
+        workload.send("go");
+        let _ = workload.wait_for("allocated 1");
+    }
+    let live = ["diff", &kill, "--live", &pod.display()];
+    let diff = agent.wait_json(&live, "saw the new processes' memory", |d| {
+        diff_row(d, "nibble_memory").is_some_and(|r| r["bytes_b"] == MIB)
+            && diff_row(d, "leak_until_oom").is_some_and(|r| r["bytes_b"] == MIB)
+    });
+    let grew = &diff["stacks"][0];
+    assert_eq!(
+        grew["frames"][0]["function"], "nibble_memory",
+        "largest growth first: {diff:#}"
+    );
+    assert_eq!(
+        (&grew["bytes_a"], &grew["bytes_b"], &grew["bytes_change"]),
+        (&Value::from(0), &Value::from(MIB), &Value::from(MIB)),
+        "{diff:#}"
+    );
+    assert_eq!(
+        (&grew["count_a"], &grew["count_b"]),
+        (&Value::from(0), &Value::from(1))
+    );
+    // Matched across processes by what the frames name (other addresses, same code).
+    let leak = diff_row(&diff, "leak_until_oom").expect("leak_until_oom in both");
+    let shrank = MIB as i64 - (last * MIB) as i64;
+    assert_eq!(leak["bytes_a"], last * MIB, "A is the OOM kill: {diff:#}");
+    assert_eq!(leak["bytes_change"], shrank, "{diff:#}");
+    assert_eq!(
+        (&leak["count_a"], &leak["count_b"]),
+        (&Value::from(last), &Value::from(1))
+    );
+    assert_eq!(diff["stacks"].as_array().map(Vec::len), Some(2), "{diff:#}");
+    assert_eq!(diff["a"]["container"], "app", "{diff:#}");
+    let (code, table, stderr) = agent.ctl(&live);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        table.contains("+1.0 MiB") && table.contains("nibble_memory"),
+        "{table}"
+    );
+
+    // Two records: the last threshold snapshot before the kill, and the kill.
+    let listed = agent.ctl_json(&["evidence", "--pod", &pod.display()]);
+    let threshold = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["kind"] == "threshold")
+        .filter_map(|e| e["id"].as_u64())
+        .max()
+        .expect("a threshold snapshot before the kill")
+        .to_string();
+    let before = agent.ctl_json(&["evidence", &threshold]);
+    let records = agent.ctl_json(&["diff", &threshold, &kill]);
+    let row = diff_row(&records, "leak_until_oom").expect("leak_until_oom in both");
+    assert_eq!(
+        row["bytes_a"],
+        leak_bytes(&before, "leak_until_oom"),
+        "{records:#}"
+    );
+    assert_eq!(row["bytes_b"], last * MIB, "{records:#}");
+
+    // The same change as a pprof profile: with --base, and as -diff_base of two exports.
+    let with_base = root.join("with-base.pb.gz");
+    let kill_profile = root.join("kill.pb.gz");
+    let now_profile = root.join("now.pb.gz");
+    for (args, out) in [
+        (
+            vec![pod.display(), "--base".into(), kill.clone()],
+            &with_base,
+        ),
+        (vec!["--evidence".into(), kill.clone()], &kill_profile),
+        (vec![pod.display()], &now_profile),
+    ] {
+        let mut all: Vec<&str> = vec!["pprof"];
+        all.extend(args.iter().map(String::as_str));
+        all.extend(["--out", out.to_str().expect("utf8")]);
+        let (code, _, stderr) = agent.ctl(&all);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let flat = pprof_flat_bytes(&[with_base.to_str().expect("utf8")], &root);
+    // Only samples through leak_until_oom: their flat bytes (all in malloc) add up to its change.
+    let focused = |extra: &[&str]| -> i64 {
+        let mut args = vec!["-focus=^leak_until_oom$"];
+        args.extend(extra);
+        pprof_flat_bytes(&args, &root).iter().map(|(_, b)| *b).sum()
+    };
+    assert_eq!(
+        focused(&[with_base.to_str().expect("utf8")]),
+        shrank,
+        "pprof --base: {flat:?}"
+    );
+    assert_eq!(
+        focused(&[
+            &format!("-diff_base={}", kill_profile.display()),
+            now_profile.to_str().expect("utf8"),
+        ]),
+        shrank,
+        "go tool pprof -diff_base of the two exports"
+    );
+    drop(nibbler);
+    drop(again);
+    agent.stop_keeping_state();
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -51,6 +51,8 @@ enum Command {
     Evidence(commands::evidence::EvidenceArgs),
     /// Write a gzipped pprof profile (for `go tool pprof`) of a pod or a stored evidence.
     Pprof(commands::pprof::PprofArgs),
+    /// What grew between two evidence records, or between a record and a pod now.
+    Diff(commands::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,5 +88,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::OomEvents(args) => commands::oom_events::run(&mut client, printer, &args).await,
         Command::Evidence(args) => commands::evidence::run(&mut client, printer, &args).await,
         Command::Pprof(args) => commands::pprof::run(&mut client, &args).await,
+        Command::Diff(args) => commands::diff::run(&mut client, printer, &args).await,
     }
 }

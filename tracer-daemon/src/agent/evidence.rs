@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    Agent, AgentError, EvidenceListing, EvidenceQuery, ProfileSource,
+    Agent, AgentError, EvidenceListing, EvidenceQuery, ProfileRequest, ProfileSource,
     reports::{Resolved, now_unix_ms},
     selector::Target,
 };
@@ -297,12 +297,49 @@ impl Agent {
         Ok(evidence)
     }
 
-    pub(super) fn profile(
+    pub(super) fn profile(&mut self, request: &ProfileRequest) -> Result<Vec<u8>, AgentError> {
+        let kind = request.kind;
+        let (stacks, mut comments, time_unix_ms) = self.profile_stacks(&request.source, kind)?;
+        let base = match request.base_evidence {
+            Some(id) => {
+                let (base, base_comments, _) =
+                    self.profile_stacks(&ProfileSource::Evidence(id), kind)?;
+                if base.is_empty() {
+                    return Err(AgentError::NotTraced(format!(
+                        "evidence {id} holds no {} to compare with{}",
+                        kind.describe(),
+                        match kind {
+                            ProfileKind::Outstanding => {
+                                " (its container was not traced): compare growth profiles instead"
+                            }
+                            ProfileKind::FirstTouch => "",
+                        }
+                    )));
+                }
+                comments.extend(base_comments.into_iter().map(|c| format!("base: {c}")));
+                base
+            }
+            None => Vec::new(),
+        };
+        let meta = ProfileMeta {
+            time_unix_ns: i64::try_from(time_unix_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000),
+            duration_ns: 0,
+            comments,
+            kind,
+        };
+        pprof::encode_gzipped(&stacks, &base, &meta)
+            .map_err(|e| AgentError::Unavailable(format!("cannot encode the profile: {e}")))
+    }
+
+    /// The stacks a profile of `source` holds, its comments and when it was taken.
+    fn profile_stacks(
         &mut self,
         source: &ProfileSource,
         kind: ProfileKind,
-    ) -> Result<Vec<u8>, AgentError> {
-        let (stacks, comments, time_unix_ms) = match (source, kind) {
+    ) -> Result<(Vec<ProfileStack>, Vec<String>, u64), AgentError> {
+        Ok(match (source, kind) {
             (ProfileSource::Evidence(id), ProfileKind::Outstanding) => {
                 let evidence = self.get_evidence(*id)?;
                 let stacks = evidence
@@ -371,17 +408,7 @@ impl Agent {
                     report.taken_at_unix_ms,
                 )
             }
-        };
-        let meta = ProfileMeta {
-            time_unix_ns: i64::try_from(time_unix_ms)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1_000_000),
-            duration_ns: 0,
-            comments,
-            kind,
-        };
-        pprof::encode_gzipped(&stacks, &meta)
-            .map_err(|e| AgentError::Unavailable(format!("cannot encode the profile: {e}")))
+        })
     }
 }
 

@@ -77,11 +77,7 @@ pub(super) enum Command {
         oneshot::Sender<Result<EvidenceListing, AgentError>>,
     ),
     GetEvidence(u64, oneshot::Sender<Result<Evidence, AgentError>>),
-    Profile(
-        ProfileSource,
-        ProfileKind,
-        oneshot::Sender<Result<Vec<u8>, AgentError>>,
-    ),
+    Profile(ProfileRequest, oneshot::Sender<Result<Vec<u8>, AgentError>>),
     GrowthProfile(
         GrowthProfileRequest,
         oneshot::Sender<Result<PodGrowthProfile, AgentError>>,
@@ -114,6 +110,18 @@ pub struct EvidenceListing {
     pub store_warning: Option<String>,
     /// Saves that failed since the agent started.
     pub save_failures: u64,
+}
+
+/// A pprof export: of what, which kind, and the evidence it is compared with.
+#[derive(Clone, Debug)]
+pub struct ProfileRequest {
+    /// What the profile is of.
+    pub source: ProfileSource,
+    /// Outstanding allocations or the growth profile.
+    pub kind: ProfileKind,
+    /// A stored evidence record whose samples are added negated (`pprof::base`), so the
+    /// profile shows the change from it.
+    pub base_evidence: Option<u64>,
 }
 
 /// What a pprof export is of.
@@ -189,13 +197,8 @@ impl AgentHandle {
     }
 
     /// A gzipped pprof profile.
-    pub async fn profile(
-        &self,
-        source: ProfileSource,
-        kind: ProfileKind,
-    ) -> Result<Vec<u8>, AgentError> {
-        self.ask(|reply| Command::Profile(source, kind, reply))
-            .await?
+    pub async fn profile(&self, request: ProfileRequest) -> Result<Vec<u8>, AgentError> {
+        self.ask(|reply| Command::Profile(request, reply)).await?
     }
 
     /// A pod's growth profiles.

@@ -34,8 +34,8 @@ use tracing::{info, warn};
 pub use config::{AgentConfig, DEFAULT_STATE_DIR, Fault, GROWTH_TRACKED_STACKS, WatchAll};
 pub use growth_profiles::{ContainerGrowth, GrowthProfileRequest, PodGrowthProfile};
 pub use handle::{
-    AgentEnd, AgentError, AgentExit, AgentHandle, EvidenceListing, EvidenceQuery, ProfileSource,
-    ReportRequest, spawn,
+    AgentEnd, AgentError, AgentExit, AgentHandle, EvidenceListing, EvidenceQuery, ProfileRequest,
+    ProfileSource, ReportRequest, spawn,
 };
 use handle::{Command, panic_message};
 use preparer::Preparer;
@@ -276,8 +276,8 @@ impl Agent {
             Command::GetEvidence(id, reply) => {
                 let _ = reply.send(self.get_evidence(id));
             }
-            Command::Profile(source, kind, reply) => {
-                let _ = reply.send(self.profile(&source, kind));
+            Command::Profile(request, reply) => {
+                let _ = reply.send(self.profile(&request));
             }
             Command::GrowthProfile(request, reply) => {
                 let _ = reply.send(self.growth_report(&request));

@@ -22,7 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracer_proto::v1::{self as pb, leak_tracer_server::LeakTracer};
 
-use crate::agent::{AgentHandle, ProfileSource};
+use crate::agent::{AgentHandle, ProfileRequest, ProfileSource};
 use connections::ListenerStats;
 
 /// Watch streams open at once, node-wide; more are refused with RESOURCE_EXHAUSTED.
@@ -259,7 +259,12 @@ impl LeakTracer for LeakTracerService {
                 ));
             }
         };
-        let gzipped_profile = within_deadline(self.agent.profile(source, kind)).await?;
+        let request = ProfileRequest {
+            source,
+            kind,
+            base_evidence: (request.base_evidence_id > 0).then_some(request.base_evidence_id),
+        };
+        let gzipped_profile = within_deadline(self.agent.profile(request)).await?;
         Ok(Response::new(pb::PprofProfile { gzipped_profile }))
     }
 

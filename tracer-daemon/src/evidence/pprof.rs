@@ -50,6 +50,14 @@ pub enum ProfileKind {
 }
 
 impl ProfileKind {
+    /// What its values are, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Outstanding => "outstanding allocations",
+            Self::FirstTouch => "growth profile",
+        }
+    }
+
     /// The sample types (count, then bytes).
     fn sample_types(self) -> [&'static str; 2] {
         match self {
@@ -71,22 +79,30 @@ pub enum PprofError {
     },
 }
 
-/// Encodes the stacks as a pprof profile with sample types inuse_objects/count and
-/// inuse_space/bytes (default sample type inuse_space), gzipped as pprof files are on disk.
+/// Encodes the stacks as a pprof profile with the kind's sample types (count, then bytes;
+/// the bytes are the default sample type), gzipped as pprof files are on disk. The `base`
+/// stacks, when any, are added negated and labelled `pprof::base=true`, exactly as
+/// `go tool pprof -diff_base` merges a base profile: the profile shows the change from them.
 ///
 /// # Errors
 ///
 /// [`PprofError::Compress`] when the gzip encoder fails.
-pub fn encode_gzipped(stacks: &[ProfileStack], meta: &ProfileMeta) -> Result<Vec<u8>, PprofError> {
+pub fn encode_gzipped(
+    stacks: &[ProfileStack],
+    base: &[ProfileStack],
+    meta: &ProfileMeta,
+) -> Result<Vec<u8>, PprofError> {
     let compress = |source| PprofError::Compress { source };
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(&encode(stacks, meta)).map_err(compress)?;
+    encoder
+        .write_all(&encode(stacks, base, meta))
+        .map_err(compress)?;
     encoder.finish().map_err(compress)
 }
 
 /// The same as [`encode_gzipped`], not compressed (for tests and callers that compress
 /// themselves).
-pub fn encode(stacks: &[ProfileStack], meta: &ProfileMeta) -> Vec<u8> {
+pub fn encode(stacks: &[ProfileStack], base: &[ProfileStack], meta: &ProfileMeta) -> Vec<u8> {
     let mut builder = Builder::default();
     // pprof requires string_table[0] == "": index 0 doubles as "unset".
     builder.string("");
@@ -101,25 +117,41 @@ pub fn encode(stacks: &[ProfileStack], meta: &ProfileMeta) -> Vec<u8> {
     let comments = meta.comments.iter();
     builder.profile.comment = comments.map(|comment| builder.string(comment)).collect();
     let pid_key = builder.string("pid");
+    // The label go tool pprof puts on a -diff_base profile's samples.
+    let base_key = builder.string("pprof::base");
+    let base_value = builder.string("true");
     // Viewers take mapping[0] as the main binary (the "File:" line); the leaf frame is
     // usually in libc, so register the first module that is not a shared library first.
     let mut modules = stacks
         .iter()
+        .chain(base)
         .flat_map(|stack| stack.frames.iter())
         .filter_map(|frame| frame.module.as_deref());
     if let Some(main_binary) = modules.find(|module| !is_shared_library(module)) {
         builder.mapping(main_binary);
     }
-    for stack in stacks {
+    let samples = stacks.iter().map(|s| (s, false));
+    for (stack, is_base) in samples.chain(base.iter().map(|s| (s, true))) {
         let location_id = builder.location_ids(&stack.frames);
+        // Order matches `sample_type`; pprof values are signed, so clamp rather than wrap.
+        let mut value = vec![saturating_i64(stack.count), saturating_i64(stack.bytes)];
+        let mut label = vec![Label {
+            key: pid_key,
+            num: i64::from(stack.pid),
+            ..Label::default()
+        }];
+        if is_base {
+            value.iter_mut().for_each(|v| *v = -*v);
+            label.push(Label {
+                key: base_key,
+                str: base_value,
+                ..Label::default()
+            });
+        }
         builder.profile.sample.push(Sample {
             location_id,
-            // Order matches `sample_type`; pprof values are signed, so clamp rather than wrap.
-            value: vec![saturating_i64(stack.count), saturating_i64(stack.bytes)],
-            label: vec![Label {
-                key: pid_key,
-                num: i64::from(stack.pid),
-            }],
+            value,
+            label,
         });
     }
     builder.profile.encode_to_vec()
@@ -315,6 +347,8 @@ struct Sample {
 struct Label {
     #[prost(int64, tag = "1")]
     key: i64,
+    #[prost(int64, tag = "2")]
+    str: i64,
     #[prost(int64, tag = "3")]
     num: i64,
 }
@@ -430,7 +464,7 @@ mod tests {
     }
 
     fn decode(stacks: &[ProfileStack]) -> Profile {
-        Profile::decode(encode(stacks, &meta()).as_slice()).expect("our own output decodes")
+        Profile::decode(encode(stacks, &[], &meta()).as_slice()).expect("our own output decodes")
     }
 
     fn text(profile: &Profile, index: i64) -> &str {
@@ -453,7 +487,7 @@ mod tests {
             kind: ProfileKind::FirstTouch,
             ..meta()
         };
-        let profile = Profile::decode(encode(&[], &meta).as_slice()).expect("decodes");
+        let profile = Profile::decode(encode(&[], &[], &meta).as_slice()).expect("decodes");
         let types: Vec<[&str; 2]> = profile
             .sample_type
             .iter()
@@ -553,23 +587,49 @@ mod tests {
 
     #[test]
     fn gzipped_output_inflates_to_the_plain_encoding() {
-        let gzipped = encode_gzipped(&fixture(), &meta()).expect("gzip into memory");
+        let gzipped = encode_gzipped(&fixture(), &[], &meta()).expect("gzip into memory");
         let mut plain = Vec::new();
         let mut decoder = flate2::read::GzDecoder::new(gzipped.as_slice());
         decoder.read_to_end(&mut plain).expect("valid gzip");
-        assert_eq!(plain, encode(&fixture(), &meta()));
+        assert_eq!(plain, encode(&fixture(), &[], &meta()));
     }
 
     /// Runs `go tool pprof ARGS FILE` on the gzipped profile; returns its stdout's lines with
     /// runs of blanks collapsed, so that column widths do not matter.
     fn go_tool_pprof(stacks: &[ProfileStack], args: &[&str]) -> Vec<String> {
-        let name = format!("pprof-{}-{}.pb.gz", std::process::id(), args.join("_"));
-        let path = std::env::temp_dir().join(name);
-        let gzipped = encode_gzipped(stacks, &meta()).expect("gzip into memory");
-        std::fs::write(&path, gzipped).expect("write the profile to the temp dir");
-        let go_args = [&["tool", "pprof"], args].concat();
+        go_tool_pprof_diff(stacks, &[], None, args)
+    }
+
+    /// [`go_tool_pprof`] of `stacks` encoded with `base`; with `diff_base`, that profile is
+    /// also written and passed as `-diff_base`.
+    fn go_tool_pprof_diff(
+        stacks: &[ProfileStack],
+        base: &[ProfileStack],
+        diff_base: Option<&[ProfileStack]>,
+        args: &[&str],
+    ) -> Vec<String> {
+        // Tests run in parallel, several with the same arguments: every file is its own.
+        static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = |what: &str, stacks: &[ProfileStack], base: &[ProfileStack]| {
+            let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("pprof-{}-{n}-{what}.pb.gz", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            let gzipped = encode_gzipped(stacks, base, &meta()).expect("gzip into memory");
+            std::fs::write(&path, gzipped).expect("write the profile to the temp dir");
+            path
+        };
+        let path = write(if base.is_empty() { "plain" } else { "diff" }, stacks, base);
+        let base_path = diff_base.map(|b| write("base", b, &[]));
+        let mut go_args: Vec<String> = ["tool", "pprof"].map(str::to_owned).to_vec();
+        if let Some(base_path) = &base_path {
+            go_args.push(format!("-diff_base={}", base_path.display()));
+        }
+        go_args.extend(args.iter().map(|&a| a.to_owned()));
         let output = Command::new("go").args(&go_args).arg(&path).output();
         let _ = std::fs::remove_file(&path);
+        if let Some(base_path) = base_path {
+            let _ = std::fs::remove_file(base_path);
+        }
         let output = match output {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
                 "`go` is not on PATH: install Debian's golang-go (apt-get install -y golang-go) \
@@ -647,6 +707,67 @@ mod tests {
                 "0 0% 29.41% 1024kB 23.53% shop::load_config",
             ],
         );
+    }
+
+    /// The fixture an hour earlier: pid 42 held 1 MiB through `insert` (not 3), pid 7 the
+    /// same 1 MiB, and the frameless stack did not exist yet.
+    fn an_hour_earlier() -> Vec<ProfileStack> {
+        let mut base = fixture();
+        let _ = base.pop();
+        base[0].bytes = 1 << 20;
+        base[0].count = 1;
+        base
+    }
+
+    #[test]
+    fn a_profile_with_a_base_shows_the_change_as_go_tool_pprof_diff_base_does() {
+        let args = ["-top", "-sample_index=inuse_space"];
+        let expected = [
+            "flat flat% sum% cum cum%",
+            "2048kB 100% 100% 2048kB 100% libc.so.6+0x9a0f3",
+            "256kB 12.50% 112.50% 256kB 12.50% 0xdeadbeef",
+            "0 0% 112.50% 2304kB 112.50% main",
+            "0 0% 112.50% 2048kB 100% shop::Cache<K>::insert (inline)",
+            "0 0% 112.50% 2048kB 100% shop::handle",
+        ];
+        let with_base = go_tool_pprof_diff(&fixture(), &an_hour_earlier(), None, &args);
+        assert_lines(&with_base, &expected);
+        // The same as pprof's own merge of two plain profiles, line for line from the totals
+        // (only the merged duration differs: pprof adds the two profiles' durations).
+        let diff_base = go_tool_pprof_diff(&fixture(), &[], Some(&an_hour_earlier()), &args);
+        let from_totals = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .skip_while(|l| !l.starts_with("Showing nodes"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(from_totals(&with_base), from_totals(&diff_base));
+        // What did not change is there with nothing: load_config's 1 MiB is gone from the top.
+        assert!(
+            !with_base
+                .iter()
+                .any(|l| l.contains("shop::load_config") && l.contains("1024kB")),
+            "{with_base:#?}"
+        );
+    }
+
+    #[test]
+    fn base_samples_are_negated_and_labelled_as_pprof_labels_a_diff_base() {
+        let profile = Profile::decode(encode(&fixture(), &an_hour_earlier(), &meta()).as_slice())
+            .expect("decodes");
+        let base: Vec<&Sample> = profile
+            .sample
+            .iter()
+            .filter(|s| {
+                s.label.iter().any(|l| {
+                    text(&profile, l.key) == "pprof::base" && text(&profile, l.str) == "true"
+                })
+            })
+            .collect();
+        let values: Vec<&[i64]> = base.iter().map(|s| s.value.as_slice()).collect();
+        assert_eq!(values, [[-1, -(1 << 20)], [-1, -(1 << 20)]]);
+        assert_eq!(profile.sample.len(), 5, "3 samples and 2 base samples");
     }
 
     #[test]

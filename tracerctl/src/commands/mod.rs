@@ -1,5 +1,6 @@
 //! One module per subcommand: its arguments, the request it sends and what it prints.
 
+pub(crate) mod diff;
 pub(crate) mod evidence;
 pub(crate) mod growth;
 pub(crate) mod oom_events;

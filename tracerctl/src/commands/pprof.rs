@@ -1,6 +1,6 @@
 //! `tracerctl pprof`: a gzipped pprof profile (for `go tool pprof`) of a live pod or of a
 //! stored evidence record (outstanding allocations, or with --growth the growth profile),
-//! written as the agent made it.
+//! written as the agent made it; with --base, the change from another evidence record.
 
 use std::{io::Write as _, path::PathBuf};
 
@@ -31,6 +31,10 @@ pub(crate) struct PprofArgs {
     /// instead of outstanding allocations.
     #[arg(long)]
     growth: bool,
+    /// Show the change from this evidence record: its samples are added negated and labelled
+    /// `pprof::base`, as `go tool pprof -diff_base` merges a base profile.
+    #[arg(long, value_name = "ID")]
+    base: Option<u64>,
     /// Write here instead of standard output.
     #[arg(long = "out", value_name = "FILE")]
     out: Option<PathBuf>,
@@ -52,6 +56,7 @@ pub(crate) async fn run(client: &mut Client, args: &PprofArgs) -> anyhow::Result
             } else {
                 pb::ProfileKind::Unspecified
             } as i32,
+            base_evidence_id: args.base.unwrap_or(0),
         })
         .await
         .map_err(status)?

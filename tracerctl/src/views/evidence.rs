@@ -11,6 +11,7 @@ use super::{
     growth::{self, GrowthProfileView},
     human_bytes, memory_text,
     report::{self, ContainerView},
+    time_of,
 };
 
 /// An OOM kill.
@@ -77,14 +78,6 @@ pub(crate) struct EvidenceView<'a> {
     /// Why the escalation policy traced it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     escalation: Option<&'a str>,
-}
-
-/// A time to the second, or `-`.
-fn time_of(t: Option<&prost_types::Timestamp>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let secs = u64::try_from(t.seconds).unwrap_or(0);
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    humantime::format_rfc3339_seconds(when).to_string()
 }
 
 /// `namespace/name`, or `uid:UID`, or `-`.

@@ -15,6 +15,7 @@ macro_rules! fixture {
     }};
 }
 
+pub(crate) mod diff;
 pub(crate) mod evidence;
 pub(crate) mod growth;
 pub(crate) mod report;
@@ -101,6 +102,14 @@ fn ns_of(duration: &prost_types::Duration) -> u64 {
     (duration.seconds.max(0) as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(duration.nanos.max(0) as u64)
+}
+
+/// A time to the second, or `-`.
+pub(crate) fn time_of(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(when).to_string()
 }
 
 /// Some text, or `None` for the API's empty string.

@@ -55,16 +55,27 @@ fn leak_bytes(evidence: &Value, function: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn an_oom_killed_leak_is_recorded_before_and_at_the_kill_and_survives_restarts() {
+/// A pod whose one leaking process (1 MiB from leak_until_oom every `step_ms`) the kernel
+/// OOM-killed while a real agent traced it, and the OOM events the agent recorded.
+struct KilledLeak {
+    root: std::path::PathBuf,
+    args: Vec<String>,
+    pod: FakePod,
+    agent: Agent,
+    victim: u32,
+    /// The victim's last "allocated N": its outstanding MiB at leak_until_oom.
+    last: u64,
+    events: Value,
+}
+
+fn oom_kill_a_leak(tag: &str, pod_name: &str, step_ms: &str) -> KilledLeak {
     require_root();
-    let root = temp_root("oom");
-    let state = root.join("state");
-    let namespace = format!("oom-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "leaky-0", &["app"]);
-    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "15"]);
+    let root = temp_root(tag);
+    let namespace = format!("{tag}-{}", std::process::id());
+    let pod = limited_pod(&root, &namespace, pod_name, &["app"]);
+    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", step_ms]);
     pod.place(leaker.pid, "app");
-    let args = agent_args(&namespace, &state);
+    let args = agent_args(&namespace, &root.join("state"));
     let agent = Agent::start(&root, &strs(&args));
     agent.wait_traced(&[leaker.pid]);
 
@@ -75,13 +86,33 @@ fn an_oom_killed_leak_is_recorded_before_and_at_the_kill_and_survives_restarts()
         Some(libc::SIGKILL),
         "the kernel should have killed it"
     );
-    let victim = leaker.pid;
-
     let events = agent.wait_json(
         &["oom-events", &pod.display()],
         "recorded the OOM kill",
         |v| v.as_array().is_some_and(|a| !a.is_empty()),
     );
+    KilledLeak {
+        root,
+        args,
+        pod,
+        agent,
+        victim: leaker.pid,
+        last,
+        events,
+    }
+}
+
+#[test]
+fn an_oom_killed_leak_is_recorded_before_and_at_the_kill_and_survives_restarts() {
+    let KilledLeak {
+        root,
+        args,
+        pod,
+        agent,
+        victim,
+        last,
+        events,
+    } = oom_kill_a_leak("oom", "leaky-0", "15");
     let event = &events[0];
     assert_eq!(event["victim_pid"], u64::from(victim), "{event:#}");
     assert_eq!(event["source"], "kernel hook", "{event:#}");
@@ -307,24 +338,14 @@ fn pprof_flat_bytes(args: &[&str], home: &Path) -> Vec<(String, i64)> {
 
 #[test]
 fn diff_names_what_grew_between_an_oom_kill_and_the_pod_now_and_pprof_base_agrees() {
-    require_root();
-    let root = temp_root("diff");
-    let state = root.join("state");
-    let namespace = format!("diff-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "diffed-0", &["app"]);
-    let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", "5"]);
-    pod.place(leaker.pid, "app");
-    let args = agent_args(&namespace, &state);
-    let agent = Agent::start(&root, &strs(&args));
-    agent.wait_traced(&[leaker.pid]);
-    leaker.send("go");
-    let last = leaker.last_allocated_before_death();
-    assert_eq!(leaker.wait_killed(), Some(libc::SIGKILL));
-    let events = agent.wait_json(
-        &["oom-events", &pod.display()],
-        "recorded the OOM kill",
-        |v| v.as_array().is_some_and(|a| !a.is_empty()),
-    );
+    let KilledLeak {
+        root,
+        pod,
+        agent,
+        last,
+        events,
+        ..
+    } = oom_kill_a_leak("diff", "diffed-0", "15");
     let kill = events[0]["evidence_id"].as_u64().expect("id").to_string();
 
     // The container's next processes, each 1 MiB and then ten minutes asleep: one from
@@ -375,27 +396,6 @@ fn diff_names_what_grew_between_an_oom_kill_and_the_pod_now_and_pprof_base_agree
         "{table}"
     );
 
-    // Two records: the last threshold snapshot before the kill, and the kill.
-    let listed = agent.ctl_json(&["evidence", "--pod", &pod.display()]);
-    let threshold = listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter(|e| e["kind"] == "threshold")
-        .filter_map(|e| e["id"].as_u64())
-        .max()
-        .expect("a threshold snapshot before the kill")
-        .to_string();
-    let before = agent.ctl_json(&["evidence", &threshold]);
-    let records = agent.ctl_json(&["diff", &threshold, &kill]);
-    let row = diff_row(&records, "leak_until_oom").expect("leak_until_oom in both");
-    assert_eq!(
-        row["bytes_a"],
-        leak_bytes(&before, "leak_until_oom"),
-        "{records:#}"
-    );
-    assert_eq!(row["bytes_b"], last * MIB, "{records:#}");
-
     // The same change as a pprof profile: with --base, and as -diff_base of two exports.
     let with_base = root.join("with-base.pb.gz");
     let kill_profile = root.join("kill.pb.gz");
@@ -434,6 +434,33 @@ fn diff_names_what_grew_between_an_oom_kill_and_the_pod_now_and_pprof_base_agree
         shrank,
         "go tool pprof -diff_base of the two exports"
     );
+
+    // Two records: a second leaker OOM-killed beside the two sleepers, and the first kill.
+    let mut second = Workload::start(&workload("oom_leaker"), &["leak", "15"]);
+    pod.place(second.pid, "app");
+    agent.wait_traced(&[second.pid]);
+    second.send("go");
+    let second_last = second.last_allocated_before_death();
+    assert_eq!(second.wait_killed(), Some(libc::SIGKILL));
+    let events = agent.wait_json(
+        &["oom-events", &pod.display()],
+        "recorded the second OOM kill",
+        |v| v.as_array().is_some_and(|a| a.len() == 2),
+    );
+    assert_eq!(events[0]["victim_pid"], u64::from(second.pid), "{events:#}");
+    let second_kill = events[0]["evidence_id"].as_u64().expect("id").to_string();
+    let records = agent.ctl_json(&["diff", &kill, &second_kill]);
+    let row = diff_row(&records, "leak_until_oom").expect("leak_until_oom in both");
+    assert_eq!(
+        (&row["bytes_a"], &row["bytes_b"]),
+        (
+            &Value::from(last * MIB),
+            &Value::from((1 + second_last) * MIB)
+        ),
+        "the second kill's container held its victim's last bytes and the sleeper's: {records:#}"
+    );
+    let nibbled = diff_row(&records, "nibble_memory").expect("nibble_memory in B");
+    assert_eq!(nibbled["bytes_change"], MIB, "{records:#}");
     drop(nibbler);
     drop(again);
     agent.stop_keeping_state();

@@ -82,13 +82,11 @@ async fn evidence(client: &mut Client, id: u64) -> anyhow::Result<pb::Evidence> 
 /// One side from an evidence record: its report's stacks, or its growth profile's.
 fn evidence_side(record: &pb::Evidence, growth: bool) -> anyhow::Result<DiffSide> {
     let summary = record.summary.clone().unwrap_or_default();
-    let mut side = DiffSide {
-        source: format!("evidence {} ({})", summary.id, summary.kind),
-        taken_at: time_of(summary.taken_at.as_ref()),
-        container: Some(summary.container.clone()).filter(|c| !c.is_empty()),
-        stacks_total: 0,
-        stacks: Vec::new(),
-    };
+    let mut side = DiffSide::new(
+        format!("evidence {} ({})", summary.id, summary.kind),
+        summary.taken_at.as_ref(),
+        non_empty(&summary.container),
+    );
     if growth {
         let Some(profile) = &record.growth_profile else {
             anyhow::bail!(
@@ -125,13 +123,7 @@ async fn live_side(
         .await
         .map_err(status)?
         .into_inner();
-    let mut side = DiffSide {
-        source: format!("{pod} now"),
-        taken_at: time_of(report.taken_at.as_ref()),
-        container,
-        stacks_total: 0,
-        stacks: Vec::new(),
-    };
+    let mut side = DiffSide::new(format!("{pod} now"), report.taken_at.as_ref(), container);
     for container in &report.containers {
         side.fill_report(container);
     }
@@ -156,13 +148,7 @@ async fn live_growth_side(
     if !report.unavailable_reason.is_empty() {
         anyhow::bail!("no growth profile: {}", report.unavailable_reason);
     }
-    let mut side = DiffSide {
-        source: format!("{pod} now"),
-        taken_at: time_of(report.taken_at.as_ref()),
-        container,
-        stacks_total: 0,
-        stacks: Vec::new(),
-    };
+    let mut side = DiffSide::new(format!("{pod} now"), report.taken_at.as_ref(), container);
     for profile in report.containers.iter().filter_map(|c| c.profile.as_ref()) {
         side.fill_growth(profile);
     }
@@ -170,6 +156,20 @@ async fn live_growth_side(
 }
 
 impl DiffSide {
+    fn new(
+        source: String,
+        taken_at: Option<&prost_types::Timestamp>,
+        container: Option<String>,
+    ) -> Self {
+        Self {
+            source,
+            taken_at: time_of(taken_at),
+            container,
+            stacks_total: 0,
+            stacks: Vec::new(),
+        }
+    }
+
     fn fill_report(&mut self, report: &pb::ContainerReport) {
         self.stacks_total += report.stacks_total;
         self.stacks.extend(report.stacks.iter().map(|s| SideStack {

@@ -114,11 +114,22 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let pid = child.id();
-        let alive = ProcessSnapshot::read(pid).expect("the shell's maps");
-        assert!(!alive.mappings.is_empty(), "a live shell maps its code");
+        // spawn returns when the exec has released the old address space, which may be before
+        // the kernel has mapped the shell's code into the new one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let alive = loop {
+            let snapshot = ProcessSnapshot::read(pid).expect("the shell's maps");
+            if !snapshot.mappings.is_empty() {
+                break snapshot;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell never mapped its code"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         // It exits and stays a zombie (not waited for): /proc/PID/maps reads empty.
         drop(child.stdin.take());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|s| s.starts_with(" Z")))
         {

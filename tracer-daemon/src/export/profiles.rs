@@ -209,15 +209,25 @@ impl Dictionary {
         value: impl Fn(&ProfileStack) -> u64,
         time_unix_ns: u64,
     ) -> Profile {
-        let samples = stacks
-            .iter()
-            .map(|stack| Sample {
-                stack_index: self.stack(stack),
-                // Values are signed: clamp rather than wrap.
-                values: vec![i64::try_from(value(stack)).unwrap_or(i64::MAX)],
-                ..Sample::default()
-            })
-            .collect();
+        // Stacks that symbolize alike (two kernel stack ids, one call site) are one sample.
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut by_stack: HashMap<i32, usize> = HashMap::new();
+        for stack in stacks {
+            let stack_index = self.stack(stack);
+            // Values are signed: clamp rather than wrap.
+            let value = i64::try_from(value(stack)).unwrap_or(i64::MAX);
+            match by_stack.get(&stack_index) {
+                Some(&at) => samples[at].values[0] = samples[at].values[0].saturating_add(value),
+                None => {
+                    let _ = by_stack.insert(stack_index, samples.len());
+                    samples.push(Sample {
+                        stack_index,
+                        values: vec![value],
+                        ..Sample::default()
+                    });
+                }
+            }
+        }
         Profile {
             sample_type: Some(ValueType {
                 type_strindex: self.string(kind),
@@ -521,6 +531,19 @@ mod tests {
                 text("process.executable.name", "leaker"),
             ]
         );
+    }
+
+    #[test]
+    fn stacks_that_symbolize_alike_are_one_sample() {
+        let mut twice = process(42);
+        if let Some(stacks) = twice.in_use.as_mut() {
+            let again = stacks[0].clone();
+            stacks.push(again);
+        }
+        let request = decoded(&[twice]);
+        let profile = &request.resource_profiles[0].scope_profiles[0].profiles[0];
+        let values: Vec<_> = profile.samples.iter().map(|s| s.values.clone()).collect();
+        assert_eq!(values, [[8192], [100]]);
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct ProcessResource {
     /// `process.executable.path` (as the process sees it); its last component is
     /// `process.executable.name`.
     pub executable_path: Option<String>,
-    /// `process.executable.name` when the path is unknown (the command name).
+    /// `process.executable.name` when the path is unknown (the command name). `service.name` is
+    /// the container's name, else the executable's.
     pub comm: Option<String>,
 }
 
@@ -156,6 +157,11 @@ fn resource_attributes(resource: &ProcessResource) -> Vec<KeyValue> {
         .or(resource.comm.as_deref());
     if let Some(name) = name {
         attributes.push(text("process.executable.name", name));
+    }
+    // Backends name what they show by service.name (Pyroscope's service_name): the container,
+    // else the executable.
+    if let Some(service) = resource.container_name.as_deref().or(name) {
+        attributes.push(text("service.name", service));
     }
     attributes
 }
@@ -529,6 +535,7 @@ mod tests {
                 ("process.pid".to_owned(), Value::IntValue(42)),
                 text("process.executable.path", "/app/leaker"),
                 text("process.executable.name", "leaker"),
+                text("service.name", "app"),
             ]
         );
     }

@@ -391,7 +391,146 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::VecDeque, sync::Mutex};
+
+    use opentelemetry_proto::tonic::collector::profiles::v1development::{
+        ExportProfilesServiceResponse,
+        profiles_service_server::{ProfilesService, ProfilesServiceServer},
+    };
+    use tonic::{Request, Response, Status};
+
     use super::*;
+
+    /// A receiver answering each export with the next scripted code (OK once they run out),
+    /// recording the authorization header of each accepted export.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        answers: Arc<Mutex<VecDeque<Code>>>,
+        accepted: Arc<Mutex<Vec<Option<String>>>>,
+    }
+
+    #[tonic::async_trait]
+    impl ProfilesService for Scripted {
+        async fn export(
+            &self,
+            request: Request<ExportProfilesServiceRequest>,
+        ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
+            let answer = self
+                .answers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front();
+            if let Some(code) = answer.filter(|c| *c != Code::Ok) {
+                return Err(Status::new(code, "scripted"));
+            }
+            let authorization = request.metadata().get("authorization");
+            let authorization = authorization
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            self.accepted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(authorization);
+            Ok(Response::new(ExportProfilesServiceResponse::default()))
+        }
+    }
+
+    /// Serves `receiver` on a loopback port; returns the endpoint.
+    async fn serve(receiver: Scripted) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ProfilesServiceServer::new(receiver))
+                .serve_with_incoming(incoming),
+        );
+        format!("http://{addr}")
+    }
+
+    fn plain(endpoint: &str, max_age: Duration, queue_batches: usize) -> ExporterSettings {
+        ExporterSettings {
+            insecure: true,
+            headers: vec![("authorization".into(), "Bearer token".into())],
+            queue_batches,
+            max_age,
+            ..settings(endpoint)
+        }
+    }
+
+    /// Polls the figures until `done` (the exporter's backoff is real time).
+    async fn until(queue: &ExportQueue, done: impl Fn(&ExportFigures) -> bool) -> ExportFigures {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let figures = queue.figures();
+            if done(&figures) {
+                return figures;
+            }
+            assert!(Instant::now() < deadline, "never reached: {figures:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_export_is_retried_with_its_headers_until_accepted() {
+        let receiver = Scripted::default();
+        receiver
+            .answers
+            .lock()
+            .expect("fresh")
+            .extend([Code::Unavailable, Code::ResourceExhausted]);
+        let endpoint = serve(receiver.clone()).await;
+        let queue = start(&plain(&endpoint, Duration::from_secs(60), 4)).expect("starts");
+        queue.offer(ExportProfilesServiceRequest::default());
+        let figures = until(&queue, |f| f.sent == 1).await;
+        assert_eq!((figures.failed_attempts, figures.pending), (2, 0));
+        let accepted = receiver.accepted.lock().expect("accepted").clone();
+        assert_eq!(accepted, [Some("Bearer token".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn refused_and_expired_batches_are_dropped_and_counted_by_reason() {
+        let receiver = Scripted::default();
+        let mut answers = vec![Code::InvalidArgument];
+        answers.extend([Code::Unavailable; 64]);
+        receiver.answers.lock().expect("fresh").extend(answers);
+        let endpoint = serve(receiver.clone()).await;
+        let queue = start(&plain(&endpoint, Duration::from_secs(1), 4)).expect("starts");
+        queue.offer(ExportProfilesServiceRequest::default());
+        let _ = until(&queue, |f| f.dropped_rejected == 1).await;
+        queue.offer(ExportProfilesServiceRequest::default());
+        let figures = until(&queue, |f| f.dropped_expired == 1).await;
+        assert_eq!((figures.built, figures.sent, figures.pending), (2, 0, 0));
+        assert!(figures.failed_attempts >= 2, "{figures:?}");
+        assert!(receiver.accepted.lock().expect("accepted").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_new_batch_and_counts_it() {
+        // Nothing listens there: the first batch stays in flight, retried.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let queue = start(&plain(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_secs(60),
+            1,
+        ))
+        .expect("starts");
+        queue.offer(ExportProfilesServiceRequest::default());
+        let _ = until(&queue, |f| f.failed_attempts >= 1).await;
+        queue.offer(ExportProfilesServiceRequest::default());
+        queue.offer(ExportProfilesServiceRequest::default());
+        let figures = queue.figures();
+        assert_eq!(
+            (figures.built, figures.dropped_queue_full, figures.pending),
+            (3, 1, 2),
+            "one in flight, one queued, one dropped"
+        );
+    }
 
     fn settings(endpoint: &str) -> ExporterSettings {
         ExporterSettings {

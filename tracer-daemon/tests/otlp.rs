@@ -251,6 +251,7 @@ fn exported_profiles_carry_the_exact_leak_and_a_receiver_restart_loses_only_coun
         "process.pid": leaker.pid,
         "process.executable.path": exe.display().to_string(),
         "process.executable.name": exe.file_name().expect("a file name").to_string_lossy(),
+        "service.name": "app",
     });
     assert_eq!(resource["attributes"], expected);
 
@@ -299,4 +300,60 @@ fn exported_profiles_carry_the_exact_leak_and_a_receiver_restart_loses_only_coun
     let after = process(&last, leaker.pid).and_then(|p| profile(p, "inuse_space"));
     assert_eq!(after.map(|p| leaf_total(p, "leak_here")), Some(409_600));
     leaker.finish();
+}
+
+#[test]
+fn bad_otlp_settings_stop_the_agent_before_it_loads_naming_the_flag() {
+    let root = temp_root("otlp-flags");
+    let socket = format!("unix:{}", root.join("run/tracer.sock").display());
+    let state = root.join("state").display().to_string();
+    for (flags, says) in [
+        (
+            &["--export-otlp", "http://collector:4317"][..],
+            "--otlp-insecure",
+        ),
+        (&["--export-otlp", "collector:4317"][..], "--export-otlp"),
+        (
+            &[
+                "--export-otlp",
+                "https://c:4317",
+                "--otlp-header",
+                "Bad Key=v",
+            ][..],
+            "--otlp-header",
+        ),
+        (
+            &[
+                "--export-otlp",
+                "https://c:4317",
+                "--otlp-header",
+                "novalue",
+            ][..],
+            "--otlp-header",
+        ),
+        (
+            &[
+                "--export-otlp",
+                "https://c:4317",
+                "--otlp-ca",
+                "/nonexistent.pem",
+            ][..],
+            "/nonexistent.pem",
+        ),
+        (&["--otlp-insecure"][..], "need --export-otlp"),
+    ] {
+        let mut args = vec!["run", "--listen", &socket, "--state-dir", &state];
+        args.extend_from_slice(flags);
+        let (code, stderr) = run_daemon(&args, &[]);
+        assert_eq!(code, Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("agent started"),
+            "refused before anything loads: {stderr}"
+        );
+    }
+    let (code, stderr) = run_daemon(&["run", "--otlp-queue", "0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--otlp-queue"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&root);
 }

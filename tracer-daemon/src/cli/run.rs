@@ -203,6 +203,8 @@ pub struct RunArgs {
     #[arg(
         long = "otlp-header",
         env = "TRACER_OTLP_HEADERS",
+        // Tokens: never printed by --help.
+        hide_env_values = true,
         value_name = "KEY=VALUE",
         value_delimiter = ','
     )]

@@ -69,7 +69,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
 
-    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation], [budget]).
+    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation], [budget],
+    /// [otlp]).
     #[arg(long, env = "TRACER_CONFIG")]
     pub config: Option<PathBuf>,
 

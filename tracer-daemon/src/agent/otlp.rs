@@ -21,7 +21,10 @@ use crate::{
         exporter::ExportQueue,
         profiles::{self, ProcessProfiles, ProcessResource},
     },
-    report::{first_touch::FirstTouchOrder, pod::SortBy},
+    report::{
+        first_touch::{FirstTouchOrder, GrowthProfile},
+        pod::SortBy,
+    },
 };
 
 /// How the agent exports profiles.
@@ -45,10 +48,25 @@ impl Agent {
         };
         let traced: HashSet<u32> = self.traced();
         let pods: Vec<Pod> = self.view.pods.values().cloned().collect();
+        // One read of the growth map for every container (it holds the whole node's stacks).
+        let fault_totals = if *self.tracer.fault_hook() == crate::bpf::FaultHook::Attached {
+            self.tracer.fault_totals().unwrap_or_else(|error| {
+                warn!(%error, "cannot read the growth profiles to export");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         let mut processes: BTreeMap<u32, ProcessProfiles> = BTreeMap::new();
         for pod in &pods {
             for container in pod.containers.values() {
-                self.export_container(pod, container, &traced, &export, &mut processes);
+                let growth = self.growth_profile_from(
+                    &fault_totals,
+                    container,
+                    FirstTouchOrder::Total,
+                    export.top,
+                );
+                self.export_container(pod, container, growth, &traced, &export, &mut processes);
             }
         }
         // Nothing traced or watched: nothing to send (and no batch to count).
@@ -68,6 +86,7 @@ impl Agent {
         &mut self,
         pod: &Pod,
         container: &Container,
+        growth: Option<GrowthProfile>,
         traced: &HashSet<u32>,
         export: &OtlpExport,
         processes: &mut BTreeMap<u32, ProcessProfiles>,
@@ -95,7 +114,6 @@ impl Agent {
                 }
             }
         }
-        let growth = self.growth_profile(container, FirstTouchOrder::Total, export.top);
         let view = &self.view;
         let proc_root = &self.config.paths.proc_root;
         let resource = |pid: u32| ProcessResource {

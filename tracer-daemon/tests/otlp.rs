@@ -204,12 +204,14 @@ fn exported_profiles_carry_the_exact_leak_and_a_receiver_restart_loses_only_coun
     let _ = leaker.run_to_done();
 
     // The leak arrives exactly: 100 blocks of 4096 bytes from leak_here (the ground truth of
-    // tests/workloads/one_leak_site.c), the other call sites having freed everything.
-    let request = poll("received the leak", || {
+    // tests/workloads/one_leak_site.c), the other call sites having freed everything; the
+    // container's growth profile beside it.
+    let request = poll("received the leak and the growth profile", || {
         received(&out).into_iter().rev().find(|request| {
-            process(request, leaker.pid)
-                .and_then(|p| profile(p, "inuse_space"))
-                .is_some_and(|p| leaf_total(p, "leak_here") == 409_600)
+            process(request, leaker.pid).is_some_and(|p| {
+                profile(p, "inuse_space").is_some_and(|p| leaf_total(p, "leak_here") == 409_600)
+                    && profile(p, "resident_growth").is_some()
+            })
         })
     });
     let resource = process(&request, leaker.pid).expect("the leaker's resource");
@@ -228,7 +230,14 @@ fn exported_profiles_carry_the_exact_leak_and_a_receiver_restart_loses_only_coun
         .collect();
     assert!(!calls.contains("churn_and_free"), "freed: {calls:?}");
     eprintln!("received for the leaker: {resource}");
-    // A growth profile, when the container has one, is a profile of its own.
+    // The growth profile is a profile of its own, saying it is sampled (one page in 16 by
+    // default): its bytes are never mixed into outstanding-allocation bytes.
+    let growth = profile(resource, "resident_growth").expect("resident_growth");
+    assert_eq!(growth["unit"], "bytes");
+    assert_eq!(
+        growth["attributes"]["tracer.growth.sampled_one_page_in"],
+        16
+    );
     for profile in resource["profiles"].as_array().expect("profiles") {
         let kind = (profile["type"].as_str(), profile["unit"].as_str());
         assert!(

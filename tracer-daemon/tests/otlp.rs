@@ -116,6 +116,7 @@ struct Figures {
     built: u64,
     sent: u64,
     dropped_queue_full: u64,
+    dropped_exporter_stopped: u64,
     dropped_expired: u64,
     dropped_rejected: u64,
     pending: u64,
@@ -143,6 +144,7 @@ fn figures(port: u16) -> Figures {
         built: value("tracer_otlp_batches_built_total", None),
         sent: value("tracer_otlp_batches_sent_total", None),
         dropped_queue_full: dropped("queue_full"),
+        dropped_exporter_stopped: dropped("exporter_stopped"),
         dropped_expired: dropped("expired"),
         dropped_rejected: dropped("rejected"),
         pending: value("tracer_otlp_batches_pending", None),
@@ -293,13 +295,24 @@ fn exported_profiles_carry_the_exact_leak_and_a_receiver_restart_loses_only_coun
         let times: BTreeSet<u64> = received(&out).iter().map(batch_time).collect();
         let accounted = now.pending == 0
             && now.sent == times.len() as u64
-            && now.sent + now.dropped_queue_full + now.dropped_expired + now.dropped_rejected
+            && now.sent
+                + now.dropped_queue_full
+                + now.dropped_expired
+                + now.dropped_rejected
+                + now.dropped_exporter_stopped
                 == now.built
             && now.sent > down.sent;
         accounted.then_some((now, times))
     });
     eprintln!("{figures:?}, {} batches received", times.len());
-    assert_eq!((figures.dropped_expired, figures.dropped_rejected), (0, 0));
+    assert_eq!(
+        (
+            figures.dropped_expired,
+            figures.dropped_rejected,
+            figures.dropped_exporter_stopped
+        ),
+        (0, 0, 0)
+    );
     assert!(figures.dropped_queue_full >= 1, "{figures:?}");
     let last = received(&out)
         .into_iter()

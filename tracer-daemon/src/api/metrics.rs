@@ -612,6 +612,7 @@ fn register_otlp(registry: &mut Registry, otlp: &crate::export::exporter::Export
     let dropped = Family::<ReasonLabels, Counter>::default();
     for (reason, count) in [
         ("queue_full", otlp.dropped_queue_full),
+        ("exporter_stopped", otlp.dropped_exporter_stopped),
         ("expired", otlp.dropped_expired),
         ("rejected", otlp.dropped_rejected),
     ] {
@@ -622,7 +623,7 @@ fn register_otlp(registry: &mut Registry, otlp: &crate::export::exporter::Export
     }
     registry.register(
         "otlp_batches_dropped",
-        "Profile batches never sent: the queue was full (--otlp-queue), retries outlasted --otlp-max-age, or the endpoint refused them",
+        "Profile batches never sent: the queue was full (--otlp-queue), retries outlasted --otlp-max-age, the endpoint refused them, or the exporter had stopped",
         dropped,
     );
     registry.register(

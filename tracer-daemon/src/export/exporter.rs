@@ -23,7 +23,7 @@ use tonic::{
     metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// The first wait before retrying a failed export; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -130,6 +130,7 @@ pub struct ExportStats {
     built: AtomicU64,
     sent: AtomicU64,
     dropped_queue_full: AtomicU64,
+    dropped_exporter_stopped: AtomicU64,
     dropped_expired: AtomicU64,
     dropped_rejected: AtomicU64,
     failed_attempts: AtomicU64,
@@ -147,6 +148,8 @@ pub struct ExportFigures {
     pub sent: u64,
     /// Batches dropped because the queue was full.
     pub dropped_queue_full: u64,
+    /// Batches dropped because the exporter task had ended (it never should; said in the log).
+    pub dropped_exporter_stopped: u64,
     /// Batches dropped after retrying for `max_age`.
     pub dropped_expired: u64,
     /// Batches the endpoint refused for good (a status retrying cannot fix).
@@ -180,22 +183,23 @@ impl ExportQueue {
             built_at: Instant::now(),
             request,
         };
-        if let Err(error) = self.batches.try_send(batch) {
-            let dropped = self
-                .stats
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed)
-                + 1;
-            match error {
-                mpsc::error::TrySendError::Full(_) => {
-                    warn!(dropped, "OTLP export queue full; profile batch dropped");
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    warn!(
-                        dropped,
-                        "the OTLP exporter has stopped; profile batch dropped"
-                    );
-                }
+        match self.batches.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self
+                    .stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                warn!(dropped, "OTLP export queue full; profile batch dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let stopped = &self.stats.dropped_exporter_stopped;
+                let dropped = stopped.fetch_add(1, Ordering::Relaxed) + 1;
+                error!(
+                    dropped,
+                    "the OTLP exporter has stopped; profile batch dropped"
+                );
             }
         }
     }
@@ -209,6 +213,7 @@ impl ExportQueue {
             built: read(&stats.built),
             sent: read(&stats.sent),
             dropped_queue_full: read(&stats.dropped_queue_full),
+            dropped_exporter_stopped: read(&stats.dropped_exporter_stopped),
             dropped_expired: read(&stats.dropped_expired),
             dropped_rejected: read(&stats.dropped_rejected),
             failed_attempts: read(&stats.failed_attempts),
@@ -241,8 +246,7 @@ pub fn start(settings: &ExporterSettings) -> Result<ExportQueue, ExporterError> 
     Ok(ExportQueue { batches, stats })
 }
 
-/// The endpoint and headers, checked (exposed for the command line to refuse bad flags before
-/// loading anything).
+/// The endpoint and headers, checked.
 fn prepare(settings: &ExporterSettings) -> Result<(Endpoint, MetadataMap), ExporterError> {
     if settings.queue_batches == 0 {
         return Err(ExporterError::EmptyQueue);

@@ -439,19 +439,80 @@ mod tests {
         }
     }
 
-    /// Serves `receiver` on a loopback port; returns the endpoint.
-    async fn serve(receiver: Scripted) -> String {
+    /// Serves `receiver` on a loopback port, over TLS with `identity` (PEM certificate and
+    /// key) if given; returns the port.
+    async fn serve_on(receiver: Scripted, identity: Option<(String, String)>) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let addr = listener.local_addr().expect("local address");
+        let port = listener.local_addr().expect("local address").port();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some((cert, key)) = identity {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("server TLS");
+        }
         let _server = tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(ProfilesServiceServer::new(receiver))
                 .serve_with_incoming(incoming),
         );
-        format!("http://{addr}")
+        port
+    }
+
+    async fn serve(receiver: Scripted) -> String {
+        format!("http://127.0.0.1:{}", serve_on(receiver, None).await)
+    }
+
+    /// A CA's certificate (PEM) and a certificate it signed for 127.0.0.1 with its key.
+    fn pki() -> (String, (String, String)) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        (ca.pem(), (cert.pem(), key.serialize_pem()))
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_is_trusted_through_the_given_ca_only() {
+        let (ca, identity) = pki();
+        let (rogue_ca, _) = pki();
+        let receiver = Scripted::default();
+        let port = serve_on(receiver.clone(), Some(identity)).await;
+        let dir = std::env::temp_dir().join(format!("otlp-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let exporter = |ca_file: &str, pem: &str| {
+            let path = dir.join(ca_file);
+            std::fs::write(&path, pem).expect("write CA");
+            let settings = ExporterSettings {
+                ca: Some(path),
+                insecure: false,
+                ..plain(
+                    &format!("https://127.0.0.1:{port}"),
+                    Duration::from_secs(60),
+                    4,
+                )
+            };
+            start(&settings).expect("starts")
+        };
+        let trusted = exporter("ca.pem", &ca);
+        trusted.offer(ExportProfilesServiceRequest::default());
+        let figures = until(&trusted, |f| f.sent == 1).await;
+        assert_eq!(figures.failed_attempts, 0);
+        let fooled = exporter("rogue.pem", &rogue_ca);
+        fooled.offer(ExportProfilesServiceRequest::default());
+        let figures = until(&fooled, |f| f.failed_attempts >= 1).await;
+        assert_eq!(figures.sent, 0, "a certificate from another CA is refused");
+        assert_eq!(receiver.accepted.lock().expect("accepted").len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn plain(endpoint: &str, max_age: Duration, queue_batches: usize) -> ExporterSettings {

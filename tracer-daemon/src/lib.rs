@@ -3,11 +3,11 @@
 //!
 //! Data flows through the modules in this order: `discover` → `attach` → `collect` →
 //! `symbolize` → `report`; `tracer` ties them together for one set of processes, `agent` runs
-//! it as the node agent (with `select` deciding what to trace), `api` serves it over gRPC, and
-//! `cli` is the command line of `tracer-daemon`; `tracerctl` is the client. What the daemon
-//! reads from outside (cgroup and /proc files, kubelet log names, the config file, `select`'s
-//! globs) is parsed by `tracer-parse`: the daemon reads, and re-exports the parsers at the
-//! paths they had here.
+//! it as the node agent (with `select` deciding what to trace), `api` serves it over gRPC,
+//! `export` sends its profiles over OTLP, and `cli` is the command line of `tracer-daemon`;
+//! `tracerctl` is the client. What the daemon reads from outside (cgroup and /proc files,
+//! kubelet log names, the config file, `select`'s globs) is parsed by `tracer-parse`: the
+//! daemon reads, and re-exports the parsers at the paths they had here.
 
 pub mod agent;
 pub mod api;
@@ -18,6 +18,7 @@ pub mod collect;
 pub mod config;
 pub mod discover;
 pub mod evidence;
+pub mod export;
 pub mod report;
 pub mod symbolize;
 pub mod tracer;

@@ -55,6 +55,38 @@ pub struct ConfigFile {
     /// How much exact tracing may cost a process (`[budget]`).
     #[serde(default)]
     pub budget: BudgetSection,
+    /// Exporting profiles over OTLP (`[otlp]`).
+    #[serde(default)]
+    pub otlp: OtlpSection,
+}
+
+/// Allowed stacks per container in each exported profile (`[otlp] top`).
+pub const OTLP_TOP_RANGE: RangeInclusive<usize> = 1..=10_000;
+/// Allowed profile batches waiting for the OTLP endpoint (`[otlp] queue`).
+pub const OTLP_QUEUE_RANGE: RangeInclusive<usize> = 1..=1024;
+
+/// `[otlp]`: exporting per-container profiles to an OTLP/gRPC endpoint; flags override it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSection {
+    /// `http://HOST:PORT` or `https://HOST:PORT` (absent: no export).
+    pub endpoint: Option<String>,
+    /// Time between exports.
+    #[serde(default, with = "humantime_serde_option")]
+    pub interval: Option<Duration>,
+    /// Headers sent with every export (e.g. `authorization`).
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// PEM CA bundle for an https endpoint.
+    pub ca: Option<std::path::PathBuf>,
+    /// Allow a plain `http://` endpoint.
+    pub insecure: Option<bool>,
+    /// Stacks per container in each profile.
+    pub top: Option<usize>,
+    /// Profile batches waiting to be sent at most.
+    pub queue: Option<usize>,
+    /// A batch not sent after this long is dropped.
+    #[serde(default, with = "humantime_serde_option")]
+    pub max_age: Option<Duration>,
 }
 
 /// `[budget]`: the overhead budget per traced process.
@@ -197,6 +229,21 @@ impl ConfigFile {
         if let Some(window) = self.growth.window {
             check_interval("[growth] window", window)?;
         }
+        let otlp = &self.otlp;
+        for (key, interval) in [
+            ("[otlp] interval", otlp.interval),
+            ("[otlp] max_age", otlp.max_age),
+        ] {
+            if let Some(interval) = interval {
+                check_interval(key, interval)?;
+            }
+        }
+        if let Some(top) = otlp.top {
+            check_range("[otlp] top", top, &OTLP_TOP_RANGE)?;
+        }
+        if let Some(queue) = otlp.queue {
+            check_range("[otlp] queue", queue, &OTLP_QUEUE_RANGE)?;
+        }
         let limits = &self.limits;
         for (key, value, range) in [
             (
@@ -289,6 +336,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn otlp_bounds_name_the_key() {
+        for (text, key) in [
+            ("[otlp]\nqueue = 0", "[otlp] queue"),
+            ("[otlp]\ntop = 0", "[otlp] top"),
+            ("[otlp]\ninterval = \"0s\"", "[otlp] interval"),
+        ] {
+            let error = parse(text).expect_err(text);
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        assert!(
+            parse("[otlp]\nendpont = \"x\"").is_err(),
+            "typos are errors"
+        );
+    }
+
+    #[test]
     fn a_full_config_parses() {
         let config = parse(
             r#"
@@ -312,9 +375,27 @@ mod tests {
             [budget]
             max_core_percent = 10
             sample_bytes = 1048576
+            [otlp]
+            endpoint = "https://collector:4317"
+            interval = "30s"
+            headers = { authorization = "Bearer t" }
+            top = 50
+            queue = 8
+            max_age = "10m"
             "#,
         )
         .expect("valid");
+        assert_eq!(
+            config.otlp.endpoint.as_deref(),
+            Some("https://collector:4317")
+        );
+        assert_eq!(config.otlp.interval, Some(Duration::from_secs(30)));
+        let headers = config.otlp.headers.clone().unwrap_or_default();
+        assert_eq!(
+            headers.get("authorization").map(String::as_str),
+            Some("Bearer t")
+        );
+        assert_eq!((config.otlp.top, config.otlp.queue), (Some(50), Some(8)));
         assert_eq!(config.watch.exclude_namespaces, Some(Vec::new()));
         assert_eq!(config.watch.exclude_pods, Some(vec!["batch-*".to_owned()]));
         assert_eq!(

@@ -43,13 +43,15 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the
-/// Kubernetes schema validator for the rendered manifests, Prometheus' text-format parser.
+/// Kubernetes schema validator for the rendered manifests, Prometheus' text-format parser, the
+/// official OTLP generated code (its profiles v1development matches the Rust crate's).
 const PYTHON_PACKAGES: &[&str] = &[
     "grpcio==1.85.3",
     "grpcio-tools==1.85.1",
     "protobuf==7.36.2",
     "kubernetes-validate==1.37.0",
     "prometheus-client==0.26.0",
+    "opentelemetry-proto==1.45.2",
 ];
 
 /// The Rust target of the container image's static binaries.

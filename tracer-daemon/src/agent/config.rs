@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub escalation: EscalationPolicy,
     /// How much exact tracing may cost a process.
     pub budget: BudgetPolicy,
+    /// Where profiles are exported over OTLP (`None`: nowhere).
+    pub otlp: Option<super::otlp::OtlpExport>,
 }
 
 /// Always-on watching: every container of every pod not excluded has its memory trend
@@ -121,6 +123,7 @@ impl Default for AgentConfig {
             watch_all: WatchAll::default(),
             escalation: EscalationPolicy::default(),
             budget: BudgetPolicy::default(),
+            otlp: None,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     },
     report::{
         StackReport,
-        first_touch::{FirstTouchOrder, GrowthProfile},
+        first_touch::{FirstTouchOrder, FirstTouchStack, GrowthProfile},
         pod::SortBy,
     },
 };
@@ -415,16 +415,17 @@ impl Agent {
 /// A growth profile's stacks as pprof samples: bytes since watched, pages as the count (a
 /// call site merged over processes is labelled with the first).
 fn first_touch_stacks(profile: &GrowthProfile) -> Vec<ProfileStack> {
-    profile
-        .stacks
-        .iter()
-        .map(|s| ProfileStack {
-            frames: s.frames.clone().into(),
-            bytes: s.bytes,
-            count: s.pages,
-            pid: s.pids.first().copied().unwrap_or(0),
-        })
-        .collect()
+    profile.stacks.iter().map(first_touch_stack).collect()
+}
+
+/// One growth-profile call site as a profile stack (pages as the count).
+pub(super) fn first_touch_stack(stack: &FirstTouchStack) -> ProfileStack {
+    ProfileStack {
+        frames: stack.frames.clone().into(),
+        bytes: stack.bytes,
+        count: stack.pages,
+        pid: stack.pids.first().copied().unwrap_or(0),
+    }
 }
 
 fn who(evidence: &Evidence) -> String {
@@ -436,7 +437,7 @@ fn who(evidence: &Evidence) -> String {
     )
 }
 
-fn profile_stack(stack: &StackReport) -> ProfileStack {
+pub(super) fn profile_stack(stack: &StackReport) -> ProfileStack {
     ProfileStack {
         frames: stack.frames.clone(),
         bytes: stack.bytes,

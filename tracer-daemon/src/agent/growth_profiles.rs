@@ -1,11 +1,13 @@
 //! Growth profiles in the agent: the page faults of every watched container's cgroup are
 //! recorded by the kernel (resident growth by first touch), its processes are profiled (unwind
 //! tables and symbols, no uprobes), each sample interval feeds the windows, and a container's
-//! profile is assembled on demand (the API, evidence).
+//! profile is assembled on demand (the API, evidence, the OTLP export).
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt as _};
 
 use tracing::{debug, warn};
+
+use tracer_common::{FaultKey, FaultTotals};
 
 use super::Agent;
 use crate::{
@@ -84,7 +86,7 @@ impl Agent {
         order: FirstTouchOrder,
         top: usize,
     ) -> Option<GrowthProfile> {
-        let id = cgroup_id(container).filter(|id| self.watched_cgroups.contains(id))?;
+        let _ = cgroup_id(container).filter(|id| self.watched_cgroups.contains(id))?;
         let totals = match self.tracer.fault_totals() {
             Ok(totals) => totals,
             Err(error) => {
@@ -92,8 +94,22 @@ impl Agent {
                 return None;
             }
         };
+        self.growth_profile_from(&totals, container, order, top)
+    }
+
+    /// The same from the kernel's totals read once (the OTLP export builds every container's
+    /// profile from one read of the map).
+    pub(super) fn growth_profile_from(
+        &mut self,
+        totals: &[(FaultKey, FaultTotals)],
+        container: &Container,
+        order: FirstTouchOrder,
+        top: usize,
+    ) -> Option<GrowthProfile> {
+        let id = cgroup_id(container).filter(|id| self.watched_cgroups.contains(id))?;
         let mut mine: Vec<_> = totals
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|(key, totals)| {
                 key.cgroup_id == id && (totals.bytes > 0 || totals.retouched_bytes > 0)
             })

@@ -91,6 +91,8 @@ pub struct NodeMetrics {
     pub max_tracing_core_share: f64,
     /// What the budget prices each kind of probe hit at.
     pub probe_cost: crate::bpf::probe_cost::ProbeCost,
+    /// The OTLP exporter's figures, when it runs.
+    pub otlp: Option<crate::export::exporter::ExportFigures>,
 }
 
 impl Agent {
@@ -187,6 +189,7 @@ impl Agent {
             processes_over_budget: self.over_budget,
             processes_budget_sampled: self.budget_sampled,
             probe_cost: self.budget.probe_cost(),
+            otlp: self.config.otlp.as_ref().map(|o| o.queue.figures()),
             max_tracing_core_share: self
                 .tracer
                 .pids()

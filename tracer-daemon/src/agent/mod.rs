@@ -14,6 +14,7 @@ mod evidence;
 pub mod growth_profiles;
 mod handle;
 pub mod metrics;
+pub mod otlp;
 pub mod preparer;
 pub mod reconcile;
 mod reports;
@@ -183,6 +184,9 @@ impl Agent {
         let mut discovery = tokio::time::interval(period(self.config.discovery_interval));
         let mut sample = tokio::time::interval(period(self.config.sample_interval));
         let mut watch = tokio::time::interval(period(self.config.watch_interval));
+        let export_interval = self.config.otlp.as_ref().map(|o| o.interval);
+        let mut export = export_interval
+            .map(|i| tokio::time::interval_at(tokio::time::Instant::now() + period(i), period(i)));
         let fault = self.config.fault;
         let fault_timer = async move {
             match fault {
@@ -193,7 +197,10 @@ impl Agent {
             }
         };
         tokio::pin!(fault_timer);
-        for timer in [&mut poll, &mut discovery, &mut sample, &mut watch] {
+        for timer in [&mut poll, &mut discovery, &mut sample, &mut watch]
+            .into_iter()
+            .chain(export.as_mut())
+        {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         // Woken as soon as the kernel side writes a record: an OOM kill is captured within
@@ -242,6 +249,12 @@ impl Agent {
                 },
                 _ = sample.tick() => self.sample(),
                 _ = watch.tick() => self.watch_memory(),
+                _ = async {
+                    match export.as_mut() {
+                        Some(export) => export.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.export_profiles(),
                 () = &mut fault_timer => match fault {
                     Some(Fault::StallAfter(_)) => {
                         warn!("injected fault: the agent's thread stops answering");

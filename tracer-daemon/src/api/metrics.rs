@@ -419,6 +419,9 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
     );
     register_watched(&mut registry, figures);
     register_api(&mut registry, api);
+    if let Some(otlp) = &figures.otlp {
+        register_otlp(&mut registry, otlp);
+    }
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -590,6 +593,53 @@ fn register_api(registry: &mut Registry, api: &ApiStats) {
         "Encoded watch-stream reports waiting for their clients (bounded node-wide)",
         Unit::Bytes,
         gauge(api.watch_queued_bytes()),
+    );
+}
+
+/// The OTLP exporter (`--export-otlp`): every batch built is sent, dropped (by reason) or
+/// pending.
+fn register_otlp(registry: &mut Registry, otlp: &crate::export::exporter::ExportFigures) {
+    registry.register(
+        "otlp_batches_built",
+        "Profile batches built for the OTLP endpoint (one per --otlp-interval)",
+        counter(otlp.built),
+    );
+    registry.register(
+        "otlp_batches_sent",
+        "Profile batches the OTLP endpoint accepted",
+        counter(otlp.sent),
+    );
+    let dropped = Family::<ReasonLabels, Counter>::default();
+    for (reason, count) in [
+        ("queue_full", otlp.dropped_queue_full),
+        ("exporter_stopped", otlp.dropped_exporter_stopped),
+        ("expired", otlp.dropped_expired),
+        ("rejected", otlp.dropped_rejected),
+    ] {
+        let labels = ReasonLabels {
+            reason: reason.to_owned(),
+        };
+        let _ = dropped.get_or_create(&labels).inc_by(count);
+    }
+    registry.register(
+        "otlp_batches_dropped",
+        "Profile batches never sent: the queue was full (--otlp-queue), retries outlasted --otlp-max-age, the endpoint refused them, or the exporter had stopped",
+        dropped,
+    );
+    registry.register(
+        "otlp_batches_pending",
+        "Profile batches queued or being sent now",
+        gauge(otlp.pending),
+    );
+    registry.register(
+        "otlp_export_failures",
+        "OTLP export attempts that failed (each retried with backoff or dropped)",
+        counter(otlp.failed_attempts),
+    );
+    registry.register(
+        "otlp_profiles_rejected",
+        "Profiles the OTLP endpoint rejected within batches it accepted (partial success)",
+        counter(otlp.profiles_rejected),
     );
 }
 

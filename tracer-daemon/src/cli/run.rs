@@ -25,6 +25,7 @@ use crate::{
     config,
     discover::node::NodePaths,
     evidence::{store::Retention, watch::WatchConfig},
+    export::exporter::{self, ExporterSettings},
     report::growth::GrowthConfig,
     tracer::TracerConfig,
 };
@@ -68,7 +69,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
 
-    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation], [budget]).
+    /// Config file (TOML: [selection], [growth], [limits], [watch], [escalation], [budget],
+    /// [otlp]).
     #[arg(long, env = "TRACER_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -187,6 +189,57 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     pub unresponsive_after: Duration,
 
+    /// Export per-container profiles (in-use bytes and objects by stack, resident growth) as
+    /// OpenTelemetry profiles to this OTLP/gRPC endpoint: https://HOST:PORT, or http://HOST:PORT
+    /// with --otlp-insecure [default: config file's [otlp] endpoint, else no export].
+    #[arg(long, env = "TRACER_EXPORT_OTLP", value_name = "URL")]
+    pub export_otlp: Option<String>,
+
+    /// Time between OTLP exports [default: config file, else 60s].
+    #[arg(long, value_parser = parse_interval)]
+    pub otlp_interval: Option<Duration>,
+
+    /// Header sent with every OTLP export, e.g. authorization=Bearer TOKEN (repeatable; adds to
+    /// the config file's; comma-separated in the environment variable).
+    #[arg(
+        long = "otlp-header",
+        env = "TRACER_OTLP_HEADERS",
+        // Tokens: never printed by --help.
+        hide_env_values = true,
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub otlp_headers: Vec<String>,
+
+    /// PEM CA bundle for an https OTLP endpoint [default: config file, else the node's roots].
+    #[arg(long, env = "TRACER_OTLP_CA")]
+    pub otlp_ca: Option<PathBuf>,
+
+    /// Allow a plain http:// OTLP endpoint (profiles cross the network unencrypted).
+    #[arg(long)]
+    pub otlp_insecure: bool,
+
+    /// Stacks per container in each exported profile [default: config file, else 100].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+        .range(*config::OTLP_TOP_RANGE.start() as u64..=*config::OTLP_TOP_RANGE.end() as u64))]
+    pub otlp_top: Option<usize>,
+
+    /// Profile batches waiting for the OTLP endpoint at most; a batch built when the queue is
+    /// full is dropped and counted [default: config file, else 16].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+        .range(*config::OTLP_QUEUE_RANGE.start() as u64..=*config::OTLP_QUEUE_RANGE.end() as u64))]
+    pub otlp_queue: Option<usize>,
+
+    /// A batch the OTLP endpoint has not accepted after this long (retried with backoff) is
+    /// dropped and counted [default: config file, else 5m].
+    #[arg(long, value_parser = parse_interval)]
+    pub otlp_max_age: Option<Duration>,
+
+    /// This node's name, exported as k8s.node.name (the DaemonSet sets it from spec.nodeName)
+    /// [default: the host name].
+    #[arg(long, env = "TRACER_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Fault injection for the reliability tests: panic-after=DURATION or stall-after=DURATION.
     #[arg(long, hide = true)]
     pub inject_fault: Option<Fault>,
@@ -287,6 +340,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .max_stacks
         .or(file.limits.max_stacks)
         .unwrap_or(1 << 15);
+    // A bad endpoint, header or CA is refused here, before anything is loaded.
+    let otlp = otlp_settings(&args, &file.otlp)?;
     let config = AgentConfig {
         tracer: TracerConfig {
             sizes: MapSizes {
@@ -334,6 +389,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         budget: budget_policy(&file.budget),
         ..AgentConfig::default()
     };
+    let mut config = config;
+    if let Some((settings, interval, top)) = otlp {
+        config.otlp = Some(agent::otlp::OtlpExport {
+            interval,
+            top,
+            node_name: node_name(args.node_name.as_deref()),
+            queue: exporter::start(&settings)?,
+        });
+    }
     match connections::raise_file_limit() {
         Ok(limit) => info!(open_files = limit, "file descriptor limit"),
         Err(error) => warn!(%error, "cannot read the file descriptor limit"),
@@ -485,6 +549,67 @@ fn budget_policy(section: &config::BudgetSection) -> BudgetPolicy {
             .map_or(default.max_core_share, |p| f64::from(p) / 100.0),
         sample_bytes: section.sample_bytes.unwrap_or(default.sample_bytes),
     }
+}
+
+/// The OTLP exporter's settings, interval and stacks per container from the flags over the
+/// config file's `[otlp]`; `None` when no endpoint is given. Checked here, so that a bad flag
+/// stops the agent before it loads anything.
+fn otlp_settings(
+    args: &RunArgs,
+    section: &config::OtlpSection,
+) -> anyhow::Result<Option<(ExporterSettings, Duration, usize)>> {
+    let Some(endpoint) = args
+        .export_otlp
+        .clone()
+        .or_else(|| section.endpoint.clone())
+    else {
+        if !args.otlp_headers.is_empty() || args.otlp_ca.is_some() || args.otlp_insecure {
+            anyhow::bail!(
+                "--otlp-header, --otlp-ca and --otlp-insecure need --export-otlp URL (or [otlp] \
+                 endpoint in the config file)"
+            );
+        }
+        return Ok(None);
+    };
+    let mut headers: Vec<(String, String)> = section
+        .headers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for header in &args.otlp_headers {
+        headers.push(exporter::parse_header(header)?);
+    }
+    let settings = ExporterSettings {
+        endpoint,
+        headers,
+        ca: args.otlp_ca.clone().or_else(|| section.ca.clone()),
+        insecure: args.otlp_insecure || section.insecure.unwrap_or(false),
+        queue_batches: args.otlp_queue.or(section.queue).unwrap_or(16),
+        max_age: args
+            .otlp_max_age
+            .or(section.max_age)
+            .unwrap_or(Duration::from_secs(300)),
+    };
+    exporter::check(&settings)?;
+    let interval = args
+        .otlp_interval
+        .or(section.interval)
+        .unwrap_or(Duration::from_secs(60));
+    let top = args.otlp_top.or(section.top).unwrap_or(100);
+    Ok(Some((settings, interval, top)))
+}
+
+/// `--node-name`, else the host name (a pod's own name unless it runs on the host's network:
+/// the DaemonSet passes spec.nodeName).
+fn node_name(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_default()
 }
 
 /// A growth-profile sampling period: a power of two from 1 to 65,536.

@@ -192,19 +192,12 @@ impl Builder {
         }
     }
 
-    /// One location per physical frame: a run of inlined frames joins the frame they were
-    /// inlined into, as its leading `Line`s (pprof puts the caller last).
+    /// One location per physical frame (see [`physical_chains`]).
     fn location_ids(&mut self, frames: &[Frame]) -> Vec<u64> {
-        let mut ids = Vec::new();
-        let mut start = 0;
-        for (index, frame) in frames.iter().enumerate() {
-            // A trailing inlined frame has no caller to join; keep it rather than drop it.
-            if !frame.inlined || index + 1 == frames.len() {
-                ids.push(self.location(&frames[start..=index]));
-                start = index + 1;
-            }
-        }
-        ids
+        physical_chains(frames)
+            .into_iter()
+            .map(|chain| self.location(chain))
+            .collect()
     }
 
     /// `chain` is innermost first and ends with the physical frame.
@@ -280,6 +273,22 @@ impl Builder {
     }
 }
 
+/// The frames grouped by physical frame, innermost first: a run of inlined frames joins the
+/// frame they were inlined into, which ends the chain (pprof and OTLP both put the caller as a
+/// location's last line).
+pub(crate) fn physical_chains(frames: &[Frame]) -> Vec<&[Frame]> {
+    let mut chains = Vec::new();
+    let mut start = 0;
+    for (index, frame) in frames.iter().enumerate() {
+        // A trailing inlined frame has no caller to join; keep it rather than drop it.
+        if !frame.inlined || index + 1 == frames.len() {
+            chains.push(&frames[start..=index]);
+            start = index + 1;
+        }
+    }
+    chains
+}
+
 fn is_shared_library(module: &str) -> bool {
     let file_name = module.rsplit('/').next().unwrap_or(module);
     file_name.ends_with(".so") || file_name.contains(".so.") || file_name.starts_with('[')
@@ -287,7 +296,7 @@ fn is_shared_library(module: &str) -> bool {
 
 /// A name for a frame the symbolizer could not resolve, so that it still shows up as its own
 /// node: `libfoo.so+0x1a2b` when the module is known, the bare address otherwise.
-fn unsymbolized_name(frame: &Frame) -> String {
+pub(crate) fn unsymbolized_name(frame: &Frame) -> String {
     match (&frame.module, frame.module_offset) {
         (Some(module), Some(offset)) => {
             let file_name = module.rsplit('/').next().unwrap_or(module);

@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, env = "TRACER_METRICS", value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// This node's name, the `node` label of per-container metrics (the DaemonSet sets it from
+    /// spec.nodeName; the default, the host name, is the pod's name inside a pod).
+    #[arg(long, env = "TRACER_NODE_NAME", default_value_t = host_name())]
+    pub node_name: String,
+
     /// Most containers given their own metric series (those holding the most bytes).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
@@ -355,6 +360,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             handle.clone(),
             usize::try_from(args.metrics_max_containers).unwrap_or(usize::MAX),
             Arc::clone(&stats),
+            args.node_name.clone(),
             async move {
                 let _ = stopped.recv().await;
             },
@@ -497,4 +503,11 @@ fn parse_fault_sample_pages(value: &str) -> Result<u32, String> {
         ));
     }
     Ok(pages)
+}
+
+/// The UTS host name, "" when unreadable.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -1,5 +1,7 @@
 //! The shipped alert rules end to end, with real servers: the agent watches a leaking pod in a
-//! memory-limited cgroup and a cache that levels off; Debian's Prometheus scrapes it every
+//! memory-limited cgroup (not traced: escalation is off, so its top call site comes from the
+//! growth profile) and a cache that levels off (traced exactly on request, so its top site comes
+//! from the exact report); Debian's Prometheus scrapes it every
 //! second and evaluates deploy/prometheus/rules.yaml (only the `for:` durations shortened);
 //! Debian's Alertmanager delivers to a webhook receiver in this test. The leak's alerts arrive
 //! while the kernel has not OOM-killed it (its cgroup's `oom_kill` count is 0 and it answers),
@@ -323,7 +325,12 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
     cache_pod.place(cache.pid, "app");
 
     let metrics_port = free_port();
+    // Untraced, the leak is named by the growth profile; the cache is traced on request.
+    let config = root.join("tracer.toml");
+    std::fs::write(&config, "[escalation]\nenabled = false\n").expect("config");
     let args = [
+        "--config".to_owned(),
+        config.display().to_string(),
         "--state-dir".to_owned(),
         root.join("state").display().to_string(),
         "--memory-watch-interval".to_owned(),
@@ -391,6 +398,9 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
 
     wait_profiled(&agent, leaker.pid);
     wait_profiled(&agent, cache.pid);
+    let (code, _, stderr) = agent.ctl(&["trace", "start", &cache_pod.display()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    agent.wait_traced(&[cache.pid]);
     let started = Instant::now();
     leaker.send("go");
     cache.send("go");
@@ -453,7 +463,7 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
         assert_eq!(labels["node"], node.as_str(), "{alert:#}");
         let annotations = &alert["annotations"];
         let site = annotations["top_call_site"].as_str().unwrap_or("");
-        assert!(site.starts_with("leak_records ("), "{alert:#}");
+        assert_eq!(site, "leak_records (growth_profile)", "{alert:#}");
         let rate = annotations["leak_rate"].as_str().unwrap_or("");
         assert!(rate.ends_with("B/s") && !rate.starts_with('0'), "{alert:#}");
         let time = annotations["time_to_limit"].as_str().unwrap_or("");
@@ -461,11 +471,26 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
         let command = annotations["command"].as_str().unwrap_or("");
         assert!(
             command.contains(&format!("spec.nodeName={node}"))
-                && command.contains(&format!("/tracerctl "))
+                && command.contains(" -- /tracerctl growth ")
                 && command.contains(&format!("{namespace}/leaky-0")),
             "{alert:#}"
         );
     }
+
+    // Never traced (its site came from the growth profile); the traced cache's came from
+    // the exact report.
+    let (_, pods, _) = agent.ctl(&["pods"]);
+    assert!(!agent.stderr().contains("escalating"), "{pods}");
+    let sites = query(
+        prometheus_port,
+        r#"tracer_container_top_site_info{pod="cache-0"}"#,
+    );
+    assert!(
+        sites.len() == 1
+            && sites[0]["metric"]["function"] == "fill_cache"
+            && sites[0]["metric"]["source"] == "exact",
+        "{sites:#?}"
+    );
 
     // The README's fleet queries, asked while it leaks: the leaker first, the cache absent.
     let fleet = readme_queries();

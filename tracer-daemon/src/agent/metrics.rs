@@ -276,3 +276,28 @@ fn class_name(class: crate::report::growth::GrowthClass) -> &'static str {
         GrowthClass::Shrinking => "shrinking",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_site_name_is_cut_to_the_bound_on_a_character_boundary() {
+        let unnamed = crate::symbolize::Frame {
+            addr: 0x5000,
+            function: None,
+            file: None,
+            line: None,
+            module: Some("/app/bin".into()),
+            module_offset: Some(0x1234),
+            inlined: false,
+        };
+        let frame = crate::symbolize::Frame {
+            function: Some("é".repeat(TOP_SITE_MAX_CHARS * 4)),
+            ..unnamed.clone()
+        };
+        let site = TopSite::new(&frame, "exact");
+        assert_eq!(site.function.chars().count(), TOP_SITE_MAX_CHARS);
+        assert_eq!(TopSite::new(&unnamed, "exact").function, "/app/bin+0x1234");
+    }
+}

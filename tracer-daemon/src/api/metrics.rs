@@ -654,3 +654,75 @@ fn resident_bytes() -> u64 {
         .and_then(|me| me.statm())
         .map_or(0, |statm| statm.resident * procfs::page_size())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::metrics::{ContainerLeak, ContainerWatch, TopSite};
+
+    fn site(function: &str, source: &'static str) -> Option<TopSite> {
+        Some(TopSite {
+            function: function.to_owned(),
+            source,
+        })
+    }
+
+    #[test]
+    fn top_sites_are_one_series_per_container_exact_first_with_the_node() {
+        let leak = |pod: &str, top_site| ContainerLeak {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            outstanding_bytes: 1,
+            outstanding_count: 1,
+            leak_bytes_per_second: 0.0,
+            time_to_limit_seconds: None,
+            memory_limit_bytes: None,
+            top_site,
+        };
+        let watch = |pod: &str, top_site| ContainerWatch {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            anon_bytes: 1,
+            growth_bytes_per_second: 1.0,
+            class: "growing",
+            time_to_limit_seconds: Some(60.0),
+            tracing: "watched",
+            top_site,
+        };
+        let figures = NodeMetrics {
+            containers: vec![leak("traced-0", site("leak_here", "exact"))],
+            watched: vec![
+                watch("traced-0", site("touch_pages", "growth_profile")),
+                watch("watched-0", site("leak_records", "growth_profile")),
+                watch("unknown-0", None),
+            ],
+            ..NodeMetrics::default()
+        };
+        let text = render(&figures, &ApiStats::default(), "node-a").expect("render");
+        let sites: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_container_top_site_info{"))
+            .collect();
+        assert_eq!(sites.len(), 2, "{text}");
+        for (pod, function, source) in [
+            ("traced-0", "leak_here", "exact"),
+            ("watched-0", "leak_records", "growth_profile"),
+        ] {
+            assert!(
+                sites.iter().any(|l| l.contains(&format!(r#"pod="{pod}""#))
+                    && l.contains(&format!(r#"function="{function}""#))
+                    && l.contains(&format!(r#"source="{source}""#))
+                    && l.contains(r#"node="node-a""#)),
+                "{text}"
+            );
+        }
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("tracer_container_trend{"))
+                .all(|l| l.contains(r#"node="node-a""#)),
+            "{text}"
+        );
+    }
+}

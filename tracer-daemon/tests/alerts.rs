@@ -475,6 +475,14 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
                 && command.contains(&format!("{namespace}/leaky-0")),
             "{alert:#}"
         );
+        // The command works: run on the agent, it names the leaking function.
+        let (_, ctl_args) = command.split_once(" -- /tracerctl ").expect("tracerctl");
+        let ctl_args: Vec<&str> = ctl_args.split_whitespace().collect();
+        let (code, out, err) = agent.ctl(&ctl_args);
+        assert!(
+            code == Some(0) && out.contains("leak_records"),
+            "{command}: {out}{err}"
+        );
     }
 
     // Never traced (its site came from the growth profile); the traced cache's came from

@@ -180,26 +180,30 @@ impl Agent {
         let containers_not_shown = containers.len().saturating_sub(max_containers) as u64;
         containers.truncate(max_containers);
         let mut watched = Vec::new();
-        for pod in self.view.pods.values() {
+        for (uid, pod) in &self.view.pods {
             for container in pod.containers.values() {
                 let Some(trend) = self.trends.trend(&container.id) else {
                     continue;
                 };
-                watched.push(ContainerWatch {
-                    namespace: pod.namespace.clone().unwrap_or_default(),
-                    pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
-                    container: container.name.clone().unwrap_or_default(),
-                    anon_bytes: trend.anon_bytes,
-                    growth_bytes_per_second: trend.growth.bytes_per_second,
-                    class: class_name(trend.growth.class),
-                    time_to_limit_seconds: trend.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
-                    tracing: self.tracing_mode(pod, container).0.as_str(),
-                    top_site: None,
-                });
+                let key = (uid.clone(), container.id.clone());
+                watched.push((
+                    key,
+                    ContainerWatch {
+                        namespace: pod.namespace.clone().unwrap_or_default(),
+                        pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
+                        container: container.name.clone().unwrap_or_default(),
+                        anon_bytes: trend.anon_bytes,
+                        growth_bytes_per_second: trend.growth.bytes_per_second,
+                        class: class_name(trend.growth.class),
+                        time_to_limit_seconds: trend.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
+                        tracing: self.tracing_mode(pod, container).0.as_str(),
+                        top_site: None,
+                    },
+                ));
             }
         }
         let containers_watched = watched.len() as u64;
-        watched.sort_by(|a, b| {
+        watched.sort_by(|(_, a), (_, b)| {
             b.growth_bytes_per_second
                 .total_cmp(&a.growth_bytes_per_second)
                 .then_with(|| {
@@ -209,29 +213,24 @@ impl Agent {
         watched.truncate(max_containers);
         // Growth-profile sites for the exported growing containers that exact tracing does
         // not name (each read walks the fault map: growing ones only).
-        let pods: Vec<_> = self.view.pods.values().cloned().collect();
-        for w in watched.iter_mut().filter(|w| w.class == "growing") {
-            let exact = containers.iter().any(|c| {
+        for ((uid, id), w) in &mut watched {
+            let named = containers.iter().any(|c| {
                 (&c.namespace, &c.pod, &c.container) == (&w.namespace, &w.pod, &w.container)
                     && c.top_site.is_some()
             });
-            let found = pods.iter().find_map(|pod| {
-                let name = pod.name.clone().unwrap_or_else(|| pod.uid.clone());
-                (pod.namespace.clone().unwrap_or_default() == w.namespace && name == w.pod)
-                    .then(|| {
-                        pod.containers
-                            .values()
-                            .find(|c| c.name.clone().unwrap_or_default() == w.container)
-                    })
-                    .flatten()
-            });
-            if let (false, Some(container)) = (exact, found) {
-                w.top_site = self
-                    .growth_profile(container, FirstTouchOrder::Window, 1)
-                    .and_then(|p| p.stacks.into_iter().next())
-                    .and_then(|s| s.site().map(|f| TopSite::new(f, "growth_profile")));
+            if w.class != "growing" || named {
+                continue;
             }
+            let Some(container) = self.view.pods.get(uid).and_then(|p| p.containers.get(id)) else {
+                continue;
+            };
+            let container = container.clone();
+            w.top_site = self
+                .growth_profile(&container, FirstTouchOrder::Window, 1)
+                .and_then(|p| p.stacks.into_iter().next())
+                .and_then(|s| s.site().map(|f| TopSite::new(f, "growth_profile")));
         }
+        let watched = watched.into_iter().map(|(_, w)| w).collect();
         NodeMetrics {
             tracer: self.tracer.health(),
             bpf: self.tracer.stats(),

@@ -6,8 +6,8 @@
  *                                back and touches again, a hundred times a second);
  *                                "count" prints "leaked N", the bytes leaked so far;
  *                                "step MS" sets the step from then on
- *        pod_leak cache MIB      after "go": fill_cache keeps MIB 1 MiB blocks (touched), over
- *                                about a second, then holds them: a cache that levels off
+ *        pod_leak cache MIB [S]  after "go": fill_cache keeps MIB 1 MiB blocks (touched), over
+ *                                S seconds (default 1), then holds them: a cache that levels off
  *        pod_leak churn          after "go": a busy malloc/free loop whose memory stays flat
  *        pod_leak hot STEP_MS    leak as above, beside the busy malloc/free loop */
 #include <malloc.h>
@@ -97,9 +97,10 @@ int main(int argc, char **argv) {
         pthread_create(&thread, NULL, leaker, NULL);
     } else if (strcmp(argv[1], "cache") == 0) {
         int mib = argc > 2 ? atoi(argv[2]) : 16;
+        int seconds = argc > 3 ? atoi(argv[3]) : 1;
         for (int i = 0; i < mib && i < MAX_KEPT; i++) {
             kept[i] = fill_cache();
-            usleep(1000000 / mib);
+            usleep(1000000 / mib * seconds);
         }
     } else {
         pthread_create(&thread, NULL, busy, NULL);

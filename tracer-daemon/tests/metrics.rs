@@ -144,6 +144,26 @@ fn container_leak_figures_in_metrics_equal_the_reports_exact_bytes() {
         sample(&scraped, "tracer_symbol_cache_misses_total", &[]).is_some_and(|m| m >= 1.0),
         "the report symbolized stacks: {scraped}"
     );
+    // The alert rules' top call site: the exact report's, labelled with this node.
+    let node = std::env::var("TRACER_NODE_NAME").unwrap_or_else(|_| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .expect("host name")
+            .trim()
+            .to_owned()
+    });
+    let site = [
+        ("namespace", namespace.as_str()),
+        ("pod", "api-0"),
+        ("container", "app"),
+        ("node", node.as_str()),
+        ("function", "leak_here"),
+        ("source", "exact"),
+    ];
+    assert_eq!(
+        sample(&scraped, "tracer_container_top_site_info", &site),
+        Some(1.0),
+        "{scraped}"
+    );
     // Bounded cardinality: one container traced, one set of series.
     let series = scraped["samples"]
         .as_array()
@@ -206,6 +226,13 @@ fn per_container_series_are_capped_and_the_rest_counted() {
         .filter(|s| s["name"] == "tracer_container_outstanding_bytes")
         .count();
     assert_eq!(series, 2, "{scraped}");
+    let sites = scraped["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .filter(|s| s["name"] == "tracer_container_top_site_info")
+        .count();
+    assert_eq!(sites, 2, "one top site per exported container: {scraped}");
     assert_eq!(
         sample(&scraped, "tracer_containers_not_shown", &[]),
         Some(1.0)

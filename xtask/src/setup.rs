@@ -40,6 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     "memcached",
     "redis-server",
     "libc6-dbg",
+    // The real Prometheus (with promtool) and Alertmanager the shipped rules are tested with.
+    "prometheus",
+    "prometheus-alertmanager",
 ];
 
 /// Python packages the tests use as tools that are not ours (pinned): a gRPC client, the

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 
 use super::{Agent, reports::Resolved};
-use crate::{collect::stats::BpfStats, report::pod::SortBy, tracer::TracerHealth};
+use crate::{
+    collect::stats::BpfStats,
+    report::{first_touch::FirstTouchOrder, pod::SortBy},
+    tracer::TracerHealth,
+};
 
 /// A traced container's leak figures.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +30,35 @@ pub struct ContainerLeak {
     pub time_to_limit_seconds: Option<f64>,
     /// Its memory limit, bytes.
     pub memory_limit_bytes: Option<u64>,
+    /// Its top call site by outstanding bytes (exact tracing).
+    pub top_site: Option<TopSite>,
+}
+
+/// A container's top call site for the alert's annotation: one per container, its name cut
+/// to [`TOP_SITE_MAX_CHARS`], so the label's values stay bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopSite {
+    /// The function (or `module+0x...` when unnamed), cut to [`TOP_SITE_MAX_CHARS`].
+    pub function: String,
+    /// `exact` (the traced report's top stack by bytes) or `growth_profile` (resident growth
+    /// by first touch, the site touching most new memory within the window).
+    pub source: &'static str,
+}
+
+/// The longest call-site name a metric label carries (C++ names can run to kilobytes).
+pub const TOP_SITE_MAX_CHARS: usize = 120;
+
+impl TopSite {
+    fn new(frame: &crate::symbolize::Frame, source: &'static str) -> Self {
+        let name = frame
+            .function
+            .clone()
+            .unwrap_or_else(|| frame.display_name());
+        Self {
+            function: name.chars().take(TOP_SITE_MAX_CHARS).collect(),
+            source,
+        }
+    }
 }
 
 /// A watched container's trend and whether it is traced.
@@ -48,6 +81,8 @@ pub struct ContainerWatch {
     pub time_to_limit_seconds: Option<f64>,
     /// `selected`, `auto` or `watched`.
     pub tracing: &'static str,
+    /// While growing and not traced: the growth profile's top site within the window.
+    pub top_site: Option<TopSite>,
 }
 
 /// Everything the metrics endpoint shows, read in one go on the agent's thread.
@@ -117,7 +152,8 @@ impl Agent {
             if resolved.containers.is_empty() {
                 continue;
             }
-            let Ok(reports) = self.container_reports(&resolved, 0, SortBy::Bytes, 0) else {
+            // The top stack only (its symbols are cached after the first scrape).
+            let Ok(reports) = self.container_reports(&resolved, 0, SortBy::Bytes, 1) else {
                 continue;
             };
             for report in reports {
@@ -130,6 +166,11 @@ impl Agent {
                     leak_bytes_per_second: report.leak_bytes_per_second,
                     time_to_limit_seconds: report.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
                     memory_limit_bytes: report.memory.as_ref().and_then(|m| m.limit_bytes),
+                    top_site: report
+                        .stacks
+                        .first()
+                        .and_then(|s| s.frames.first())
+                        .map(|f| TopSite::new(f, "exact")),
                 });
             }
         }
@@ -141,25 +182,30 @@ impl Agent {
         let containers_not_shown = containers.len().saturating_sub(max_containers) as u64;
         containers.truncate(max_containers);
         let mut watched = Vec::new();
-        for pod in self.view.pods.values() {
+        for (uid, pod) in &self.view.pods {
             for container in pod.containers.values() {
                 let Some(trend) = self.trends.trend(&container.id) else {
                     continue;
                 };
-                watched.push(ContainerWatch {
-                    namespace: pod.namespace.clone().unwrap_or_default(),
-                    pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
-                    container: container.name.clone().unwrap_or_default(),
-                    anon_bytes: trend.anon_bytes,
-                    growth_bytes_per_second: trend.growth.bytes_per_second,
-                    class: class_name(trend.growth.class),
-                    time_to_limit_seconds: trend.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
-                    tracing: self.tracing_mode(pod, container).0.as_str(),
-                });
+                let key = (uid.clone(), container.id.clone());
+                watched.push((
+                    key,
+                    ContainerWatch {
+                        namespace: pod.namespace.clone().unwrap_or_default(),
+                        pod: pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
+                        container: container.name.clone().unwrap_or_default(),
+                        anon_bytes: trend.anon_bytes,
+                        growth_bytes_per_second: trend.growth.bytes_per_second,
+                        class: class_name(trend.growth.class),
+                        time_to_limit_seconds: trend.time_to_limit_ns.map(|ns| ns as f64 / 1e9),
+                        tracing: self.tracing_mode(pod, container).0.as_str(),
+                        top_site: None,
+                    },
+                ));
             }
         }
         let containers_watched = watched.len() as u64;
-        watched.sort_by(|a, b| {
+        watched.sort_by(|(_, a), (_, b)| {
             b.growth_bytes_per_second
                 .total_cmp(&a.growth_bytes_per_second)
                 .then_with(|| {
@@ -167,6 +213,26 @@ impl Agent {
                 })
         });
         watched.truncate(max_containers);
+        // Growth-profile sites for the exported growing containers that exact tracing does
+        // not name (each read walks the fault map: growing ones only).
+        for ((uid, id), w) in &mut watched {
+            let named = containers.iter().any(|c| {
+                (&c.namespace, &c.pod, &c.container) == (&w.namespace, &w.pod, &w.container)
+                    && c.top_site.is_some()
+            });
+            if w.class != "growing" || named {
+                continue;
+            }
+            let Some(container) = self.view.pods.get(uid).and_then(|p| p.containers.get(id)) else {
+                continue;
+            };
+            let container = container.clone();
+            w.top_site = self
+                .growth_profile(&container, FirstTouchOrder::Window, 1)
+                .and_then(|p| p.stacks.into_iter().next())
+                .and_then(|s| s.site().map(|f| TopSite::new(f, "growth_profile")));
+        }
+        let watched = watched.into_iter().map(|(_, w)| w).collect();
         NodeMetrics {
             tracer: self.tracer.health(),
             bpf: self.tracer.stats(),
@@ -210,5 +276,30 @@ fn class_name(class: crate::report::growth::GrowthClass) -> &'static str {
         GrowthClass::LevellingOff => "levelling_off",
         GrowthClass::Stable => "stable",
         GrowthClass::Shrinking => "shrinking",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_site_name_is_cut_to_the_bound_on_a_character_boundary() {
+        let unnamed = crate::symbolize::Frame {
+            addr: 0x5000,
+            function: None,
+            file: None,
+            line: None,
+            module: Some("/app/bin".into()),
+            module_offset: Some(0x1234),
+            inlined: false,
+        };
+        let frame = crate::symbolize::Frame {
+            function: Some("é".repeat(TOP_SITE_MAX_CHARS * 4)),
+            ..unnamed.clone()
+        };
+        let site = TopSite::new(&frame, "exact");
+        assert_eq!(site.function.chars().count(), TOP_SITE_MAX_CHARS);
+        assert_eq!(TopSite::new(&unnamed, "exact").function, "/app/bin+0x1234");
     }
 }

@@ -47,6 +47,7 @@ struct Scrape {
     agent: AgentHandle,
     max_containers: usize,
     api: Arc<ApiStats>,
+    node: Arc<str>,
 }
 
 /// Binds the metrics address (before the agent starts, so a taken port is a startup error).
@@ -66,6 +67,7 @@ pub async fn serve(
     agent: AgentHandle,
     max_containers: usize,
     api: Arc<ApiStats>,
+    node: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener
@@ -83,6 +85,7 @@ pub async fn serve(
             agent,
             max_containers,
             api,
+            node: node.into(),
         });
     info!(%addr, max_connections = METRICS_LIMITS.max_connections, "serving Prometheus metrics at /metrics");
     axum::serve(listener, app)
@@ -110,7 +113,7 @@ async fn scrape(State(scrape): State<Scrape>) -> Response {
                 .into_response();
         }
     };
-    match render(&figures, &scrape.api) {
+    match render(&figures, &scrape.api, &scrape.node) {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             warn!(%error, "cannot encode metrics");
@@ -124,6 +127,7 @@ struct ContainerLabels {
     namespace: String,
     pod: String,
     container: String,
+    node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,6 +137,18 @@ struct TrendLabels {
     container: String,
     class: String,
     tracing: String,
+    node: String,
+}
+
+/// One container's top call site (one series per exported container, the name cut short).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopSiteLabels {
+    namespace: String,
+    pod: String,
+    container: String,
+    node: String,
+    function: String,
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,8 +216,12 @@ const LOSSES: &[(&str, &str)] = &[
     ("fault_pending_other_thread", "fault_resumed_on_another_cpu"),
 ];
 
-/// Renders the figures as OpenMetrics text.
-pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt::Error> {
+/// Renders the figures as OpenMetrics text; per-container series carry `node`.
+pub fn render(
+    figures: &NodeMetrics,
+    api: &ApiStats,
+    node: &str,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("tracer");
     registry.register(
         "build",
@@ -365,6 +385,7 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
             namespace: container.namespace.clone(),
             pod: container.pod.clone(),
             container: container.container.clone(),
+            node: node.to_owned(),
         };
         set(
             &outstanding.get_or_create(&labels),
@@ -417,7 +438,7 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
         "Traced containers left out of the per-container series (--metrics-max-containers)",
         gauge(figures.containers_not_shown),
     );
-    register_watched(&mut registry, figures);
+    register_watched(&mut registry, figures, node);
     register_api(&mut registry, api);
     if let Some(otlp) = &figures.otlp {
         register_otlp(&mut registry, otlp);
@@ -429,7 +450,7 @@ pub fn render(figures: &NodeMetrics, api: &ApiStats) -> Result<String, std::fmt:
 
 /// Always-on watching: every watched container's trend and how it is traced (the fastest
 /// growing `--metrics-max-containers` get series), and the growth profile's hook.
-fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
+fn register_watched(registry: &mut Registry, figures: &NodeMetrics, node: &str) {
     registry.register(
         "containers_watched",
         "Containers watched now (memory trend and growth profile, no uprobes)",
@@ -489,6 +510,7 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
             namespace: c.namespace.clone(),
             pod: c.pod.clone(),
             container: c.container.clone(),
+            node: node.to_owned(),
         };
         set(&anon.get_or_create(&labels), c.anon_bytes);
         let _ = rate.get_or_create(&labels).set(c.growth_bytes_per_second);
@@ -502,6 +524,7 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
                 container: c.container.clone(),
                 class: c.class.to_owned(),
                 tracing: c.tracing.to_owned(),
+                node: node.to_owned(),
             }),
             1,
         );
@@ -522,6 +545,38 @@ fn register_watched(registry: &mut Registry, figures: &NodeMetrics) {
         "Time until a growing watched container reaches its limit at its growth rate",
         Unit::Seconds,
         time_to_limit,
+    );
+    let sites = Family::<TopSiteLabels, Gauge>::default();
+    let exact = figures
+        .containers
+        .iter()
+        .map(|c| (&c.namespace, &c.pod, &c.container, &c.top_site));
+    let profiled = figures
+        .watched
+        .iter()
+        .map(|c| (&c.namespace, &c.pod, &c.container, &c.top_site));
+    let mut seen = std::collections::HashSet::new();
+    for (namespace, pod, container, site) in exact.chain(profiled) {
+        let Some(site) = site else { continue };
+        // Exact first: a container both traced and profiled gets one series.
+        if seen.insert((namespace, pod, container)) {
+            set(
+                &sites.get_or_create(&TopSiteLabels {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    container: container.clone(),
+                    node: node.to_owned(),
+                    function: site.function.clone(),
+                    source: site.source.to_owned(),
+                }),
+                1,
+            );
+        }
+    }
+    registry.register(
+        "container_top_site_info",
+        "1 per exported container with a known top call site: the function (cut to 120 characters) and its source, exact (the traced report's top stack by bytes) or growth_profile (most new resident memory first touched within the window)",
+        sites,
     );
     registry.register(
         "container_trend",
@@ -648,4 +703,76 @@ fn resident_bytes() -> u64 {
     procfs::process::Process::myself()
         .and_then(|me| me.statm())
         .map_or(0, |statm| statm.resident * procfs::page_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::metrics::{ContainerLeak, ContainerWatch, TopSite};
+
+    fn site(function: &str, source: &'static str) -> Option<TopSite> {
+        Some(TopSite {
+            function: function.to_owned(),
+            source,
+        })
+    }
+
+    #[test]
+    fn top_sites_are_one_series_per_container_exact_first_with_the_node() {
+        let leak = |pod: &str, top_site| ContainerLeak {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            outstanding_bytes: 1,
+            outstanding_count: 1,
+            leak_bytes_per_second: 0.0,
+            time_to_limit_seconds: None,
+            memory_limit_bytes: None,
+            top_site,
+        };
+        let watch = |pod: &str, top_site| ContainerWatch {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "app".into(),
+            anon_bytes: 1,
+            growth_bytes_per_second: 1.0,
+            class: "growing",
+            time_to_limit_seconds: Some(60.0),
+            tracing: "watched",
+            top_site,
+        };
+        let figures = NodeMetrics {
+            containers: vec![leak("traced-0", site("leak_here", "exact"))],
+            watched: vec![
+                watch("traced-0", site("touch_pages", "growth_profile")),
+                watch("watched-0", site("leak_records", "growth_profile")),
+                watch("unknown-0", None),
+            ],
+            ..NodeMetrics::default()
+        };
+        let text = render(&figures, &ApiStats::default(), "node-a").expect("render");
+        let sites: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_container_top_site_info{"))
+            .collect();
+        assert_eq!(sites.len(), 2, "{text}");
+        for (pod, function, source) in [
+            ("traced-0", "leak_here", "exact"),
+            ("watched-0", "leak_records", "growth_profile"),
+        ] {
+            assert!(
+                sites.iter().any(|l| l.contains(&format!(r#"pod="{pod}""#))
+                    && l.contains(&format!(r#"function="{function}""#))
+                    && l.contains(&format!(r#"source="{source}""#))
+                    && l.contains(r#"node="node-a""#)),
+                "{text}"
+            );
+        }
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("tracer_container_trend{"))
+                .all(|l| l.contains(r#"node="node-a""#)),
+            "{text}"
+        );
+    }
 }

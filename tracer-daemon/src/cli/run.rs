@@ -65,6 +65,12 @@ pub struct RunArgs {
     #[arg(long, env = "TRACER_METRICS", value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// This node's name: the `node` label of per-container metrics and k8s.node.name of OTLP
+    /// profiles (the DaemonSet sets it from spec.nodeName; the default, the host name, is the
+    /// pod's name inside a pod).
+    #[arg(long, env = "TRACER_NODE_NAME", default_value_t = host_name())]
+    pub node_name: String,
+
     /// Most containers given their own metric series (those holding the most bytes).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_max_containers: u64,
@@ -235,11 +241,6 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_interval)]
     pub otlp_max_age: Option<Duration>,
 
-    /// This node's name, exported as k8s.node.name (the DaemonSet sets it from spec.nodeName)
-    /// [default: the host name].
-    #[arg(long, env = "TRACER_NODE_NAME")]
-    pub node_name: Option<String>,
-
     /// Fault injection for the reliability tests: panic-after=DURATION or stall-after=DURATION.
     #[arg(long, hide = true)]
     pub inject_fault: Option<Fault>,
@@ -394,7 +395,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         config.otlp = Some(agent::otlp::OtlpExport {
             interval,
             top,
-            node_name: node_name(args.node_name.as_deref()),
+            node_name: args.node_name.clone(),
             queue: exporter::start(&settings)?,
         });
     }
@@ -419,6 +420,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             handle.clone(),
             usize::try_from(args.metrics_max_containers).unwrap_or(usize::MAX),
             Arc::clone(&stats),
+            args.node_name.clone(),
             async move {
                 let _ = stopped.recv().await;
             },
@@ -600,18 +602,6 @@ fn otlp_settings(
     Ok(Some((settings, interval, top)))
 }
 
-/// `--node-name`, else the host name (a pod's own name unless it runs on the host's network:
-/// the DaemonSet passes spec.nodeName).
-fn node_name(flag: Option<&str>) -> String {
-    flag.map(str::to_owned)
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|name| name.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
 /// A growth-profile sampling period: a power of two from 1 to 65,536.
 fn parse_fault_sample_pages(value: &str) -> Result<u32, String> {
     let pages: u32 = value.parse().map_err(|e| format!("{e}"))?;
@@ -622,4 +612,11 @@ fn parse_fault_sample_pages(value: &str) -> Result<u32, String> {
         ));
     }
     Ok(pages)
+}
+
+/// The UTS host name, "" when unreadable.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -4,9 +4,10 @@
  *                                every STEP_MS, until killed, beside a churn thread (about
  *                                3,000 malloc/free pairs a second and a 1 MiB block glibc trims
  *                                back and touches again, a hundred times a second);
- *                                "count" prints "leaked N", the bytes leaked so far
- *        pod_leak cache MIB      after "go": fill_cache keeps MIB 1 MiB blocks (touched), over
- *                                about a second, then holds them: a cache that levels off
+ *                                "count" prints "leaked N", the bytes leaked so far;
+ *                                "step MS" sets the step from then on
+ *        pod_leak cache MIB [S]  after "go": fill_cache keeps MIB 1 MiB blocks (touched), over
+ *                                S seconds (default 1), then holds them: a cache that levels off
  *        pod_leak churn          after "go": a busy malloc/free loop whose memory stays flat
  *        pod_leak hot STEP_MS    leak as above, beside the busy malloc/free loop */
 #include <malloc.h>
@@ -20,7 +21,7 @@
 
 static void *volatile kept[MAX_KEPT];
 static atomic_ulong leaked;
-static int step_ms;
+static atomic_int step_ms;
 
 __attribute__((noinline)) void *leak_records(void) {
     void *p = malloc(LEAK_BYTES);
@@ -55,7 +56,7 @@ static void *leaker(void *arg) {
     for (unsigned long i = 0;; i++) {
         kept[i % MAX_KEPT] = leak_records();
         atomic_fetch_add(&leaked, LEAK_BYTES);
-        usleep(step_ms * 1000);
+        usleep(atomic_load(&step_ms) * 1000);
     }
     return NULL;
 }
@@ -96,9 +97,10 @@ int main(int argc, char **argv) {
         pthread_create(&thread, NULL, leaker, NULL);
     } else if (strcmp(argv[1], "cache") == 0) {
         int mib = argc > 2 ? atoi(argv[2]) : 16;
+        int seconds = argc > 3 ? atoi(argv[3]) : 1;
         for (int i = 0; i < mib && i < MAX_KEPT; i++) {
             kept[i] = fill_cache();
-            usleep(1000000 / mib);
+            usleep(1000000 / mib * seconds);
         }
     } else {
         pthread_create(&thread, NULL, busy, NULL);
@@ -109,6 +111,8 @@ int main(int argc, char **argv) {
         if (strncmp(line, "count", 5) == 0) {
             printf("leaked %lu\n", atomic_load(&leaked));
             fflush(stdout);
+        } else if (strncmp(line, "step ", 5) == 0) {
+            atomic_store(&step_ms, atoi(line + 5));
         } else if (strncmp(line, "exit", 4) == 0) {
             break;
         }

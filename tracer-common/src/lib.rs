@@ -468,9 +468,24 @@ pub struct KernelLayout {
     pub memory_cgrp_id: u32,
     /// 1 when every offset above was found.
     pub valid: u32,
+    /// 1 when the five uretprobe offsets below were found: a stack walked while a uretprobe
+    /// (or a uprobe session's return) is pending reads the kernel's trampoline where the
+    /// hijacked return address was, and the walkers put the original back from the task's
+    /// pending return instances.
+    pub uretprobes_valid: u32,
+    /// `task_struct.utask` (a `struct uprobe_task *`, NULL until the task hits a uprobe).
+    pub task_utask: u32,
+    /// `uprobe_task.return_instances` (the innermost pending return first).
+    pub utask_return_instances: u32,
+    /// `return_instance.stack`: the address of the return-address slot it hijacked.
+    pub return_instance_stack: u32,
+    /// `return_instance.orig_ret_vaddr`: the return address that was in that slot.
+    pub return_instance_orig_ret_vaddr: u32,
+    /// `return_instance.next`: the next outer pending return.
+    pub return_instance_next: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelLayout>() == 64);
+const _: () = assert!(size_of::<KernelLayout>() == 88);
 
 /// Length of a task's command name.
 pub const COMM_LEN: usize = 16;

@@ -509,3 +509,92 @@ fn measure_the_cost_of_the_fault_programs() {
     }
     println!("faults counted in all: {counted}");
 }
+
+/// A traced process's allocator calls have their return probes pending while they run, and
+/// the kernel keeps each one by writing its trampoline's address over the caller's return
+/// address on the stack. The pages glibc's malloc first touches itself (the header of the next
+/// chunk, where small blocks are carved from the top of the heap) are walked from inside
+/// malloc: without putting the caller back, their stacks named the trampoline, an address in
+/// no binary, where `leak_here` is. one_leak_site leaks 100 blocks of 4,096 bytes from
+/// leak_here, each touched by memset; with every page recorded, the pages first touched under
+/// leak_here are the leak's, within a page at either end of the heap run.
+#[test]
+fn a_traced_process_faulting_inside_malloc_names_mallocs_caller() {
+    require_root();
+    let _one = one_at_a_time();
+    let mut tracer = tracer_sampling(1);
+    let executable = support::workload("one_leak_site");
+    let watched = Cgroup::create("growth-profile-traced");
+    let mut leaker = Workload::start(&executable, &[]);
+    watched.place(leaker.pid);
+    tracer.watch_cgroup(watched.id()).expect("watch");
+    tracer.profile_pid(leaker.pid).expect("profile the leaker");
+    tracer.trace(leaker.pid).expect("trace the leaker");
+    leaker.send("go");
+    let _ = leaker.wait_for("done");
+    let totals = tracer.fault_totals().expect("read the profile");
+    let mine: Vec<&(FaultKey, FaultTotals)> = totals
+        .iter()
+        .filter(|(key, _)| key.tgid == leaker.pid)
+        .collect();
+    let stacks: Vec<(u32, u64)> = mine
+        .iter()
+        .map(|(key, _)| (leaker.pid, key.stack_id))
+        .collect();
+    let frames = tracer.symbolize_fault_stacks(&stacks);
+    let names = |frames: &[Frame]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                f.function
+                    .clone()
+                    .unwrap_or_else(|| format!("{:#x}", f.addr))
+            })
+            .collect()
+    };
+    let summary: Vec<(u64, Vec<String>)> = mine
+        .iter()
+        .zip(&frames)
+        .map(|((_, t), f)| (t.bytes, names(f)))
+        .collect();
+    for (_, names) in &summary {
+        assert!(
+            names.iter().all(|n| !n.starts_with("0x")),
+            "a frame in no binary (the return probe's trampoline?): {summary:#?}"
+        );
+    }
+    let in_malloc: Vec<&(u64, Vec<String>)> = summary
+        .iter()
+        .filter(|(_, names)| names.iter().any(|n| n == "__libc_malloc"))
+        .collect();
+    assert!(
+        !in_malloc.is_empty(),
+        "no page first touched in malloc: {summary:#?}"
+    );
+    for (_, names) in &in_malloc {
+        let malloc = names
+            .iter()
+            .position(|n| n == "__libc_malloc")
+            .expect("malloc");
+        assert!(
+            names.get(malloc + 1).is_some_and(|n| [
+                "leak_here",
+                "churn_and_free",
+                "calloc_and_free"
+            ]
+            .contains(&n.as_str())),
+            "malloc's caller is the next frame: {summary:#?}"
+        );
+    }
+    let leaked: u64 = summary
+        .iter()
+        .filter(|(_, names)| names.iter().any(|n| n == "leak_here"))
+        .map(|(bytes, _)| bytes)
+        .sum();
+    let page = 4096;
+    assert!(
+        (100 * 4096 - page..=100 * 4096 + 2 * page).contains(&leaked),
+        "leak_here first touched {leaked} bytes, leaked 409,600: {summary:#?}"
+    );
+    leaker.finish();
+}

@@ -6,46 +6,19 @@
 //! offsets the daemon found in the kernel's BTF ([`KernelLayout`]).
 
 use aya_ebpf::{
-    Global,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use tracer_common::{COMM_LEN, KernelLayout, OomKillEvent, Stat, event_kind};
 
-use crate::{maps::EVENTS, stats::bump};
-
-#[unsafe(no_mangle)]
-static KERNEL_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
-    task_pid: 0,
-    task_tgid: 0,
-    task_comm: 0,
-    task_mm: 0,
-    task_cgroups: 0,
-    mm_rss_stat: 0,
-    rss_counter_stride: 0,
-    rss_counter_value: 0,
-    css_set_dfl_cgrp: 0,
-    css_set_subsys: 0,
-    css_cgroup: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
-    memory_cgrp_id: 0,
-    valid: 0,
-    _pad: 0,
-});
-
-/// Reads a `T` at `base + offset` in kernel memory; 0 when it faults.
-fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
-    if base == 0 {
-        return T::default();
-    }
-    // SAFETY: a checked kernel read; a bad address gives an error, not a fault.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.unwrap_or_default()
-}
+use crate::{
+    config::{kernel_layout, read_kernel as read},
+    maps::EVENTS,
+    stats::bump,
+};
 
 /// The kernfs id of a `struct cgroup *`.
 fn cgroup_id(layout: &KernelLayout, cgroup: u64) -> u64 {
@@ -56,7 +29,7 @@ fn cgroup_id(layout: &KernelLayout, cgroup: u64) -> u64 {
 #[btf_tracepoint(function = "mark_victim")]
 pub fn oom_mark_victim(ctx: BtfTracePointContext) -> i32 {
     let task: u64 = ctx.arg(0);
-    let layout = KERNEL_LAYOUT.load();
+    let layout = kernel_layout();
     let (trigger_tgid, trigger_tid) = {
         let pid_tgid = bpf_get_current_pid_tgid();
         ((pid_tgid >> 32) as u32, pid_tgid as u32)

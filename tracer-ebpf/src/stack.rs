@@ -15,7 +15,10 @@
 //! counted.
 
 use aya_ebpf::{
-    EbpfContext, bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user,
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task, bpf_probe_read_user, generated},
     maps::lpm_trie::Key,
 };
 use tracer_common::{
@@ -24,6 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
+    config::kernel_layout,
     maps::{STACK_SCRATCH, STACK_TRACES, UNWIND_ENTRIES, UNWIND_MAPPINGS},
     stats::bump,
     thread_state::current,
@@ -36,6 +40,8 @@ struct Frame {
     pc: u64,
     sp: u64,
     bp: u64,
+    /// Where `pc` was read from as a return address (0 for the first frame).
+    slot: u64,
 }
 
 /// Where a walk's user-memory reads are kept. A walk is a function of the registers it starts
@@ -61,6 +67,76 @@ impl ReadLog for () {
     fn spoil(&mut self) {}
 }
 
+/// Pending returns read per walk: the allocator's own (a fault inside malloc while its return
+/// probe waits) and the one outside it (a traced `operator new` calling a traced malloc).
+const MAX_PENDING_RETURNS: usize = 2;
+
+/// Return addresses the kernel took off the stack for pending uretprobes and uprobe sessions'
+/// returns: it wrote its trampoline's address into each slot (one address for every caller, in
+/// no binary) and keeps the originals in the task's `return_instances`, innermost first. A
+/// walk that read a return address from one of those slots takes the original instead, as the
+/// kernel's own `fixup_uretprobe_trampoline_entries` does for its stack traces.
+#[derive(Clone, Copy, Default)]
+struct PendingReturns {
+    /// The hijacked slots' addresses (0: none).
+    slots: [u64; MAX_PENDING_RETURNS],
+    /// What each held.
+    originals: [u64; MAX_PENDING_RETURNS],
+}
+
+impl PendingReturns {
+    /// The current task's (none until it has hit a uprobe with a return). No branch on what
+    /// is read: a failed read (no `utask`, no pending return) reads as 0, so the verifier
+    /// walks each program's stack loop once, with unknown values, rather than once per case.
+    #[inline(always)]
+    fn of_current_task() -> Self {
+        let mut pending = Self::default();
+        let layout = kernel_layout();
+        if layout.uretprobes_valid == 0 {
+            return pending;
+        }
+        // SAFETY: no preconditions.
+        let task = unsafe { bpf_get_current_task() };
+        let utask = kernel_word(task.wrapping_add(u64::from(layout.task_utask)));
+        let mut instance =
+            kernel_word(utask.wrapping_add(u64::from(layout.utask_return_instances)));
+        for i in 0..MAX_PENDING_RETURNS {
+            pending.slots[i] =
+                kernel_word(instance.wrapping_add(u64::from(layout.return_instance_stack)));
+            pending.originals[i] = kernel_word(
+                instance.wrapping_add(u64::from(layout.return_instance_orig_ret_vaddr)),
+            );
+            instance = kernel_word(instance.wrapping_add(u64::from(layout.return_instance_next)));
+        }
+        pending
+    }
+
+    /// The return address of `frame`, or the original a pending return took from its slot.
+    #[inline(always)]
+    fn repair(&self, frame: &mut Frame) {
+        for i in 0..MAX_PENDING_RETURNS {
+            if frame.slot == self.slots[i] {
+                frame.pc = self.originals[i];
+            }
+        }
+    }
+}
+
+/// The kernel word at `address`; 0 when it cannot be read (the helper zeroes its destination).
+#[inline(always)]
+fn kernel_word(address: u64) -> u64 {
+    let mut word: u64 = 0;
+    // SAFETY: a checked kernel read into a local.
+    let _ = unsafe {
+        generated::bpf_probe_read_kernel(
+            (&raw mut word).cast(),
+            8,
+            address as *const core::ffi::c_void,
+        )
+    };
+    word
+}
+
 /// What one step found.
 enum Step {
     /// The caller's frame.
@@ -83,6 +159,7 @@ pub(crate) fn capture<C: EbpfContext>(ctx: &C) -> u64 {
             pc: regs.rip,
             sp: regs.rsp,
             bp: regs.rbp,
+            slot: 0,
         },
         &mut (),
     )
@@ -102,6 +179,7 @@ pub(crate) fn capture_at_fault<L: ReadLog>(tgid: u32, regs: &pt_regs, log: &mut 
             pc: regs.rip.wrapping_add(1),
             sp: regs.rsp,
             bp: regs.rbp,
+            slot: 0,
         },
         log,
     )
@@ -121,6 +199,7 @@ fn walk<L: ReadLog>(tgid: u32, mut frame: Frame, log: &mut L) -> u64 {
     scratch.ips[0] = frame.pc;
     let mut frames: u64 = 1;
     let mut mapping = UnwindMapping::default();
+    let pending = PendingReturns::of_current_task();
     for i in 1..MAX_STACK_DEPTH {
         frame = match step(tgid, &frame, &mut mapping, log) {
             Step::Caller(caller) => caller,
@@ -134,10 +213,17 @@ fn walk<L: ReadLog>(tgid: u32, mut frame: Frame, log: &mut L) -> u64 {
         if frame.pc == 0 {
             break;
         }
+        pending.repair(&mut frame);
         scratch.ips[i] = frame.pc;
         frames += 1;
     }
     scratch.len = frames;
+    if pending.slots[0] != 0 {
+        // A slot may have held the trampoline, the same for every caller: a replay of this
+        // walk's reads could not tell callers apart. (Once the return is gone, the slot holds
+        // the caller again, and a replay of an earlier walk reads what that walk read.)
+        log.spoil();
+    }
 
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ frames;
     for i in 0..MAX_STACK_DEPTH {
@@ -225,6 +311,7 @@ fn by_frame_pointer<L: ReadLog>(frame: &Frame, log: &mut L) -> Step {
         pc: pair[1],
         sp: bp + 16,
         bp: pair[0],
+        slot: bp + 8,
     })
 }
 
@@ -265,6 +352,7 @@ fn by_table<L: ReadLog>(frame: &Frame, row: &UnwindEntry, log: &mut L) -> Step {
         pc: return_address,
         sp: cfa,
         bp,
+        slot: cfa - 8,
     })
 }
 

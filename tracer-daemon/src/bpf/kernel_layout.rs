@@ -1,4 +1,5 @@
-//! Offsets into kernel structures, read from the running kernel's BTF, for the OOM-kill hook.
+//! Offsets into kernel structures, read from the running kernel's BTF, for the OOM-kill hook
+//! and for the stack walkers' repair of return addresses a pending uretprobe hijacked.
 //!
 //! Rust BPF programs get no CO-RE relocations, so the daemon does what libbpf would: it looks
 //! the fields up by name in /sys/kernel/btf/vmlinux (with btf-rs) and hands the offsets to the
@@ -57,7 +58,22 @@ pub fn resolve(btf_path: &Path) -> Result<KernelLayout, LayoutError> {
         kernfs_node_id: offset("kernfs_node", "id")?,
         memory_cgrp_id: enum_value(&btf, "cgroup_subsys_id", "memory_cgrp_id")?,
         valid: 1,
-        _pad: 0,
+        ..uretprobe_offsets(&btf).unwrap_or_default()
+    })
+}
+
+/// The offsets of a task's pending uretprobe returns (see [`KernelLayout::uretprobes_valid`]);
+/// `None` on a kernel without them (built without uprobes), whose stacks need no repair.
+fn uretprobe_offsets(btf: &Btf) -> Option<KernelLayout> {
+    let offset = |structure: &str, field: &str| member_offset(btf, structure, field).ok();
+    Some(KernelLayout {
+        uretprobes_valid: 1,
+        task_utask: offset("task_struct", "utask")?,
+        utask_return_instances: offset("uprobe_task", "return_instances")?,
+        return_instance_stack: offset("return_instance", "stack")?,
+        return_instance_orig_ret_vaddr: offset("return_instance", "orig_ret_vaddr")?,
+        return_instance_next: offset("return_instance", "next")?,
+        ..KernelLayout::default()
     })
 }
 
@@ -164,6 +180,15 @@ mod tests {
         );
         assert!(layout.rss_counter_stride >= 8);
         assert!(layout.memory_cgrp_id < 16);
+        assert_eq!(
+            layout.uretprobes_valid, 1,
+            "this kernel has uprobes: {layout:?}"
+        );
+        assert_ne!(layout.task_utask, 0, "{layout:?}");
+        assert_ne!(
+            layout.return_instance_stack, layout.return_instance_orig_ret_vaddr,
+            "{layout:?}"
+        );
     }
 
     #[test]

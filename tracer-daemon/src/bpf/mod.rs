@@ -340,7 +340,11 @@ impl Probes {
         let page_size = page_size();
         let btf_path = sysfs_root().join("kernel/btf/vmlinux");
         let layout = kernel_layout::resolve(&btf_path).unwrap_or_else(|error| {
-            warn!(%error, "kernel layout unknown: OOM kills will name no victim");
+            warn!(
+                %error,
+                "kernel layout unknown: OOM kills will name no victim, and a stack walked while \
+                 a return probe is pending shows its trampoline for the caller"
+            );
             KernelLayout::default()
         });
         let fault_page_slots = fault_page_slots(sizes.fault_pages);

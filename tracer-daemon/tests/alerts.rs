@@ -256,23 +256,6 @@ fn limited_pod(root: &Path, namespace: &str, name: &str) -> FakePod {
     pod
 }
 
-/// Waits until the agent profiles the process's page faults (its cgroup is watched).
-fn wait_profiled(agent: &Agent, pid: u32) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent
-        .stderr()
-        .lines()
-        .any(|l| l.contains("profiling page faults") && l.contains(&format!("pid={pid}")))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} never profiled:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every `expr` in the dashboard JSON (panels, rows' panels), its variables given values.
 fn dashboard_expressions() -> Vec<String> {
     fn walk(value: &Value, found: &mut Vec<String>) {
@@ -415,8 +398,8 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
     alertmanager.wait_ready(am_port);
     prometheus.wait_ready(prometheus_port);
 
-    wait_profiled(&agent, leaker.pid);
-    wait_profiled(&agent, cache.pid);
+    agent.wait_profiled(leaker.pid);
+    agent.wait_profiled(cache.pid);
     let (code, _, stderr) = agent.ctl(&["trace", "start", &cache_pod.display()]);
     assert_eq!(code, Some(0), "{stderr}");
     agent.wait_traced(&[cache.pid]);

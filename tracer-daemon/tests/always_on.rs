@@ -85,23 +85,6 @@ fn leaked(workload: &mut Workload) -> u64 {
     workload.wait_for("leaked").parse().expect("leaked N")
 }
 
-/// Waits until the agent says it profiles the process's page faults (its cgroup is watched).
-fn wait_profiled(agent: &Agent, pid: u32) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !agent
-        .stderr()
-        .lines()
-        .any(|l| l.contains("profiling page faults") && l.contains(&format!("pid={pid}")))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} never profiled:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
     require_root();
@@ -128,7 +111,7 @@ fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
     });
     let processes = &container(&pods, &pod).expect("listed")["processes"];
     assert_eq!(processes[0]["traced"], false, "nothing selected: {pods:#}");
-    wait_profiled(&agent, leaker.pid);
+    agent.wait_profiled(leaker.pid);
 
     leaker.send("go");
     let _ = leaker.wait_for("started");
@@ -282,8 +265,8 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
     let mut busy = Workload::start(&workload("pod_leak"), &["churn"]);
     busy_pod.place(busy.pid, "app");
     let agent = Agent::start(&root, &[]);
-    wait_profiled(&agent, cache.pid);
-    wait_profiled(&agent, busy.pid);
+    agent.wait_profiled(cache.pid);
+    agent.wait_profiled(busy.pid);
     cache.send("go");
     busy.send("go");
     let _ = cache.wait_for("started");
@@ -366,7 +349,7 @@ fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
     let mut leaker = Workload::start(&go_map_leak(), &[]);
     pod.place(leaker.pid, "app");
     let agent = Agent::start(&root, &["--config", config.to_str().expect("utf-8")]);
-    wait_profiled(&agent, leaker.pid);
+    agent.wait_profiled(leaker.pid);
     leaker.send("go");
     let _ = leaker.wait_for("started");
     // About 8 MiB leaked, well below the limit.
@@ -412,7 +395,7 @@ fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload, 
             &metrics,
         ],
     );
-    wait_profiled(&agent, leaker.pid);
+    agent.wait_profiled(leaker.pid);
     leaker.send("go");
     let _ = leaker.wait_for("started");
     let _ = agent.wait_json(&["pods"], "escalated the hot leaker", |v| {

@@ -147,6 +147,25 @@ impl Agent {
             .unwrap_or_else(|e| panic!("tracerctl output is not JSON ({e}): {stdout}"))
     }
 
+    /// Waits until the agent says it profiles the process's page faults (its cgroup is
+    /// watched).
+    pub(crate) fn wait_profiled(&self, pid: u32) {
+        let deadline = Instant::now() + TIMEOUT;
+        let line = format!("pid={pid}");
+        while !self
+            .stderr()
+            .lines()
+            .any(|l| l.contains("profiling page faults") && l.contains(&line))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} never profiled:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until every pid is listed as traced.
     pub(crate) fn wait_traced(&self, pids: &[u32]) {
         let deadline = Instant::now() + TIMEOUT;

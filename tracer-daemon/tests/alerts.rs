@@ -22,7 +22,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{agent::*, manifest::workspace_root, node::*, *};
+use support::{agent::*, faults::memory_limited_pod, manifest::workspace_root, node::*, *};
 
 const MIB: u64 = 1 << 20;
 /// The leaker's limit: at 256 KiB every 100 ms it would take about 50 s to reach it.
@@ -242,20 +242,6 @@ fn oom_kills(pod: &FakePod) -> u64 {
         .expect("oom_kill in memory.events")
 }
 
-fn limited_pod(root: &Path, namespace: &str, name: &str) -> FakePod {
-    let pod = FakePod::create(
-        namespace,
-        name,
-        Driver::Systemd,
-        "burstable",
-        &["app"],
-        &root.join("pods"),
-        &root.join("containers"),
-    );
-    pod.limit_memory("app", LIMIT);
-    pod
-}
-
 /// Every `expr` in the dashboard JSON (panels, rows' panels), its variables given values.
 fn dashboard_expressions() -> Vec<String> {
     fn walk(value: &Value, found: &mut Vec<String>) {
@@ -319,8 +305,8 @@ fn a_leak_is_alerted_before_its_oom_kill_and_a_cache_that_levels_off_is_not() {
     let root = temp_root("alerts");
     let namespace = format!("alerts-{}", std::process::id());
     let node = format!("node-{}", std::process::id());
-    let leaky = limited_pod(&root, &namespace, "leaky-0");
-    let cache_pod = limited_pod(&root, &namespace, "cache-0");
+    let leaky = memory_limited_pod(&root, &namespace, "leaky-0", "app", LIMIT);
+    let cache_pod = memory_limited_pod(&root, &namespace, "cache-0", "app", LIMIT);
     let mut leaker = Workload::start(&workload("pod_leak"), &["leak", "100"]);
     leaky.place(leaker.pid, "app");
     let mut cache = Workload::start(&workload("pod_leak"), &["cache", "24", "8"]);

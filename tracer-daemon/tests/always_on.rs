@@ -7,32 +7,15 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{agent::*, node::*, *};
+use support::{agent::*, faults::memory_limited_pod, node::*, *};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 64 * MIB;
 const LEAK_BYTES: u64 = 256 * KIB;
-
-fn limited_pod(root: &Path, namespace: &str, name: &str) -> FakePod {
-    let pod = FakePod::create(
-        namespace,
-        name,
-        Driver::Systemd,
-        "burstable",
-        &["app"],
-        &root.join("pods"),
-        &root.join("containers"),
-    );
-    pod.limit_memory("app", LIMIT);
-    pod
-}
 
 /// The one container of `pod` in `tracerctl pods` JSON.
 fn container<'a>(pods: &'a Value, pod: &FakePod) -> Option<&'a Value> {
@@ -91,7 +74,7 @@ fn a_pod_nobody_selected_is_profiled_escalated_and_its_oom_kill_keeps_both() {
     let root = temp_root("always-on");
     let state = root.join("state");
     let namespace = format!("always-on-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "api-0");
+    let pod = memory_limited_pod(&root, &namespace, "api-0", "app", LIMIT);
     let mut leaker = Workload::start(&workload("pod_leak"), &["leak", "50"]);
     pod.place(leaker.pid, "app");
     // No --namespace, no --pod: nothing is selected.
@@ -258,8 +241,8 @@ fn a_cache_that_levels_off_and_a_busy_flat_pod_are_never_escalated() {
     require_root();
     let root = temp_root("always-on-quiet");
     let namespace = format!("always-on-quiet-{}", std::process::id());
-    let cache_pod = limited_pod(&root, &namespace, "cache-0");
-    let busy_pod = limited_pod(&root, &namespace, "busy-0");
+    let cache_pod = memory_limited_pod(&root, &namespace, "cache-0", "app", LIMIT);
+    let busy_pod = memory_limited_pod(&root, &namespace, "busy-0", "app", LIMIT);
     let mut cache = Workload::start(&workload("pod_leak"), &["cache", "24"]);
     cache_pod.place(cache.pid, "app");
     let mut busy = Workload::start(&workload("pod_leak"), &["churn"]);
@@ -342,7 +325,7 @@ fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
     require_root();
     let root = temp_root("always-on-go");
     let namespace = format!("always-on-go-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "go-0");
+    let pod = memory_limited_pod(&root, &namespace, "go-0", "app", LIMIT);
     // A growing pod would be escalated: this test is about the growth profile alone.
     let config = root.join("tracer.toml");
     std::fs::write(&config, "[escalation]\nenabled = false\n").expect("config");
@@ -380,7 +363,7 @@ fn a_go_program_leaking_into_a_map_is_named_by_its_growth_profile() {
 fn hot_leaker_escalated(name: &str, config: &str) -> (Agent, FakePod, Workload, String) {
     let root = temp_root(name);
     let namespace = format!("{name}-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "hot-0");
+    let pod = memory_limited_pod(&root, &namespace, "hot-0", "app", LIMIT);
     let mut leaker = Workload::start(&workload("pod_leak"), &["hot", "100"]);
     pod.place(leaker.pid, "app");
     let config_file = root.join("tracer.toml");

@@ -9,26 +9,10 @@ mod support;
 use std::{path::Path, process::Command};
 
 use serde_json::Value;
-use support::{agent::*, node::*, *};
+use support::{agent::*, faults::memory_limited_pod, node::*, *};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 64 * MIB;
-
-fn limited_pod(root: &Path, namespace: &str, name: &str, containers: &[&str]) -> FakePod {
-    let pod = FakePod::create(
-        namespace,
-        name,
-        Driver::Systemd,
-        "burstable",
-        containers,
-        &root.join("pods"),
-        &root.join("containers"),
-    );
-    for container in containers {
-        pod.limit_memory(container, LIMIT);
-    }
-    pod
-}
 
 fn agent_args(namespace: &str, state_dir: &Path) -> Vec<String> {
     vec![
@@ -75,7 +59,7 @@ fn oom_kill_a_leak(tag: &str, pod_name: &str, step_ms: &str) -> KilledLeak {
     require_root();
     let root = temp_root(tag);
     let namespace = format!("{tag}-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, pod_name, &["app"]);
+    let pod = memory_limited_pod(&root, &namespace, pod_name, "app", LIMIT);
     let mut leaker = Workload::start(&workload("oom_leaker"), &["leak", step_ms]);
     pod.place(leaker.pid, "app");
     let args = agent_args(&namespace, &root.join("state"));
@@ -227,7 +211,7 @@ fn the_victim_is_the_leaker_not_the_process_whose_allocation_tripped_the_limit()
     let root = temp_root("victim");
     let state = root.join("state");
     let namespace = format!("victim-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "two-procs-0", &["app"]);
+    let pod = memory_limited_pod(&root, &namespace, "two-procs-0", "app", LIMIT);
     let mut leaker = Workload::start(&workload("oom_leaker"), &["hold", "52"]);
     pod.place(leaker.pid, "app");
     let mut nibbler = Workload::start(&workload("oom_leaker"), &["nibble", "20"]);
@@ -279,7 +263,7 @@ fn trace_logs_an_oom_kill_of_a_process_it_does_not_trace_only_at_debug_level() {
     require_root();
     let root = temp_root("oom-untraced");
     let namespace = format!("oom-untraced-{}", std::process::id());
-    let pod = limited_pod(&root, &namespace, "oomer-0", &["app"]);
+    let pod = memory_limited_pod(&root, &namespace, "oomer-0", "app", LIMIT);
     // `trace` follows one quiet process; another one, untraced, is OOM-killed meanwhile.
     let quiet = Workload::start(&workload("one_leak_site"), &[]);
     let trace = Trace::start(&[quiet.pid], &["--interval", "200ms"]);

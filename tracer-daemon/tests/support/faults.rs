@@ -293,16 +293,7 @@ pub(crate) fn memory_limited_pod(
         &root.join("pods"),
         &root.join("containers"),
     );
-    let limit_file = if pod.memory_is_v1() {
-        "memory.limit_in_bytes"
-    } else {
-        "memory.max"
-    };
-    std::fs::write(
-        pod.memory_dir(container).join(limit_file),
-        limit_bytes.to_string(),
-    )
-    .expect("set memory limit");
+    pod.limit_memory(container, limit_bytes);
     pod
 }
 

@@ -1,7 +1,9 @@
 //! The daemon as the DaemonSet runs it: a non-root user holding exactly the capabilities the
-//! manifest lists (read from the rendered manifest, so the two cannot drift), tracing a leaking
-//! process in a pod and serving its report; and, with each of those capabilities dropped in
-//! turn, failing at startup with a message that names the missing one.
+//! manifest lists (read from the rendered manifest, so the two cannot drift; no CAP_SYS_ADMIN:
+//! the probes are uprobe_multi links), tracing a leaking process in a pod and serving its
+//! report; with each of those capabilities dropped in turn, failing at startup with a message
+//! that names the missing one; and the path kernels before 6.6 take (perf_event uprobes), which
+//! needs the CAP_SYS_ADMIN that deploy/overlays/kernel-before-6.6 adds.
 
 mod support;
 
@@ -39,14 +41,14 @@ fn owned_by_the_user(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-#[test]
-fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
-    require_root();
-    let caps = support::manifest::capabilities();
+/// Runs the daemon as uid 65534 holding exactly `caps`, with `args`, tracing a leaking process
+/// in a pod, and checks it holds only those capabilities and reports the leak exactly; returns
+/// its log.
+fn trace_a_leaking_pod_with(label: &str, caps: &[String], args: &[&str]) -> String {
     assert!(!caps.is_empty(), "the manifest lists no capabilities");
-    let root = temp_root("least-privilege");
+    let root = temp_root(label);
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let namespace = format!("lp-{}", std::process::id());
+    let namespace = format!("{label}-{}", std::process::id());
     let pod = FakePod::create(
         &namespace,
         "api-0",
@@ -61,14 +63,16 @@ fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
     owned_by_the_user(&root.join("state"));
     owned_by_the_user(&root.join("run"));
 
+    let mut all_args = vec!["--namespace", namespace.as_str()];
+    all_args.extend_from_slice(args);
     let agent = Agent::start_with(
         &root,
         Launch {
-            wrapper: setpriv_with(&caps),
+            wrapper: setpriv_with(caps),
             socket: Some(root.join("run/tracer.sock")),
             ..Launch::default()
         },
-        &["--namespace", &namespace],
+        &all_args,
     );
     // Really unprivileged: not uid 0, and exactly the listed capabilities.
     let status =
@@ -99,6 +103,100 @@ fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
         "{report:#}\n{}",
         agent.stderr()
     );
+    agent.stderr()
+}
+
+#[test]
+fn the_manifests_capabilities_are_enough_to_trace_a_pod_as_a_non_root_user() {
+    require_root();
+    let caps = support::manifest::capabilities();
+    assert!(
+        !caps.iter().any(|c| c == "SYS_ADMIN"),
+        "the install must not need SYS_ADMIN: {caps:?}"
+    );
+    let log = trace_a_leaking_pod_with("least-privilege", &caps, &[]);
+    assert!(
+        log.contains("allocator probes attach through uprobe_multi links"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_overlay_for_kernels_before_6_6_traces_through_perf_event_uprobes() {
+    require_root();
+    // This kernel has uprobe_multi: `--uprobe-links perf-event` takes the path an older one
+    // takes, with the overlay's capabilities.
+    let caps = support::manifest::capabilities_of("deploy/overlays/kernel-before-6.6");
+    assert!(caps.iter().any(|c| c == "SYS_ADMIN"), "{caps:?}");
+    let log = trace_a_leaking_pod_with(
+        "least-privilege-old-kernel",
+        &caps,
+        &["--uprobe-links", "perf-event"],
+    );
+    assert!(
+        log.contains("uprobe_multi links unavailable")
+            && log.contains("perf_event uprobes, which need CAP_SYS_ADMIN"),
+        "{log}"
+    );
+}
+
+#[test]
+fn without_uprobe_multi_the_install_stops_naming_cap_sys_admin_and_the_overlay() {
+    require_root();
+    let caps = support::manifest::capabilities();
+    let root = temp_root("least-privilege-no-multi");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    owned_by_the_user(&root.join("state"));
+    owned_by_the_user(&root.join("run"));
+    let (status, stderr) = run_until_exit(&caps, &root, &["--uprobe-links", "perf-event"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_ADMIN (for perf_event_open of the kernel's uprobe PMU")
+            && stderr.contains("deploy/overlays/kernel-before-6.6"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Starts the daemon as uid 65534 holding exactly `caps` and waits for it to stop (it must,
+/// within the test timeout); returns how it ended and its log.
+fn run_until_exit(
+    caps: &[String],
+    root: &Path,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let wrapper = setpriv_with(caps);
+    let mut child = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(daemon_binary())
+        .args([
+            "run",
+            "--listen",
+            &format!("unix:{}", root.join("run/tracer.sock").display()),
+            "--state-dir",
+            &root.join("state").display().to_string(),
+            "--pod-log-root",
+            &root.join("pods").display().to_string(),
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "with {caps:?} and {args:?} the daemon must stop at startup, not run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+    (status, stderr)
 }
 
 #[test]
@@ -111,37 +209,7 @@ fn each_capability_dropped_from_the_manifests_list_is_named_at_startup() {
     owned_by_the_user(&root.join("run"));
     for dropped in &caps {
         let kept: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
-        let wrapper = setpriv_with(&kept);
-        let mut child = Command::new(&wrapper[0])
-            .args(&wrapper[1..])
-            .arg(daemon_binary())
-            .args([
-                "run",
-                "--listen",
-                &format!("unix:{}", root.join("run/tracer.sock").display()),
-                "--state-dir",
-                &root.join("state").display().to_string(),
-                "--pod-log-root",
-                &root.join("pods").display().to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "without CAP_{dropped} the daemon must stop at startup, not run"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        let _ =
-            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+        let (status, stderr) = run_until_exit(&kept, &root, &[]);
         assert_eq!(status.code(), Some(1), "without CAP_{dropped}: {stderr}");
         assert!(
             stderr.contains(&format!("CAP_{dropped} (for ")),

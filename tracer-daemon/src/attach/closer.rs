@@ -10,20 +10,18 @@ use std::{
     sync::{Arc, Condvar, Mutex, mpsc},
 };
 
-use aya::programs::uprobe::UProbeLink;
 use tracing::warn;
 
-use crate::bpf::session::SessionLink;
+use crate::bpf::uprobes::ProbeLink;
 
-/// A process's links taken out of their programs; dropping this detaches them.
+/// A process's links, in the order they are to be closed; dropping this detaches them.
 #[derive(Debug, Default)]
 #[expect(
     dead_code,
     reason = "the links are held only to be dropped: dropping detaches them"
 )]
 pub struct DetachedLinks {
-    pub(super) uprobes: Vec<UProbeLink>,
-    pub(super) sessions: Vec<SessionLink>,
+    pub(super) links: Vec<ProbeLink>,
 }
 
 #[derive(Default)]

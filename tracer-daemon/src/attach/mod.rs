@@ -13,9 +13,8 @@ pub mod placement;
 
 pub use functions::{ALLOCATOR_FUNCTIONS, AllocatorFunction, ProbeRule};
 
-use std::{collections::HashMap, fmt::Write as _, num::NonZeroU32, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, path::PathBuf, sync::Arc};
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use tracing::{debug, warn};
 
@@ -24,7 +23,11 @@ use tracer_common::{AllocatorText, ArmedProcess, names};
 use crate::{
     attach::closer::DetachedLinks,
     attach::placement::{Placement, PlacementMode},
-    bpf::{FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM, LoadError, Probes, session::SessionLink},
+    bpf::{
+        FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM, LoadError, Probes,
+        uprobe_multi::Placement as LinkPlacement,
+        uprobes::{ProbeLink, UprobeError},
+    },
     discover::{
         process::{self, ProcessError},
         snapshot::{MappedFile, ProcessSnapshot},
@@ -86,7 +89,7 @@ pub enum AttachError {
         /// The file probed.
         path: PathBuf,
         #[source]
-        source: Box<aya::programs::ProgramError>,
+        source: Box<UprobeError>,
     },
 }
 
@@ -135,10 +138,9 @@ pub struct Attachment {
     pub pid: u32,
     /// What was probed.
     pub library: AllocatorLibrary,
-    /// Uprobe links with their programs, in the order attached (return probes first).
-    links: Vec<(&'static str, UProbeLinkId)>,
-    /// Session links (dropping one detaches it).
-    sessions: Vec<SessionLink>,
+    /// The links, in the order attached (malloc's session, then return probes, then entries);
+    /// dropping one detaches it.
+    links: Vec<ProbeLink>,
 }
 
 impl Attachment {
@@ -149,7 +151,6 @@ impl Attachment {
             pid,
             library,
             links: Vec::new(),
-            sessions: Vec::new(),
         }
     }
 }
@@ -621,11 +622,10 @@ pub fn attach(
         pid,
         library,
         links: Vec::new(),
-        sessions: Vec::new(),
     };
-    let Some(scope_pid) = NonZeroU32::new(pid) else {
+    if pid == 0 {
         return Err(AttachError::from(ProcessError::NotFound { pid }).into());
-    };
+    }
     if programs == ProgramSet::Empty {
         probes
             .load_floor_programs()
@@ -644,15 +644,20 @@ pub fn attach(
             .iter()
             .find(|p| p.function.symbol == "malloc")
     {
-        match session.attach(&malloc.host_path, malloc.probe_offset(), pid) {
+        match session.attach(
+            &malloc.host_path,
+            malloc.probe_offset(),
+            pid,
+            LinkPlacement::Entry,
+        ) {
             Ok(link) => {
-                attachment.sessions.push(link);
+                attachment.links.push(ProbeLink::Multi(link));
                 session_functions.push("malloc");
             }
             Err(error) => warn!(pid, %error, "malloc session link refused; using classic probes"),
         }
     }
-    let planned: Vec<(&'static str, PathBuf, u64)> = {
+    let planned: Vec<(&'static str, LinkPlacement, PathBuf, u64)> = {
         let functions: Vec<&PlannedProbe> = attachment
             .library
             .functions
@@ -660,39 +665,35 @@ pub fn attach(
             .filter(|p| !session_functions.contains(&p.function.symbol))
             .collect();
         let exits = functions.iter().filter_map(|p| {
-            programs
-                .exit(p.function)
-                .map(|e| (e, p.host_path.clone(), p.probe_offset()))
+            programs.exit(p.function).map(|e| {
+                (
+                    e,
+                    LinkPlacement::Return,
+                    p.host_path.clone(),
+                    p.probe_offset(),
+                )
+            })
         });
         let entries = functions.iter().map(|p| {
             (
                 programs.entry(p.function),
+                LinkPlacement::Entry,
                 p.host_path.clone(),
                 p.probe_offset(),
             )
         });
         exits.chain(entries).collect()
     };
-    for (program_name, path, offset) in planned {
-        let result = match probes.uprobe(program_name) {
-            Some(program) => program
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    &path,
-                    UProbeScope::OneProcess(scope_pid),
-                )
-                .map_err(Box::new),
-            None => Err(Box::new(aya::programs::ProgramError::NotLoaded)),
-        };
-        match result {
-            Ok(link) => attachment.links.push((program_name, link)),
+    for (program_name, placement, path, offset) in planned {
+        match probes.attach_uprobe(program_name, &path, offset, pid, placement) {
+            Ok(link) => attachment.links.push(link),
             Err(source) => {
                 return Err(AttachFailure {
                     error: AttachError::Uprobe {
                         pid,
                         program: program_name,
                         path,
-                        source,
+                        source: Box::new(source),
                     },
                     links: detach(probes, attachment),
                 });
@@ -735,34 +736,15 @@ impl From<AttachError> for AttachFailure {
     }
 }
 
-/// Takes a process's links out of their programs, entries first, then returns (the reverse of
-/// attaching); dropping the result detaches them (see [`closer::LinkCloser`] to do that off the
-/// agent's thread).
+/// Disarms a process and hands over its links in the order they are to be closed: entries
+/// first, then returns, then malloc's session (the reverse of attaching); dropping the result
+/// detaches them (see [`closer::LinkCloser`] to do that off the agent's thread).
 pub fn detach(probes: &mut Probes, attachment: Attachment) -> DetachedLinks {
-    let Attachment {
-        pid,
-        links,
-        sessions,
-        ..
-    } = attachment;
+    let Attachment { pid, mut links, .. } = attachment;
     // Before any probe goes: nothing is recorded whose free could then be missed.
     disarm(probes, pid);
     let _ = probes.sampled_processes.remove(&pid);
     allocator_text(probes, pid, None);
-    let mut detached = DetachedLinks {
-        uprobes: Vec::new(),
-        sessions,
-    };
-    // `attach` linked every return probe before any entry.
-    for (program_name, link) in links.into_iter().rev() {
-        let taken = probes
-            .uprobe(program_name)
-            .map(|program| program.take_link(link));
-        match taken {
-            Some(Ok(link)) => detached.uprobes.push(link),
-            Some(Err(error)) => warn!(pid, program = program_name, %error, "failed to detach"),
-            None => {}
-        }
-    }
-    detached
+    links.reverse();
+    DetachedLinks { links }
 }

@@ -16,7 +16,7 @@ use crate::{
         self, AllocatorLibrary, AttachError, AttachFailure, Attachment, ProgramSet,
         closer::DetachedLinks,
     },
-    bpf::{FaultHook, MapSizes, OomHook, Probes, probe_cost::ProbeCost},
+    bpf::{FaultHook, LoadOptions, MapSizes, OomHook, Probes, probe_cost::ProbeCost},
     collect::{
         BpfMaps, CollectError, Notices, mappings::MappingTracker, scanner::Scanner, stats::BpfStats,
     },
@@ -142,20 +142,9 @@ pub enum KernelError {
 
 impl LoadedKernel {
     /// Loads and verifies the BPF programs (nothing is attached yet) and opens their maps.
-    pub fn load(
-        sizes: &MapSizes,
-        sample_bytes: u64,
-        sessions: bool,
-        fault_profile: bool,
-        fault_sample_pages: u32,
-    ) -> Result<Self, KernelError> {
-        let mut probes = Probes::load(
-            sizes,
-            sample_bytes,
-            sessions,
-            fault_profile,
-            fault_sample_pages,
-        )?;
+    pub fn load(sizes: &MapSizes, options: &LoadOptions) -> Result<Self, KernelError> {
+        let fault_profile = options.fault_profile;
+        let mut probes = Probes::load(sizes, options)?;
         // The agent (which loads the fault programs) prices traced processes' calls against its
         // budget; `trace` does not.
         let probe_cost = if fault_profile {

@@ -9,8 +9,9 @@ pub mod kernel_layout;
 pub mod probe_cost;
 pub mod program_runs;
 pub mod sampling;
-pub mod session;
 pub(crate) mod syscall;
+pub mod uprobe_multi;
+pub mod uprobes;
 
 #[cfg(test)]
 pub mod fake;
@@ -26,6 +27,8 @@ use aya::{
 };
 use tracer_common::{KernelLayout, names};
 use tracing::{info, warn};
+use uprobe_multi::{LinkKind, MultiProgram, RelocatedObject};
+use uprobes::{UprobeLinks, UprobePrograms};
 
 use crate::attach::ALLOCATOR_FUNCTIONS;
 
@@ -66,6 +69,16 @@ pub const KERNEL_FEATURES: &[KernelFeature] = &[
         needed_by: "the OOM-kill hook (tp_btf/mark_victim) and the kernel structure offsets it reads",
         without: "refuses to start (needs CONFIG_DEBUG_INFO_BTF)",
         required: true,
+    },
+    KernelFeature {
+        name: "uprobe_multi links",
+        sysfs_path: "kernel/btf/vmlinux",
+        needed_by: "attaching the allocator probes with CAP_BPF and CAP_PERFMON alone \
+                    (BPF_TRACE_UPROBE_MULTI, Linux 6.6+)",
+        without: "runs without them (checked by loading) if it holds CAP_SYS_ADMIN: classic \
+                  perf_event uprobes, identical reports (deploy/overlays/kernel-before-6.6 adds \
+                  the capability); without CAP_SYS_ADMIN it refuses to start, naming it",
+        required: false,
     },
     KernelFeature {
         name: "uprobe sessions",
@@ -210,7 +223,8 @@ pub enum LoadError {
     /// The process lacks the capabilities to load and attach BPF programs.
     #[error(
         "missing capabilities: {missing}; run as root or grant them all (CAP_BPF, CAP_PERFMON, \
-         CAP_SYS_ADMIN, CAP_SYS_PTRACE; e.g. the DaemonSet's securityContext.capabilities.add)"
+         CAP_SYS_PTRACE, and CAP_SYS_ADMIN on kernels before 6.6; e.g. the DaemonSet's \
+         securityContext.capabilities.add)"
     )]
     MissingCapabilities {
         /// Each missing capability with what it is needed for, `;`-separated.
@@ -241,6 +255,15 @@ pub enum LoadError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// The kernel refused a program loaded with raw `bpf()` calls (the reason ends with the
+    /// verifier log's tail).
+    #[error("failed to load BPF program {name}: {reason}")]
+    Refused {
+        /// Program name.
+        name: &'static str,
+        /// The kernel's answer.
+        reason: String,
+    },
     /// The kernel refused a program (the verifier log is in the source).
     #[error("failed to load BPF program {name}")]
     Program {
@@ -251,11 +274,11 @@ pub enum LoadError {
     },
 }
 
-/// Linux capability numbers the tracer needs.
 /// The capabilities the daemon needs, each with what needs it. Found by test on Linux 6.18 as
 /// a non-root user (tests/least_privilege.rs runs the daemon with exactly the DaemonSet's list
 /// and with each one dropped): CAP_DAC_READ_SEARCH, CAP_SYS_RESOURCE and the rest are not
-/// needed.
+/// needed, nor is CAP_SYS_ADMIN where the kernel has uprobe_multi links
+/// ([`SYS_ADMIN_FOR_PERF_EVENT_UPROBES`]).
 pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "loading BPF programs and creating maps"),
     (
@@ -264,18 +287,21 @@ pub const REQUIRED_CAPABILITIES: &[(u32, &str, &str)] = &[
         "tracing programs and the OOM-kill tracepoint",
     ),
     (
-        21,
-        "CAP_SYS_ADMIN",
-        "perf_event_open of the kernel's uprobe PMU, which attaches the allocator probes \
-         (the kernel refuses it with CAP_PERFMON alone), and joining the host's cgroup \
-         namespace from a pod",
-    ),
-    (
         19,
         "CAP_SYS_PTRACE",
         "reading other users' /proc/PID/maps and files under /proc/PID/root",
     ),
 ];
+
+/// CAP_SYS_ADMIN, needed only where allocator probes are classic perf_event uprobes: the kernel
+/// refuses `perf_event_open` of its uprobe PMU with CAP_PERFMON alone.
+pub const SYS_ADMIN_FOR_PERF_EVENT_UPROBES: (u32, &str, &str) = (
+    21,
+    "CAP_SYS_ADMIN",
+    "perf_event_open of the kernel's uprobe PMU, which attaches the allocator probes where \
+     uprobe_multi links are unavailable (kernels before 6.6: deploy/overlays/kernel-before-6.6 \
+     adds it)",
+);
 
 /// The uprobe programs tracing loads: each entry and return program that
 /// [`ALLOCATOR_FUNCTIONS`] names, once, in the order it first names them. Program names are
@@ -299,6 +325,21 @@ pub const FLOOR_ENTRY_PROGRAM: &str = "floor_enter";
 /// See [`FLOOR_ENTRY_PROGRAM`].
 pub const FLOOR_EXIT_PROGRAM: &str = "floor_exit";
 
+/// What [`Probes::load`] loads besides the maps, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// The sampling mean a process is armed with (0: exact).
+    pub sample_bytes: u64,
+    /// Use uprobe sessions where the kernel has them.
+    pub sessions: bool,
+    /// How allocator probes are attached.
+    pub uprobe_links: UprobeLinks,
+    /// Load and attach the page-fault growth profile's programs.
+    pub fault_profile: bool,
+    /// The growth profile records one new page in this many.
+    pub fault_sample_pages: u32,
+}
+
 /// The loaded object. Maps are taken out of it by `collect`; programs stay here.
 pub struct Probes {
     pub(crate) ebpf: Ebpf,
@@ -308,8 +349,14 @@ pub struct Probes {
     pub fault_hook: FaultHook,
     /// Whether execs of traced processes are seen at the kernel hook (else at the next poll).
     pub exec_hook: bool,
-    /// malloc as a uprobe session, where the kernel has them (see [`session`]).
-    pub(crate) malloc_session: Option<session::SessionProgram>,
+    /// The allocator probes' programs, and whether their links are uprobe_multi or perf_event
+    /// ones (see [`uprobes`]).
+    pub(crate) uprobe_programs: UprobePrograms,
+    /// The object relocated against this object's maps, for programs loaded with raw `bpf()`
+    /// calls later (the benchmarks' floor programs).
+    relocated: Option<RelocatedObject>,
+    /// malloc as a uprobe session, where the kernel has them (see [`uprobe_multi`]).
+    pub(crate) malloc_session: Option<MultiProgram>,
     /// Why sessions are not used, when they are not.
     pub sessions_unavailable: Option<String>,
     /// Forwards the programs' rare log lines (aya-log) to this process's log.
@@ -324,13 +371,14 @@ pub struct Probes {
 impl Probes {
     /// Checks privileges and kernel features, then loads the object and every program tracing
     /// uses (not the benchmarks' empty ones: see [`Self::load_floor_programs`]).
-    pub fn load(
-        sizes: &MapSizes,
-        sample_bytes: u64,
-        sessions: bool,
-        fault_profile: bool,
-        fault_sample_pages: u32,
-    ) -> Result<Self, LoadError> {
+    pub fn load(sizes: &MapSizes, options: &LoadOptions) -> Result<Self, LoadError> {
+        let &LoadOptions {
+            sample_bytes,
+            sessions,
+            uprobe_links,
+            fault_profile,
+            fault_sample_pages,
+        } = options;
         check_capabilities()?;
         check_kernel_features()?;
         if OBJECT.is_empty() {
@@ -378,14 +426,45 @@ impl Probes {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
-        for name in tracing_programs() {
-            load_uprobe(&mut ebpf, name)?;
-        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(error) => {
                 tracing::warn!(%error, "BPF log lines will not be shown");
                 None
+            }
+        };
+        let relocated = {
+            let logs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = logger
+                .as_ref()
+                .map(|l| vec![("AYA_LOGS", std::os::fd::AsFd::as_fd(l))])
+                .unwrap_or_default();
+            RelocatedObject::new(OBJECT, &ebpf, &logs)
+        };
+        let multi = relocated
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|object| {
+                UprobePrograms::load_multi(object, &tracing_programs(), uprobe_links)
+            });
+        let uprobe_programs = match multi {
+            Ok(programs) => {
+                info!(
+                    "allocator probes attach through uprobe_multi links (Linux 6.6+): \
+                     CAP_SYS_ADMIN is not needed"
+                );
+                UprobePrograms::Multi(programs)
+            }
+            Err(reason) => {
+                warn!(
+                    %reason,
+                    "uprobe_multi links unavailable; allocator probes attach through perf_event \
+                     uprobes, which need CAP_SYS_ADMIN"
+                );
+                check_sys_admin_for_perf_event_uprobes(&reason)?;
+                for name in tracing_programs() {
+                    load_uprobe(&mut ebpf, name)?;
+                }
+                UprobePrograms::PerfEvent
             }
         };
         sampling::fill_tables(&mut ebpf)?;
@@ -423,11 +502,11 @@ impl Probes {
             }
         };
         let (malloc_session, sessions_unavailable) = if sessions {
-            let logs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = logger
+            let session = relocated
                 .as_ref()
-                .map(|l| vec![("AYA_LOGS", std::os::fd::AsFd::as_fd(l))])
-                .unwrap_or_default();
-            match session::load(OBJECT, &ebpf, &logs, "malloc_session") {
+                .map_err(String::clone)
+                .and_then(|object| object.load("malloc_session", LinkKind::Session));
+            match session {
                 Ok(program) => {
                     info!("uprobe sessions available: an unsampled malloc skips its return probe");
                     (Some(program), None)
@@ -445,6 +524,8 @@ impl Probes {
             oom_hook,
             fault_hook,
             exec_hook,
+            uprobe_programs,
+            relocated: relocated.ok(),
             malloc_session,
             sessions_unavailable,
             logger,
@@ -456,10 +537,12 @@ impl Probes {
     /// Loads the empty benchmark programs ([`FLOOR_ENTRY_PROGRAM`], [`FLOOR_EXIT_PROGRAM`]),
     /// unless they already are.
     pub fn load_floor_programs(&mut self) -> Result<(), LoadError> {
-        for name in [FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM] {
-            load_uprobe(&mut self.ebpf, name)?;
-        }
-        Ok(())
+        self.load_uprobes(&[FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM])
+    }
+
+    /// Unloads the empty benchmark programs (once their links are gone).
+    pub fn unload_floor_programs(&mut self) {
+        self.unload_uprobes(&[FLOOR_ENTRY_PROGRAM, FLOOR_EXIT_PROGRAM]);
     }
 
     /// Moves any pending BPF log lines to the log.
@@ -467,11 +550,6 @@ impl Probes {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-    }
-
-    /// A loaded uprobe program by name.
-    pub(crate) fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
-        self.ebpf.program_mut(name)?.try_into().ok()
     }
 }
 
@@ -647,6 +725,19 @@ pub fn check_capabilities() -> Result<(), LoadError> {
             missing: missing.join("; "),
         })
     }
+}
+
+/// Refuses to go on with perf_event uprobes (`why`: why not uprobe_multi links) without
+/// CAP_SYS_ADMIN, naming it: every attach would fail with EACCES.
+fn check_sys_admin_for_perf_event_uprobes(why: &str) -> Result<(), LoadError> {
+    let effective = effective_capabilities(Path::new("/proc/self/status")).unwrap_or(u64::MAX);
+    let (bit, name, needed_for) = SYS_ADMIN_FOR_PERF_EVENT_UPROBES;
+    if effective & (1 << bit) != 0 {
+        return Ok(());
+    }
+    Err(LoadError::MissingCapabilities {
+        missing: format!("{name} (for {needed_for}; uprobe_multi is unavailable here: {why})"),
+    })
 }
 
 /// The `CapEff` mask of a /proc status file; `None` when it cannot be read.

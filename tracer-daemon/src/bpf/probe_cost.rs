@@ -101,26 +101,23 @@ impl super::Probes {
     /// process, calls timed with and without it (the better of three rounds each). Loads the
     /// benchmark's empty program for it and unloads it after. `None`, logged, when it cannot.
     pub fn calibrate_trap_ns(&mut self) -> Option<f64> {
-        use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
         let measure = |probes: &mut Self| -> Result<f64, String> {
             probes.load_floor_programs().map_err(|e| e.to_string())?;
             let (binary, offset) =
                 target_offset().ok_or("the calibration function is in no file mapping")?;
-            let pid = std::num::NonZeroU32::new(std::process::id()).ok_or("pid 0")?;
-            let program = probes
-                .uprobe(super::FLOOR_ENTRY_PROGRAM)
-                .ok_or("no empty program in the object")?;
             let plain = (0..3).map(|_| time_calls(CALIBRATION_CALLS)).min();
-            let link = program
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
+            let link = probes
+                .attach_uprobe(
+                    super::FLOOR_ENTRY_PROGRAM,
                     &binary,
-                    UProbeScope::OneProcess(pid),
+                    offset,
+                    std::process::id(),
+                    super::uprobe_multi::Placement::Entry,
                 )
                 .map_err(|e| e.to_string())?;
             let probed = (0..3).map(|_| time_calls(CALIBRATION_CALLS)).min();
-            program.detach(link).map_err(|e| e.to_string())?;
-            let _ = program.unload();
+            drop(link);
+            probes.unload_floor_programs();
             let (Some(plain), Some(probed)) = (plain, probed) else {
                 return Err("no rounds".into());
             };

@@ -7,10 +7,7 @@
 //! then ([`RUN_TIME_WINDOW`] every [`RUN_TIME_EVERY`], only while it traces something), reads
 //! each program's counters from its fdinfo before and after, and closes the descriptor.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    time::Duration,
-};
+use std::{os::fd::OwnedFd, time::Duration};
 
 use crate::attach::ALLOCATOR_FUNCTIONS;
 
@@ -96,12 +93,7 @@ impl super::Probes {
                     continue;
                 }
                 seen.push(name);
-                let Some(runs) = self
-                    .ebpf
-                    .program(name)
-                    .and_then(|p| p.fd().ok())
-                    .and_then(|fd| read_fdinfo(fd.as_fd().as_raw_fd()))
-                else {
+                let Some(runs) = self.uprobe_fd(name).and_then(read_fdinfo) else {
                     continue;
                 };
                 let kind = if Some(name) == function.exit {

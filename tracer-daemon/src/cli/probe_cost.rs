@@ -2,13 +2,15 @@
 //! the empty program at offset 0 of every function of a binary whose name has a prefix, for
 //! one process, and waits. The bench measures what a uprobe costs on each instruction kind.
 
-use std::{num::NonZeroU32, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use clap::Args;
 
-use crate::bpf::{FLOOR_ENTRY_PROGRAM, MapSizes, Probes};
+use crate::bpf::{
+    FLOOR_ENTRY_PROGRAM, LoadOptions, MapSizes, Probes, uprobe_multi::Placement,
+    uprobes::UprobeLinks,
+};
 
 /// Arguments of `probe-cost`.
 #[derive(Debug, Args)]
@@ -26,29 +28,37 @@ pub struct ProbeCostArgs {
 
 /// Runs `probe-cost` until Ctrl-C.
 pub async fn run(args: ProbeCostArgs) -> anyhow::Result<()> {
-    let mut probes = Probes::load(&MapSizes::default(), 0, false, false, 1)?;
+    let mut probes = Probes::load(
+        &MapSizes::default(),
+        &LoadOptions {
+            sample_bytes: 0,
+            sessions: false,
+            uprobe_links: UprobeLinks::Auto,
+            fault_profile: false,
+            fault_sample_pages: 1,
+        },
+    )?;
     probes.load_floor_programs()?;
     let data = std::fs::read(&args.binary)
         .with_context(|| format!("cannot read {}", args.binary.display()))?;
     let functions = crate::attach::defined_functions(&data).context("not an ELF file")?;
-    let pid = NonZeroU32::new(args.pid).context("pid 0")?;
-    let program = probes
-        .uprobe(FLOOR_ENTRY_PROGRAM)
-        .context("no empty program in the object")?;
-    let mut attached = 0;
+    let mut links = Vec::new();
     for (name, offset) in &functions {
         if !name.starts_with(&args.symbol_prefix) {
             continue;
         }
-        let _link = program
-            .attach(
-                UProbeAttachLocation::AbsoluteOffset(*offset),
+        let link = probes
+            .attach_uprobe(
+                FLOOR_ENTRY_PROGRAM,
                 &args.binary,
-                UProbeScope::OneProcess(pid),
+                *offset,
+                args.pid,
+                Placement::Entry,
             )
             .with_context(|| format!("cannot probe {name}"))?;
-        attached += 1;
+        links.push(link);
     }
+    let attached = links.len();
     tracing::info!(attached, "attached; probing until interrupted");
     tokio::signal::ctrl_c().await?;
     Ok(())

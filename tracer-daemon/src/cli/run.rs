@@ -151,6 +151,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = crate::cli::trace::Sessions::Auto)]
     pub uprobe_sessions: crate::cli::trace::Sessions,
 
+    /// How allocator probes are attached: uprobe_multi links where the kernel has them (auto;
+    /// Linux 6.6+, no CAP_SYS_ADMIN needed), or classic perf_event uprobes (perf-event; needs
+    /// CAP_SYS_ADMIN, what kernels before 6.6 use).
+    #[arg(long, value_enum, default_value_t = crate::bpf::uprobes::UprobeLinks::Auto)]
+    pub uprobe_links: crate::bpf::uprobes::UprobeLinks,
+
     /// The growth profile records one new page in N, chosen by a hash of its address with a
     /// random key, and weights it by N (its bytes become estimates); a power of two, 1 records
     /// every page exactly.
@@ -361,6 +367,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             placement: args.probe_placement,
             sample_bytes: args.sample_bytes,
             sessions: args.uprobe_sessions == crate::cli::trace::Sessions::Auto,
+            uprobe_links: args.uprobe_links,
             fault_profile: true,
             fault_sample_pages: args.growth_sample_pages,
         },

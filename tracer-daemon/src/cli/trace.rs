@@ -68,6 +68,12 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Sessions::Auto)]
     pub uprobe_sessions: Sessions,
 
+    /// How allocator probes are attached: uprobe_multi links where the kernel has them (auto;
+    /// Linux 6.6+, no CAP_SYS_ADMIN needed), or classic perf_event uprobes (perf-event; needs
+    /// CAP_SYS_ADMIN, what kernels before 6.6 use).
+    #[arg(long, value_enum, default_value_t = crate::bpf::uprobes::UprobeLinks::Auto)]
+    pub uprobe_links: crate::bpf::uprobes::UprobeLinks,
+
     /// Show every frame of a stack in text reports (by default the C library's frames below
     /// `main` or a thread's start are folded).
     #[arg(long)]
@@ -140,6 +146,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         placement: args.probe_placement,
         sample_bytes: args.sample_bytes,
         sessions: args.uprobe_sessions == Sessions::Auto,
+        uprobe_links: args.uprobe_links,
         // Tracing given pids needs no page-fault profile.
         fault_profile: false,
         fault_sample_pages: 1,

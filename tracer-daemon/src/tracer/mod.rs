@@ -20,8 +20,9 @@ use crate::{
         self, AttachError, Attachment, ProgramSet, closer::LinkCloser, placement::PlacementMode,
     },
     bpf::{
-        MapSizes,
+        LoadOptions, MapSizes,
         kernel::{Kernel, KernelError, LoadedKernel},
+        uprobes::UprobeLinks,
     },
     collect::{ages::OldestByStack, mappings::MappingTracker, oom::OomKill, scanner::Scanner},
     discover::{
@@ -99,6 +100,8 @@ pub struct TracerConfig {
     pub sample_bytes: u64,
     /// Use uprobe sessions where the kernel has them.
     pub sessions: bool,
+    /// How allocator probes are attached (uprobe_multi links where the kernel has them).
+    pub uprobe_links: UprobeLinks,
     /// Load the page-fault growth profile's programs (the agent watches pods with them).
     pub fault_profile: bool,
     /// The growth profile records one new page in this many (a power of two; 1 records every
@@ -113,6 +116,7 @@ impl Default for TracerConfig {
             placement: PlacementMode::default(),
             sample_bytes: 0,
             sessions: true,
+            uprobe_links: UprobeLinks::Auto,
             fault_profile: true,
             fault_sample_pages: crate::bpf::DEFAULT_FAULT_SAMPLE_PAGES,
         }
@@ -233,10 +237,13 @@ impl Tracer {
     pub fn new(config: &TracerConfig) -> Result<Self, TracerError> {
         let kernel = LoadedKernel::load(
             &config.sizes,
-            config.sample_bytes.min(MAX_SAMPLE_BYTES),
-            config.sessions,
-            config.fault_profile,
-            config.fault_sample_pages,
+            &LoadOptions {
+                sample_bytes: config.sample_bytes.min(MAX_SAMPLE_BYTES),
+                sessions: config.sessions,
+                uprobe_links: config.uprobe_links,
+                fault_profile: config.fault_profile,
+                fault_sample_pages: config.fault_sample_pages,
+            },
         )?;
         Ok(Self::with_kernel(Box::new(kernel), config))
     }

@@ -138,7 +138,12 @@ pub(crate) fn tracer_container(daemonset: &DaemonSet) -> &Container {
 /// The capabilities the installed agent adds (after dropping all): what the least-privilege
 /// test runs the daemon with.
 pub(crate) fn capabilities() -> Vec<String> {
-    let daemonset = daemonset(&render(INSTALL));
+    capabilities_of(INSTALL)
+}
+
+/// The capabilities the agent adds as the kustomization in `dir` renders it.
+pub(crate) fn capabilities_of(dir: &str) -> Vec<String> {
+    let daemonset = daemonset(&render(dir));
     tracer_container(&daemonset)
         .security_context
         .as_ref()

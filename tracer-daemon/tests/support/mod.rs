@@ -53,8 +53,7 @@ pub(crate) fn workload(name: &str) -> PathBuf {
 
 /// Like [`workload`] with extra compiler flags (the binary's name carries them).
 pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
-    static BUILD_LOCK: Mutex<()> = Mutex::new(());
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).expect("create workload dir");
@@ -63,6 +62,9 @@ pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
         .map(|f| f.replace(['-', '=', '/'], "_"))
         .collect();
     let out = out_dir.join(format!("{name}{suffix}"));
+    if built.contains(&out) {
+        return out;
+    }
     let src = src_dir.join(format!("{name}.c"));
     let tmp = out_dir.join(format!(".{name}{suffix}.{}", std::process::id()));
     let status = Command::new("gcc")
@@ -83,8 +85,15 @@ pub(crate) fn workload_with(name: &str, extra_flags: &[&str]) -> PathBuf {
         .expect("run gcc");
     assert!(status.success(), "gcc failed on {}", src.display());
     std::fs::rename(&tmp, &out).expect("install workload");
+    let _ = built.insert(out.clone());
     out
 }
+
+/// Workloads this test binary has built: each is built once, so a test never replaces the
+/// executable another test's process is running (its mappings would then name a deleted file,
+/// which an agent without CAP_SYS_ADMIN cannot open through /proc/PID/map_files to symbolize).
+static BUILT: Mutex<std::collections::BTreeSet<PathBuf>> =
+    Mutex::new(std::collections::BTreeSet::new());
 
 /// How a workload is built beyond [`workload`]'s defaults: another compiler (g++, musl-gcc),
 /// flags that replace the frame-pointer defaults, libraries linked after the source.
@@ -103,12 +112,14 @@ pub(crate) struct Build<'a> {
 
 /// Builds a workload as described (once per test binary and name).
 pub(crate) fn build_workload(build: &Build<'_>) -> PathBuf {
-    static BUILD_LOCK: Mutex<()> = Mutex::new(());
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&out_dir).expect("create workload dir");
     let out = out_dir.join(build.output);
+    if built.contains(&out) {
+        return out;
+    }
     let src = src_dir.join(build.source);
     let tmp = out_dir.join(format!(".{}.{}", build.output, std::process::id()));
     let output = Command::new(build.compiler)
@@ -135,6 +146,7 @@ pub(crate) fn build_workload(build: &Build<'_>) -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     std::fs::rename(&tmp, &out).expect("install workload");
+    let _ = built.insert(out.clone());
     out
 }
 

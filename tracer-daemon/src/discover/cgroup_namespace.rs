@@ -8,6 +8,8 @@
 
 use std::{fs::File, io, os::fd::AsRawFd as _, path::Path};
 
+pub use tracer_parse::cgroup_namespace::*;
+
 /// What joining did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Joined {

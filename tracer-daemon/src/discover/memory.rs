@@ -25,8 +25,9 @@ pub fn read_memory(dir: &Path, version: CgroupVersion) -> Result<MemoryFigures, 
     })
 }
 
-/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`; what cannot be read is
-/// left out with a warning.
+/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`, and finds this agent's
+/// cgroup namespace root in each mount (see [`super::cgroup_namespace`]); what cannot be read
+/// is left out with a warning.
 pub fn read_cgroup_mounts() -> CgroupMounts {
     let mut mounts = match fs::read_to_string("/proc/self/mountinfo") {
         Ok(content) => parse_mountinfo(&content),
@@ -44,6 +45,7 @@ pub fn read_cgroup_mounts() -> CgroupMounts {
             }
         }
     }
+    super::cgroup_namespace::locate_namespace_roots(&mut mounts);
     mounts
 }
 

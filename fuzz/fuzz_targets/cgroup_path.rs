@@ -5,6 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tracer_parse::cgroup::{self, PodCgroup, QosClass, Runtime};
+use tracer_parse::cgroup_namespace::{self, NamespaceRoots};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -12,6 +13,17 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Some(pod) = cgroup::parse_cgroup_path(text) {
         check_pod(&pod);
+    }
+    // Namespace-relative paths resolve to paths below the root, never climbing.
+    let (root, relative) = text.split_once(' ').unwrap_or(("/", text));
+    if let Some(path) = cgroup_namespace::resolve_cgroup_path(root, relative) {
+        assert!(
+            path.starts_with('/') && path.split('/').all(|part| part != ".." && part != "."),
+            "{root:?} + {relative:?} gave {path:?}"
+        );
+    }
+    if let Some(levels) = cgroup_namespace::levels_above_namespace_root(text) {
+        assert_eq!(text.matches("..").count(), levels, "{text:?}");
     }
     match cgroup::parse_proc_cgroup(text) {
         Ok(lines) => {
@@ -25,21 +37,26 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
             }
-            let cgroups = cgroup::process_cgroups(text)
+            let cgroups = cgroup::process_cgroups(text, &NamespaceRoots::HOST)
                 .expect("process_cgroups accepts what parse_proc_cgroup accepts");
             let unified = lines.iter().find(|line| line.hierarchy_id == 0);
-            assert_eq!(cgroups.unified, unified.map(|line| line.path.clone()));
+            let resolved = |path: &str| cgroup_namespace::resolve_cgroup_path("/", path);
+            assert_eq!(cgroups.unified, unified.and_then(|line| resolved(&line.path)));
             if let Some(pod) = &cgroups.pod {
                 check_pod(pod);
-                let from_a_line = lines
-                    .iter()
-                    .any(|line| cgroup::parse_cgroup_path(&line.path).as_ref() == Some(pod));
+                let from_a_line = lines.iter().any(|line| {
+                    let resolved = resolved(&line.path);
+                    [Some(line.path.as_str()), resolved.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|path| cgroup::parse_cgroup_path(path).as_ref() == Some(pod))
+                });
                 assert!(from_a_line, "pod {pod:?} comes from no line");
             }
         }
         Err(error) => {
             assert!(
-                cgroup::process_cgroups(text).is_err(),
+                cgroup::process_cgroups(text, &NamespaceRoots::HOST).is_err(),
                 "process_cgroups accepts what parse_proc_cgroup rejects: {error}"
             );
         }

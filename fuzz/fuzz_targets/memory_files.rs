@@ -7,7 +7,7 @@
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use tracer_parse::memory::{self, CgroupMounts, CgroupVersion};
+use tracer_parse::memory::{self, CgroupMount, CgroupMounts, CgroupVersion};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -53,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
         }
         let (unified, memory_v1) = line.split_once(' ').unwrap_or((line, line));
         let fixed = CgroupMounts {
-            unified: Some(cgroup_root.join("unified")),
-            memory_v1: Some(cgroup_root.join("memory")),
+            unified: Some(CgroupMount::at_namespace_root(cgroup_root.join("unified"))),
+            memory_v1: Some(CgroupMount::at_namespace_root(cgroup_root.join("memory"))),
             unified_has_memory: true,
         };
         for mounts in [&mounts, &fixed] {
@@ -64,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
                 let mount = [&mounts.memory_v1, &mounts.unified]
                     .into_iter()
                     .flatten()
+                    .map(|mount| &mount.path)
                     .find(|mount| directory.starts_with(mount))
                     .unwrap_or_else(|| panic!("{directory:?} is below no mount of {mounts:?}"));
                 assert_inside(&directory, mount, line);

@@ -9,12 +9,6 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     keep_large_buffers_returnable();
     let cli = Cli::parse();
-    // Before any thread exists: threads inherit the namespace of the thread that creates them.
-    // Only the node agent reads pods' cgroups; `trace --pid` does not need the host's view.
-    let cgroup_namespace = match cli.command {
-        Command::Run(_) => Some(tracer_daemon::discover::cgroup_namespace::join_host()),
-        Command::Trace(_) | Command::ProbeCost(_) => None,
-    };
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal; a DaemonSet's log collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -24,18 +18,6 @@ fn main() -> ExitCode {
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(ansi).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
-    }
-
-    match cgroup_namespace {
-        Some(Ok(tracer_daemon::discover::cgroup_namespace::Joined::Joined)) => {
-            tracing::info!("joined the host's cgroup namespace: cgroup paths read as the host's");
-        }
-        Some(Err(error)) => tracing::warn!(
-            %error,
-            "cannot join the host's cgroup namespace (needs hostPID and CAP_SYS_ADMIN); cgroup \
-             paths are read relative to this process's own cgroup"
-        ),
-        _ => {}
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -83,12 +83,6 @@ fn the_image_runs_as_the_daemonset_says_and_reports_a_host_pods_leak_on_a_host_s
     pod.place(leaker.pid, "app");
 
     let mut args = docker_run_options(pod_spec, agent, &rendered, &host_paths, &dir("configs"));
-    // This sandbox's PID 1 hides its namespaces even from root; the daemon's documented override
-    // names a process in the host's namespaces instead (a real node's PID 1 needs none).
-    args.extend([
-        "--env".to_owned(),
-        format!("TRACER_HOST_PID={}", std::process::id()),
-    ]);
     args.push(image_name.clone());
     args.extend(agent.args.clone().unwrap_or_default());
     // The test's selection and pace; everything else is the DaemonSet's.

@@ -624,17 +624,20 @@ fn containers_started_after_the_agent_are_followed_up_to_the_process_cap() {
 #[test]
 fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does() {
     // containerd gives every pod its own cgroup namespace on cgroup v2: the agent's view of
-    // /proc/PID/cgroup and of its cgroup mounts is then relative to its own cgroup
-    // ("/../kubepods..."). Here the agent starts in a fresh cgroup namespace rooted at a
-    // sub-cgroup of each hierarchy, as in such a pod; it must still find the pod's memory
-    // limit (it joins the host's namespace at startup).
+    // /proc/PID/cgroup and of its cgroup mounts is then relative to its own cgroup. Here the
+    // agent starts in a fresh cgroup namespace rooted, in each hierarchy, at a container cgroup
+    // of its own two levels below kubepods/burstable, as in such a pod. The pod under test, a
+    // cgroupfs-driver pod beside it, then reads as /../../pod<uid>/<id>: neither its directory
+    // nor even that it is a pod (kubepods/burstable is not in that path) is known until the
+    // path is resolved against the place of the agent's namespace root, which the agent must
+    // find without leaving its namespace (joining the host's takes CAP_SYS_ADMIN).
     require_root();
     let root = temp_root("cgroupns");
     let namespace = format!("cgroupns-{}", std::process::id());
     let pod = FakePod::create(
         &namespace,
         "limited-0",
-        Driver::Systemd,
+        Driver::Cgroupfs,
         "burstable",
         &["app"],
         &root.join("pods"),
@@ -644,42 +647,44 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
     let mut workload = Workload::start(&workload("one_leak_site"), &[]);
     pod.place(workload.pid, "app");
 
-    // The agent's own cgroup, one per hierarchy, as a pod's container would have.
-    let own: Vec<PathBuf> = Mounts::read()
-        .roots()
-        .into_iter()
-        .map(|r| r.join(format!("tracer-agent-{}", std::process::id())))
-        .collect();
+    // The agent's own pod and container cgroups, one per hierarchy, beside the pod's.
+    let agent_pod = format!("kubepods/burstable/tracer-agent-{}", std::process::id());
+    let roots = Mounts::read().roots();
+    let own = AgentCgroups(
+        (roots.iter())
+            .map(|r| r.join(&agent_pod).join("agent"))
+            .collect(),
+    );
     let script = format!(
         "for d in {}; do mkdir -p \"$d\" && echo $$ > \"$d/cgroup.procs\" || exit 1; done; \
          exec unshare --cgroup \"$0\" \"$@\"",
-        own.iter()
+        (own.0.iter())
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(" ")
     );
-    // PID 1 of this sandbox may not be inspected; this test process stands for the host.
-    let host_pid = format!("TRACER_HOST_PID={}", std::process::id());
     let agent = Agent::start_with(
         &root,
         Launch {
-            wrapper: vec!["env".into(), host_pid, "sh".into(), "-c".into(), script],
+            wrapper: vec!["sh".into(), "-c".into(), script],
             ..Launch::default()
         },
         &["--namespace", &namespace],
     );
-    // It started in a namespace of its own (the log says it joined ours only then) and in its
-    // own cgroup.
+    // It runs in its own cgroup and its own cgroup namespace, and says where it found that
+    // namespace's root in each hierarchy.
     let agent_cgroup =
         std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("agent cgroup");
-    assert!(agent_cgroup.contains("tracer-agent-"), "{agent_cgroup}");
-    assert!(
-        agent
-            .stderr()
-            .contains("joined the host's cgroup namespace"),
-        "{}",
-        agent.stderr()
-    );
+    assert!(agent_cgroup.contains(&agent_pod), "{agent_cgroup}");
+    assert_own_cgroup_namespace(agent.pid());
+    for dir in &own.0 {
+        let resolved = format!(
+            "cgroup paths resolved against this agent's cgroup namespace root {} (private \
+             cgroup namespace)",
+            dir.display()
+        );
+        assert!(agent.stderr().contains(&resolved), "{}", agent.stderr());
+    }
 
     agent.wait_traced(&[workload.pid]);
     let _ = workload.run_to_done();
@@ -694,9 +699,40 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
         192u64 << 20,
         "{report:#}"
     );
-    drop(agent);
-    for dir in own {
-        let _ = std::fs::remove_dir(dir);
+    assert_own_cgroup_namespace(agent.pid());
+}
+
+/// The agent's own container cgroups (one per hierarchy), removed with their parent on drop,
+/// once the agent has left them.
+struct AgentCgroups(Vec<PathBuf>);
+
+impl Drop for AgentCgroups {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in
+            (self.0.iter()).flat_map(|d| [Some(d.as_path()), d.parent()].into_iter().flatten())
+        {
+            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Every thread of `pid` is in another cgroup namespace than this test's (the host's here).
+fn assert_own_cgroup_namespace(pid: u32) {
+    let ours = std::fs::read_link("/proc/self/ns/cgroup").expect("our cgroup namespace");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
+    for task in tasks.flatten() {
+        let Ok(theirs) = std::fs::read_link(task.path().join("ns/cgroup")) else {
+            continue;
+        };
+        assert_ne!(
+            theirs,
+            ours,
+            "thread {} of the agent joined this test's cgroup namespace",
+            task.file_name().to_string_lossy()
+        );
     }
 }
 

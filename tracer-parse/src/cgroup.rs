@@ -5,6 +5,8 @@
 
 use std::num::ParseIntError;
 
+use crate::cgroup_namespace::{NamespaceRoots, resolve_cgroup_path};
+
 /// Why the content of /proc/PID/cgroup could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -222,9 +224,10 @@ pub fn parse_proc_cgroup(content: &str) -> Result<Vec<CgroupLine>, CgroupError> 
 /// The cgroup paths of a process that matter to the tracer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessCgroups {
-    /// Path in the unified (v2) hierarchy: the `0::` line's, if the kernel printed one.
+    /// Path in the unified (v2) hierarchy, below its mount's root: the `0::` line's, if the
+    /// kernel printed one and it resolves (see [`process_cgroups`]).
     pub unified: Option<String>,
-    /// Path in the v1 hierarchy whose controllers include `memory`.
+    /// Path in the v1 hierarchy whose controllers include `memory`, below its mount's root.
     pub memory_v1: Option<String>,
     /// The pod, from the first line that parses as one: unified first, then memory, then
     /// `name=systemd`, then any other line in file order. On hybrid hosts the unified path is
@@ -233,20 +236,37 @@ pub struct ProcessCgroups {
 }
 
 /// Reads the paths that matter out of /proc/PID/cgroup content. Empty content gives all `None`.
-pub fn process_cgroups(content: &str) -> Result<ProcessCgroups, CgroupError> {
+///
+/// The file's paths are relative to the reader's cgroup namespace root; the unified and memory
+/// paths are resolved against that root's place in each hierarchy (`roots`, see
+/// [`crate::cgroup_namespace`]) into paths below the mounts' roots, and are `None` where that
+/// place is not known or the path climbs above the mount. The pod is read from the resolved
+/// paths first: a cgroupfs-driver pod beside the reader's own (`/../../pod<uid>/<id>`) names
+/// its QoS and `kubepods` ancestors only once resolved.
+pub fn process_cgroups(
+    content: &str,
+    roots: &NamespaceRoots<'_>,
+) -> Result<ProcessCgroups, CgroupError> {
     let lines = parse_proc_cgroup(content)?;
     let unified_line = lines.iter().find(|line| line.hierarchy_id == 0);
     let memory_line = lines.iter().find(|line| is_v1_with(line, "memory"));
     let systemd_line = lines.iter().find(|line| is_v1_with(line, "name=systemd"));
-    let pod = unified_line
-        .into_iter()
-        .chain(memory_line)
-        .chain(systemd_line)
-        .chain(lines.iter())
-        .find_map(|line| parse_cgroup_path(&line.path));
+    let resolve =
+        |root: Option<&str>, line: Option<&CgroupLine>| resolve_cgroup_path(root?, &line?.path);
+    let unified = resolve(roots.unified, unified_line);
+    let memory_v1 = resolve(roots.memory_v1, memory_line);
+    let pod = (unified.iter().chain(memory_v1.iter()).map(String::as_str))
+        .chain(
+            (unified_line.into_iter())
+                .chain(memory_line)
+                .chain(systemd_line)
+                .chain(lines.iter())
+                .map(|line| line.path.as_str()),
+        )
+        .find_map(parse_cgroup_path);
     Ok(ProcessCgroups {
-        unified: unified_line.map(|line| line.path.clone()),
-        memory_v1: memory_line.map(|line| line.path.clone()),
+        unified,
+        memory_v1,
         pod,
     })
 }
@@ -342,6 +362,8 @@ fn parse_container_component(component: &str) -> Option<(Runtime, String)> {
 mod tests {
     use super::*;
 
+    const HOST: NamespaceRoots<'static> = NamespaceRoots::HOST;
+
     /// Checks every line of a path table (format in the fixtures' headers), naming the failing
     /// line; a line with a path alone expects `None`.
     #[track_caller]
@@ -434,7 +456,7 @@ mod tests {
     #[test]
     fn v2_only_proc_cgroup_gives_unified_path_and_pod() {
         let content = include_str!("fixtures/proc_cgroup_v2_systemd_containerd.txt");
-        let cgroups = process_cgroups(content).expect("v2 fixture parses");
+        let cgroups = process_cgroups(content, &HOST).expect("v2 fixture parses");
         let unified = cgroups.unified.expect("v2 fixture has a 0:: line");
         assert!(
             unified.starts_with("/kubepods.slice/"),
@@ -466,7 +488,7 @@ mod tests {
             ["cpu", "cpuacct"],
             "co-mounted controllers are split on commas"
         );
-        let cgroups = process_cgroups(content).expect("v1 fixture parses");
+        let cgroups = process_cgroups(content, &HOST).expect("v1 fixture parses");
         assert_eq!(cgroups.unified, None, "no 0:: line on a v1-only host");
         let memory_path = cgroups.memory_v1.expect("v1 fixture has a memory line");
         assert!(
@@ -484,7 +506,7 @@ mod tests {
     #[test]
     fn hybrid_proc_cgroup_falls_back_to_memory_line_when_unified_is_the_runtime_service() {
         let content = include_str!("fixtures/proc_cgroup_hybrid_cgroupfs.txt");
-        let cgroups = process_cgroups(content).expect("hybrid fixture parses");
+        let cgroups = process_cgroups(content, &HOST).expect("hybrid fixture parses");
         assert_eq!(
             cgroups.unified.as_deref(),
             Some("/reserved.slice/containerd.service")
@@ -501,7 +523,7 @@ mod tests {
     #[test]
     fn hybrid_systemd_proc_cgroup_gives_the_same_pod_on_every_line() {
         let content = include_str!("fixtures/proc_cgroup_hybrid_systemd_crio.txt");
-        let cgroups = process_cgroups(content).expect("hybrid fixture parses");
+        let cgroups = process_cgroups(content, &HOST).expect("hybrid fixture parses");
         assert_eq!(
             cgroups.unified, cgroups.memory_v1,
             "unified and memory paths agree"
@@ -516,7 +538,7 @@ mod tests {
     #[test]
     fn host_processes_have_cgroups_but_no_pod() {
         let content = include_str!("fixtures/proc_cgroup_v1_host_service.txt");
-        let service = process_cgroups(content).expect("service fixture parses");
+        let service = process_cgroups(content, &HOST).expect("service fixture parses");
         assert_eq!(
             service.memory_v1.as_deref(),
             Some("/system.slice/ssh.service")
@@ -528,7 +550,7 @@ mod tests {
         assert_eq!(service.pod, None, "sshd is not in a pod");
         // A sandbox's own process: hybrid, memory bound to v1 in a non-pod cgroup, v2 at the root.
         let content = include_str!("fixtures/proc_cgroup_hybrid_sandbox.txt");
-        let sandbox = process_cgroups(content).expect("sandbox fixture parses");
+        let sandbox = process_cgroups(content, &HOST).expect("sandbox fixture parses");
         assert_eq!(sandbox.unified.as_deref(), Some("/"));
         assert!(
             sandbox.memory_v1.is_some(),
@@ -539,19 +561,19 @@ mod tests {
 
     #[test]
     fn cut_or_garbage_proc_cgroup_files_fail_at_their_line_and_a_cut_path_is_no_pod() {
-        let error = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v1.txt"))
+        let error = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v1.txt"), &HOST)
             .expect_err("a v1 file cut mid-line");
         assert!(
             matches!(error, CgroupError::MissingSeparator { line_number: 6, .. }),
             "got {error:?}"
         );
-        let error = process_cgroups(include_str!("fixtures/proc_cgroup_garbage.txt"))
+        let error = process_cgroups(include_str!("fixtures/proc_cgroup_garbage.txt"), &HOST)
             .expect_err("/proc/PID/status is no cgroup file");
         assert!(
             matches!(error, CgroupError::MissingSeparator { line_number: 1, .. }),
             "got {error:?}"
         );
-        let cut = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v2.txt"))
+        let cut = process_cgroups(include_str!("fixtures/proc_cgroup_truncated_v2.txt"), &HOST)
             .expect("a v2 path cut short is still a path");
         assert!(
             cut.unified.is_some() && cut.pod.is_none(),
@@ -559,7 +581,7 @@ mod tests {
         );
         // Cgroup names are any bytes; the daemon reads them lossily, and the ids are ASCII.
         let nested = include_bytes!("fixtures/proc_cgroup_v2_nested_non_utf8.txt");
-        let pod = process_cgroups(&String::from_utf8_lossy(nested))
+        let pod = process_cgroups(&String::from_utf8_lossy(nested), &HOST)
             .expect("a lossy non-UTF-8 name parses")
             .pod
             .expect("a cgroup below a container's is that container's");
@@ -574,14 +596,14 @@ mod tests {
         let guaranteed = "/kubepods/poda38c12e8-255a-11e9-8cd9-0007cb0b2cc8";
         let besteffort = "/kubepods/besteffort/pod0d08203e-255a-11e9-8cd9-0007cb0b2cc8";
         let content = format!("3:cpu:{guaranteed}\n2:memory:/\n1:name=systemd:{besteffort}\n");
-        let pod = process_cgroups(&content)
+        let pod = process_cgroups(&content, &HOST)
             .expect("parses")
             .pod
             .expect("a line names a pod");
         assert_eq!(pod.qos, QosClass::BestEffort, "name=systemd wins over cpu");
         let content =
             format!("3:cpu:{guaranteed}\n2:memory:{besteffort}\n1:name=systemd:{guaranteed}\n");
-        let pod = process_cgroups(&content)
+        let pod = process_cgroups(&content, &HOST)
             .expect("parses")
             .pod
             .expect("a line names a pod");
@@ -591,7 +613,7 @@ mod tests {
             "memory wins over name=systemd"
         );
         let content = format!("3:cpu:{guaranteed}\n2:memory:/\n1:name=systemd:/\n");
-        let pod = process_cgroups(&content)
+        let pod = process_cgroups(&content, &HOST)
             .expect("parses")
             .pod
             .expect("the cpu line names a pod");
@@ -622,7 +644,7 @@ mod tests {
             (lines[1].path.as_str(), lines[1].deleted),
             (deleted_path, true)
         );
-        let cgroups = process_cgroups(&content).expect("parses");
+        let cgroups = process_cgroups(&content, &HOST).expect("parses");
         assert_eq!(
             cgroups.pod.map(|pod| pod.runtime),
             Some(Runtime::Containerd)
@@ -630,13 +652,63 @@ mod tests {
     }
 
     #[test]
+    fn paths_from_a_private_cgroup_namespace_resolve_against_its_roots_place() {
+        // Read by an agent whose namespace roots are its own container's cgroups,
+        // /kubepods/burstable/pod<agent>/<id> in each v1 hierarchy: the pod beside it shows
+        // as /../../pod<uid>/<id>, without the kubepods and QoS ancestors that name it a pod.
+        let content = include_str!("fixtures/proc_cgroup_v1_cgroupfs_private_namespace.txt");
+        let agent = "/kubepods/burstable/pod0c1d0a4e-5b1e-4c2a-9d3e-7f1a2b3c4d5e/aaaa";
+        let roots = NamespaceRoots {
+            unified: None,
+            memory_v1: Some(agent),
+        };
+        let cgroups = process_cgroups(content, &roots).expect("parses");
+        let expected = "/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/17db96a24ae1e9dd57143e62b1cb0d2d35e693c65c774c7470e87b0572e07c1a";
+        assert_eq!(cgroups.memory_v1.as_deref(), Some(expected));
+        let pod = cgroups.pod.expect("the resolved memory path names the pod");
+        assert_eq!(
+            (pod.pod_uid.as_str(), pod.qos),
+            ("6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e", QosClass::Burstable)
+        );
+        let unresolved = process_cgroups(content, &NamespaceRoots::default()).expect("parses");
+        assert_eq!(
+            unresolved,
+            ProcessCgroups::default(),
+            "without the roots' places, no path and no pod"
+        );
+
+        // v2, systemd driver: the agent in a burstable pod, the pod read in besteffort.
+        let content = include_str!("fixtures/proc_cgroup_v2_private_namespace.txt");
+        let agent = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c1d0a4e_5b1e_4c2a_9d3e_7f1a2b3c4d5e.slice/cri-containerd-aaaa.scope";
+        let roots = NamespaceRoots {
+            unified: Some(agent),
+            memory_v1: None,
+        };
+        let cgroups = process_cgroups(content, &roots).expect("parses");
+        let unified = cgroups.unified.expect("resolves");
+        assert!(
+            unified.starts_with(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod03f3f104_"
+            ),
+            "{unified}"
+        );
+        assert_eq!(cgroups.pod, parse_cgroup_path(&unified));
+        let outside = process_cgroups(content, &HOST).expect("parses");
+        assert_eq!(outside.unified, None, "above the mount's root");
+        assert_eq!(
+            outside.pod, cgroups.pod,
+            "systemd slice names still name the pod unresolved"
+        );
+    }
+
+    #[test]
     fn empty_proc_cgroup_gives_nothing_without_error() {
         assert_eq!(
-            process_cgroups("").expect("empty content is fine"),
+            process_cgroups("", &HOST).expect("empty content is fine"),
             ProcessCgroups::default()
         );
         assert_eq!(
-            process_cgroups("\n\n").expect("blank lines are fine"),
+            process_cgroups("\n\n", &HOST).expect("blank lines are fine"),
             ProcessCgroups::default()
         );
     }
@@ -674,7 +746,7 @@ mod tests {
             "got {error:?}"
         );
         assert!(
-            process_cgroups("garbage").is_err(),
+            process_cgroups("garbage", &HOST).is_err(),
             "process_cgroups reports the same errors"
         );
     }

@@ -8,6 +8,7 @@
 //! Real-format inputs live in `src/fixtures/`.
 
 pub mod cgroup;
+pub mod cgroup_namespace;
 pub mod config;
 pub mod kubelet_logs;
 pub mod listen;

@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Component, Path, PathBuf};
 
+use crate::cgroup_namespace::{NamespaceRoots, levels_above_namespace_root};
+
 /// v1 limits at or above this mean "unlimited": the kernel reports its page-counter maximum
 /// (9223372036854771712 with 4 KiB pages), and no real limit comes near 4 EiB.
 const V1_UNLIMITED_THRESHOLD_BYTES: u64 = 1 << 62;
@@ -265,36 +267,93 @@ fn key_values<'content>(
 /// Where the cgroup filesystems are mounted on this host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupMounts {
-    /// The cgroup2 mount point: `/sys/fs/cgroup` on v2 hosts, `/sys/fs/cgroup/unified` on
-    /// hybrid ones.
-    pub unified: Option<PathBuf>,
+    /// The cgroup2 mount: at `/sys/fs/cgroup` on v2 hosts, `/sys/fs/cgroup/unified` on hybrid
+    /// ones.
+    pub unified: Option<CgroupMount>,
     /// The v1 mount whose super options include `memory`, e.g. `/sys/fs/cgroup/memory`.
-    pub memory_v1: Option<PathBuf>,
+    pub memory_v1: Option<CgroupMount>,
     /// `<unified>/cgroup.controllers` lists `memory` (see [`lists_memory_controller`]);
     /// [`parse_mountinfo`] leaves it false.
     pub unified_has_memory: bool,
 }
 
+impl CgroupMounts {
+    /// This process's cgroup namespace roots below the mounts' roots, to resolve the paths
+    /// of /proc/PID/cgroup with ([`crate::cgroup::process_cgroups`]).
+    pub fn namespace_roots(&self) -> NamespaceRoots<'_> {
+        NamespaceRoots {
+            unified: namespace_root(self.unified.as_ref()),
+            memory_v1: namespace_root(self.memory_v1.as_ref()),
+        }
+    }
+}
+
+fn namespace_root(mount: Option<&CgroupMount>) -> Option<&str> {
+    mount?.namespace_root.as_deref()
+}
+
+/// One mounted cgroup hierarchy, and where this process's cgroup namespace root sits in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    /// How many levels the mount's root lies above this process's cgroup namespace root: 0
+    /// when mountinfo shows the root as `/` (the host's namespace, or a mount of the
+    /// namespace's own subtree), `n` for `/..` written `n` times (the host's hierarchy mounted
+    /// into a container with a namespace of its own).
+    pub levels_above_namespace_root: usize,
+    /// The namespace root's path below the mount's root (e.g.
+    /// `/kubepods.slice/.../cri-containerd-<id>.scope`): `/` when the mount's root is the
+    /// namespace root; `None` while not known. Below a mount's root, names are not in
+    /// mountinfo: the daemon finds them by looking for its own cgroup in the mount.
+    pub namespace_root: Option<String>,
+}
+
+impl CgroupMount {
+    /// A mount whose root is this process's namespace root (as in the host's namespace).
+    pub fn at_namespace_root(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            levels_above_namespace_root: 0,
+            namespace_root: Some("/".to_owned()),
+        }
+    }
+}
+
 /// Finds the cgroup mounts in /proc/self/mountinfo content; malformed lines are ignored.
 ///
-/// Only mounts of a hierarchy's root count (mountinfo's fourth field is `/`): a mount of a
-/// subtree, as a container without its own cgroup namespace sees, cannot be joined with the
-/// paths in /proc/PID/cgroup. The first of several qualifying mounts wins.
+/// Only mounts whose root is this process's cgroup namespace root or one of its ancestors
+/// count (mountinfo's fourth field is `/` or `/..` repeated, see
+/// [`levels_above_namespace_root`]): the paths in /proc/PID/cgroup, relative to that root, can
+/// be placed below those. Of several, the one reaching highest wins (the host's hierarchy
+/// mounted into a container rather than the container's own cgroup), then the first; a mount
+/// hidden by another mounted on top of it at the same place does not count.
 pub fn parse_mountinfo(content: &str) -> CgroupMounts {
+    let lines: Vec<MountinfoLine<'_>> = content.lines().filter_map(parse_mountinfo_line).collect();
+    let hidden = |line: &MountinfoLine<'_>| {
+        lines
+            .iter()
+            .any(|above| above.parent_id == line.mount_id && above.mount_point == line.mount_point)
+    };
     let mut mounts = CgroupMounts::default();
-    for line in content.lines() {
-        let Some(mount) = parse_mountinfo_line(line) else {
+    for line in &lines {
+        let Some(levels) = levels_above_namespace_root(line.root) else {
             continue;
         };
-        if mount.root != "/" {
-            continue;
-        }
-        match mount.filesystem_type {
-            "cgroup2" if mounts.unified.is_none() => mounts.unified = Some(mount.mount_point),
-            "cgroup" if mounts.memory_v1.is_none() && has_memory_option(mount.super_options) => {
-                mounts.memory_v1 = Some(mount.mount_point);
-            }
-            _ => {}
+        let slot = match line.filesystem_type {
+            "cgroup2" => &mut mounts.unified,
+            "cgroup" if has_memory_option(line.super_options) => &mut mounts.memory_v1,
+            _ => continue,
+        };
+        let reaches_higher = slot
+            .as_ref()
+            .is_none_or(|chosen| levels > chosen.levels_above_namespace_root);
+        if reaches_higher && !hidden(line) {
+            *slot = Some(CgroupMount {
+                path: line.mount_point.clone(),
+                levels_above_namespace_root: levels,
+                namespace_root: (levels == 0).then(|| "/".to_owned()),
+            });
         }
     }
     mounts
@@ -304,26 +363,27 @@ pub fn parse_mountinfo(content: &str) -> CgroupMounts {
 /// if mounted and the process has a memory line, else the unified hierarchy if it has the
 /// memory controller.
 ///
-/// `None` also when the path climbs out of the mount with `..`, as paths read from inside
-/// another cgroup namespace do: the directory would not be the process's cgroup.
+/// The paths are below the mounts' roots (resolved, see [`crate::cgroup::process_cgroups`]).
+/// `None` also when a path climbs out of the mount with `..`: the directory would not be the
+/// process's cgroup.
 pub fn memory_cgroup_dir(
     mounts: &CgroupMounts,
     unified_path: Option<&str>,
     memory_v1_path: Option<&str>,
 ) -> Option<(PathBuf, CgroupVersion)> {
     if let (Some(mount), Some(path)) = (&mounts.memory_v1, memory_v1_path) {
-        return Some((join_cgroup_path(mount, path)?, CgroupVersion::V1));
+        return Some((join_cgroup_path(&mount.path, path)?, CgroupVersion::V1));
     }
     match (&mounts.unified, unified_path) {
         (Some(mount), Some(path)) if mounts.unified_has_memory => {
-            Some((join_cgroup_path(mount, path)?, CgroupVersion::V2))
+            Some((join_cgroup_path(&mount.path, path)?, CgroupVersion::V2))
         }
         _ => None,
     }
 }
 
-/// `mount` joined with a cgroup path from /proc/PID/cgroup; `None` for paths that climb out of
-/// the mount (a process in another cgroup namespace).
+/// `mount` joined with a cgroup path below its root; `None` for paths that climb out of the
+/// mount.
 pub fn join_cgroup_path(mount: &Path, cgroup_path: &str) -> Option<PathBuf> {
     let mut directory = mount.to_path_buf();
     for component in Path::new(cgroup_path).components() {
@@ -349,7 +409,12 @@ pub fn lists_memory_controller(controllers: &str) -> bool {
 
 /// The fields of one mountinfo line that matter here.
 struct MountinfoLine<'line> {
-    /// Root of the mount within its filesystem (`/` unless a subtree is mounted).
+    /// This mount's id.
+    mount_id: u64,
+    /// The id of the mount it is mounted on.
+    parent_id: u64,
+    /// Root of the mount within its filesystem (`/` unless a subtree is mounted; for cgroups,
+    /// relative to the reader's cgroup namespace root).
     root: &'line str,
     /// Where it is mounted, octal escapes decoded.
     mount_point: PathBuf,
@@ -366,14 +431,16 @@ fn parse_mountinfo_line(line: &str) -> Option<MountinfoLine<'_>> {
     let [mount_id, parent_id, device, root, mount_point, _options, ..] = fields[..] else {
         return None;
     };
-    mount_id.parse::<u64>().ok()?;
-    parent_id.parse::<u64>().ok()?;
+    let mount_id = mount_id.parse::<u64>().ok()?;
+    let parent_id = parent_id.parse::<u64>().ok()?;
     device.contains(':').then_some(())?;
     let after_fields: Vec<&str> = after.split(' ').collect();
     let [filesystem_type, _source, super_options, ..] = after_fields[..] else {
         return None;
     };
     Some(MountinfoLine {
+        mount_id,
+        parent_id,
         root,
         mount_point: unescape_octal(mount_point),
         filesystem_type,

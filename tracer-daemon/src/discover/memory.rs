@@ -25,8 +25,9 @@ pub fn read_memory(dir: &Path, version: CgroupVersion) -> Result<MemoryFigures, 
     })
 }
 
-/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`; what cannot be read is
-/// left out with a warning.
+/// Reads /proc/self/mountinfo and `<unified>/cgroup.controllers`, and finds this agent's
+/// cgroup namespace root in each mount (see [`super::cgroup_namespace`]); what cannot be read
+/// is left out with a warning.
 pub fn read_cgroup_mounts() -> CgroupMounts {
     let mut mounts = match fs::read_to_string("/proc/self/mountinfo") {
         Ok(content) => parse_mountinfo(&content),
@@ -36,7 +37,7 @@ pub fn read_cgroup_mounts() -> CgroupMounts {
         }
     };
     if let Some(unified) = &mounts.unified {
-        let path = unified.join("cgroup.controllers");
+        let path = unified.path.join("cgroup.controllers");
         match fs::read_to_string(&path) {
             Ok(content) => mounts.unified_has_memory = lists_memory_controller(&content),
             Err(error) => {
@@ -44,6 +45,7 @@ pub fn read_cgroup_mounts() -> CgroupMounts {
             }
         }
     }
+    super::cgroup_namespace::locate_namespace_roots(&mut mounts);
     mounts
 }
 
@@ -119,12 +121,13 @@ mod tests {
     fn read_cgroup_mounts_matches_this_hosts_mountinfo() {
         let content = fs::read_to_string("/proc/self/mountinfo").expect("Linux has mountinfo");
         let (mounts, parsed) = (read_cgroup_mounts(), parse_mountinfo(&content));
+        let path = |mount: &Option<CgroupMount>| mount.as_ref().map(|m| m.path.clone());
         assert_eq!(
-            (&mounts.unified, &mounts.memory_v1),
-            (&parsed.unified, &parsed.memory_v1)
+            (path(&mounts.unified), path(&mounts.memory_v1)),
+            (path(&parsed.unified), path(&parsed.memory_v1))
         );
         let controllers = (parsed.unified)
-            .and_then(|unified| fs::read_to_string(unified.join("cgroup.controllers")).ok())
+            .and_then(|unified| fs::read_to_string(unified.path.join("cgroup.controllers")).ok())
             .unwrap_or_default();
         assert_eq!(
             mounts.unified_has_memory,

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use crate::discover::{
     cgroup::{self, QosClass, Runtime},
+    cgroup_namespace::NamespaceRoots,
     memory::{self, CgroupMounts, CgroupVersion, MemoryError, MemoryFigures},
     pods,
     process::read_proc_file,
@@ -176,6 +177,7 @@ impl Scanner {
             return view;
         };
         self.scans += 1;
+        let roots = mounts.namespace_roots();
         let mut known = HashMap::with_capacity(self.known.len());
         // One buffer for every process's files.
         let mut bytes = Vec::with_capacity(4096);
@@ -196,7 +198,7 @@ impl Scanner {
                 .filter(|process| process.inode == inode && inode > 1 && !due);
             let process = match remembered {
                 Some(process) => process,
-                None => match read_process(pid, entry.path(), inode, &mut bytes) {
+                None => match read_process(pid, entry.path(), inode, &mut bytes, &roots) {
                     Some(process) => process,
                     None => continue,
                 },
@@ -240,11 +242,9 @@ impl Scanner {
                 );
             }
             if exact_paths && container.unified_dir.is_none() {
-                container.unified_dir = mounts
-                    .unified
-                    .as_deref()
+                container.unified_dir = (mounts.unified.as_ref())
                     .zip(cgroups.unified.as_deref())
-                    .and_then(|(mount, path)| memory::join_cgroup_path(mount, path));
+                    .and_then(|(mount, path)| memory::join_cgroup_path(&mount.path, path));
             }
             let _ = container.pids.insert(pid);
             let _ = view.processes.insert(
@@ -264,14 +264,16 @@ impl Scanner {
     }
 }
 
-/// Reads a process's cgroup and, when it is in a pod's container, its name. `None` for a
-/// process in no container, or gone before it was read (skipped quietly), or whose cgroup
-/// file is malformed (with a warning).
+/// Reads a process's cgroup (its paths resolved against `roots`, this agent's cgroup
+/// namespace roots) and, when it is in a pod's container, its name. `None` for a process in no
+/// container, or gone before it was read (skipped quietly), or whose cgroup file is malformed
+/// (with a warning).
 fn read_process(
     pid: u32,
     mut dir: PathBuf,
     inode: u64,
     bytes: &mut Vec<u8>,
+    roots: &NamespaceRoots<'_>,
 ) -> Option<KnownProcess> {
     dir.push("cgroup");
     read_proc_file(&dir, bytes).ok()?;
@@ -280,7 +282,7 @@ fn read_process(
     // ids are ASCII, so a lossy conversion still finds them, but names no directory.
     let content = String::from_utf8_lossy(bytes);
     let exact_paths = matches!(content, Cow::Borrowed(_));
-    let cgroups = match cgroup::process_cgroups(&content) {
+    let cgroups = match cgroup::process_cgroups(&content, roots) {
         Ok(cgroups) => cgroups,
         Err(error) => {
             warn!(pid, %error, "skipping process with a malformed /proc/PID/cgroup");
@@ -344,7 +346,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::discover::test_log::{assert_one_warning, capture_warnings};
+    use crate::discover::{
+        memory::CgroupMount,
+        test_log::{assert_one_warning, capture_warnings},
+    };
 
     /// A real-format input of tracer-parse's fixtures (its tests pin how each parses).
     macro_rules! fixture {
@@ -451,7 +456,7 @@ mod tests {
             b"",
         );
         let mounts = CgroupMounts {
-            unified: Some(PathBuf::from("/sys/fs/cgroup")),
+            unified: Some(CgroupMount::at_namespace_root("/sys/fs/cgroup")),
             memory_v1: None,
             unified_has_memory: true,
         };
@@ -493,6 +498,46 @@ mod tests {
             warnings, 5,
             "a cut path (103), an empty file (106) or a process gone (107) warns of nothing: {log:#?}"
         );
+    }
+
+    #[test]
+    fn an_agent_in_its_own_cgroup_namespace_finds_a_pod_beside_its_own_and_its_directories() {
+        // The v1 memory hierarchy: the agent's namespace root is its own container's cgroup;
+        // the pod beside it reads as /../../pod<uid>/<id>. The unified hierarchy is unknown
+        // (its root was not found): no directory there, and nothing else lost.
+        let node = FakeNode::new("private");
+        node.process(
+            "201",
+            "worker",
+            fixture!("proc_cgroup_v1_cgroupfs_private_namespace.txt"),
+        );
+        let mounts = CgroupMounts {
+            unified: Some(CgroupMount {
+                path: PathBuf::from("/host/cgroup/unified"),
+                levels_above_namespace_root: 4,
+                namespace_root: None,
+            }),
+            memory_v1: Some(CgroupMount {
+                path: PathBuf::from("/host/cgroup/memory"),
+                levels_above_namespace_root: 4,
+                namespace_root: Some("/kubepods/burstable/pod0c1d0a4e/aaaa".to_owned()),
+            }),
+            unified_has_memory: false,
+        };
+        let view = scan(&node.paths, &mounts);
+        let pod = &view.pods["6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e"];
+        assert_eq!(pod.qos, QosClass::Burstable);
+        let container = pod.containers.values().next().expect("its container");
+        assert_eq!(
+            container.memory_dir,
+            Some((
+                PathBuf::from(
+                    "/host/cgroup/memory/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/17db96a24ae1e9dd57143e62b1cb0d2d35e693c65c774c7470e87b0572e07c1a"
+                ),
+                CgroupVersion::V1
+            ))
+        );
+        assert_eq!(container.unified_dir, None);
     }
 
     #[test]

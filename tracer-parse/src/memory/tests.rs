@@ -1,6 +1,7 @@
 //! Tests of the memory module.
 use super::CgroupVersion::{V1, V2};
 use super::*;
+use crate::cgroup_namespace::NamespaceRoots;
 
 const V1_FILES: [&str; 4] = [
     "memory.usage_in_bytes",
@@ -272,7 +273,9 @@ fn mountinfo_gives_unified_and_v1_memory_mounts_of_v2_hybrid_and_v1_hosts() {
         ("", (None, None)),
     ] {
         let mounts = parse_mountinfo(content);
-        let actual = (mounts.unified.as_deref(), mounts.memory_v1.as_deref());
+        let path = |mount: &Option<CgroupMount>| mount.as_ref().map(|m| m.path.clone());
+        let (unified, memory_v1) = (path(&mounts.unified), path(&mounts.memory_v1));
+        let actual = (unified.as_deref(), memory_v1.as_deref());
         let expected = (expected.0.map(Path::new), expected.1.map(Path::new));
         assert_eq!(
             actual,
@@ -284,7 +287,63 @@ fn mountinfo_gives_unified_and_v1_memory_mounts_of_v2_hybrid_and_v1_hosts() {
             !mounts.unified_has_memory,
             "parse_mountinfo does not read controllers"
         );
+        assert_eq!(
+            mounts.namespace_roots(),
+            NamespaceRoots {
+                unified: unified.map(|_| "/"),
+                memory_v1: memory_v1.map(|_| "/"),
+            },
+            "in the host's namespace, the mounts' roots are the namespace's"
+        );
     }
+}
+
+#[test]
+fn mountinfo_in_a_private_cgroup_namespace_gives_the_hosts_hierarchies_mounted_above_it() {
+    // A pod's container on a v2 host: the runtime's cgroup mount (its own cgroup) with the
+    // DaemonSet's hostPath of the host's /sys/fs/cgroup on top, four levels up.
+    let v2 = parse_mountinfo(include_str!(
+        "../fixtures/mountinfo_private_namespace_v2.txt"
+    ));
+    let host = |path: &str, levels| CgroupMount {
+        path: PathBuf::from(path),
+        levels_above_namespace_root: levels,
+        namespace_root: None,
+    };
+    assert_eq!(v2.unified, Some(host("/sys/fs/cgroup", 4)));
+    assert_eq!(v2.memory_v1, None);
+    assert_eq!(
+        v2.namespace_roots(),
+        NamespaceRoots::default(),
+        "where the namespace root sits below the mount is not in mountinfo"
+    );
+    // A hybrid host, v1 memory: each hierarchy has its own namespace root.
+    let hybrid = parse_mountinfo(include_str!(
+        "../fixtures/mountinfo_private_namespace_hybrid.txt"
+    ));
+    assert_eq!(hybrid.unified, Some(host("/sys/fs/cgroup/unified", 3)));
+    assert_eq!(hybrid.memory_v1, Some(host("/sys/fs/cgroup/memory", 4)));
+}
+
+#[test]
+fn of_several_cgroup_mounts_the_visible_one_reaching_highest_wins() {
+    let own = "10 1 0:27 / /sys/fs/cgroup ro - cgroup2 cgroup rw";
+    let host = "11 10 0:27 /../.. /sys/fs/cgroup ro - cgroup2 cgroup2 rw";
+    let beside = "12 1 0:27 /../pod-b /mnt/beside ro - cgroup2 cgroup2 rw";
+    let mounts = parse_mountinfo(&format!("{own}\n{host}\n{beside}\n"));
+    let unified = mounts.unified.expect("a mount");
+    assert_eq!(
+        (unified.levels_above_namespace_root, unified.namespace_root),
+        (2, None)
+    );
+    // The same two the other way round: the runtime's own mount hides the host's.
+    let hidden = "20 1 0:27 /../.. /sys/fs/cgroup ro - cgroup2 cgroup2 rw";
+    let on_top = "21 20 0:27 / /sys/fs/cgroup ro - cgroup2 cgroup rw";
+    let mounts = parse_mountinfo(&format!("{hidden}\n{on_top}\n"));
+    assert_eq!(
+        mounts.unified,
+        Some(CgroupMount::at_namespace_root("/sys/fs/cgroup"))
+    );
 }
 
 #[test]

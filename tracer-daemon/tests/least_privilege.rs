@@ -9,7 +9,7 @@ mod support;
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
 
-use support::{agent::*, node::*, *};
+use support::{agent::*, cgroupns::*, node::*, *};
 
 /// The unprivileged user the daemon runs as here.
 const UID: u32 = 65534;
@@ -41,9 +41,9 @@ fn owned_by_the_user(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// Runs the daemon as uid 65534 holding exactly `caps`, with `args`, tracing a leaking process
-/// in a pod, and checks it holds only those capabilities and reports the leak exactly; returns
-/// its log.
+/// Runs the daemon as uid 65534 holding exactly `caps`, with `args`, in a cgroup and cgroup
+/// namespace of its own as in a pod, tracing a leaking process in another pod, and checks it
+/// holds only those capabilities and reports the leak exactly; returns its log.
 fn trace_a_leaking_pod_with(label: &str, caps: &[String], args: &[&str]) -> String {
     assert!(!caps.is_empty(), "the manifest lists no capabilities");
     let root = temp_root(label);
@@ -65,15 +65,22 @@ fn trace_a_leaking_pod_with(label: &str, caps: &[String], args: &[&str]) -> Stri
 
     let mut all_args = vec!["--namespace", namespace.as_str()];
     all_args.extend_from_slice(args);
+    // As in a pod: its own container cgroup and cgroup namespace (joining the host's would take
+    // CAP_SYS_ADMIN), the pod under test elsewhere in the tree.
+    let own = AgentPodCgroups::new(label);
     let agent = Agent::start_with(
         &root,
         Launch {
-            wrapper: setpriv_with(caps),
+            wrapper: own.wrapper(&setpriv_with(caps)),
             socket: Some(root.join("run/tracer.sock")),
             ..Launch::default()
         },
         &all_args,
     );
+    assert_own_cgroup_namespace(agent.pid());
+    for resolved in own.resolved_lines() {
+        assert!(agent.stderr().contains(&resolved), "{}", agent.stderr());
+    }
     // Really unprivileged: not uid 0, and exactly the listed capabilities.
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("daemon status");

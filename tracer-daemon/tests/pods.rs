@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{agent::*, node::*, *};
+use support::{agent::*, cgroupns::*, node::*, *};
 
 #[test]
 fn each_pod_report_names_its_own_leaking_function_with_exact_bytes() {
@@ -476,8 +476,11 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
             .find(|s| s["frames"][0]["function"] == "leak_slowly")
             .map(|s| s["growth"].clone())
             .unwrap_or_default();
+        // A stack the scanner has not sampled yet has no growth at all (no class either).
         let measured = growth["samples"].as_u64().is_some_and(|n| n >= 2)
-            || growth["class"] != "insufficient_data";
+            || growth["class"]
+                .as_str()
+                .is_some_and(|class| class != "insufficient_data");
         if measured || Instant::now() > deadline {
             break early;
         }
@@ -508,11 +511,10 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
             "{text}"
         );
     }
-    // The window is 4 s with a sample every 200 ms: after 3 s the cache has been flat for the
-    // whole recent half while the leak kept growing.
-    std::thread::sleep(Duration::from_secs(2));
-    let report = agent.ctl_json(&["top", &pod.display(), "--sort", "growth"]);
-    let class_of = |function: &str| -> String {
+    // The window is 4 s with a sample every 200 ms: once its samples span half of it the leak
+    // is classed; by then the cache has been flat for the whole recent half while the leak
+    // kept growing.
+    let class_in = |report: &Value, function: &str| -> String {
         report["containers"][0]["stacks"]
             .as_array()
             .expect("stacks")
@@ -521,6 +523,15 @@ fn a_leak_is_classed_growing_and_a_filled_cache_levelling_off_with_time_to_limit
             .map(|s| s["growth"]["class"].as_str().unwrap_or("?").to_owned())
             .unwrap_or_else(|| panic!("{function} missing: {report:#}"))
     };
+    let deadline = Instant::now() + TIMEOUT;
+    let report = loop {
+        let report = agent.ctl_json(&["top", &pod.display(), "--sort", "growth"]);
+        if class_in(&report, "leak_slowly") != "insufficient_data" || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let class_of = |function: &str| class_in(&report, function);
     assert_eq!(class_of("leak_slowly"), "growing", "{report:#}");
     // The samples behind the class reach the client (they were 0 in every report).
     let leak = report["containers"][0]["stacks"]
@@ -647,26 +658,13 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
     let mut workload = Workload::start(&workload("one_leak_site"), &[]);
     pod.place(workload.pid, "app");
 
-    // The agent's own pod and container cgroups, one per hierarchy, beside the pod's.
-    let agent_pod = format!("kubepods/burstable/tracer-agent-{}", std::process::id());
-    let roots = Mounts::read().roots();
-    let own = AgentCgroups(
-        (roots.iter())
-            .map(|r| r.join(&agent_pod).join("agent"))
-            .collect(),
-    );
-    let script = format!(
-        "for d in {}; do mkdir -p \"$d\" && echo $$ > \"$d/cgroup.procs\" || exit 1; done; \
-         exec unshare --cgroup \"$0\" \"$@\"",
-        (own.0.iter())
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    // The agent's own pod and container cgroups, one per hierarchy, beside the pod's (dropped
+    // after the agent, once it has left them).
+    let own = AgentPodCgroups::new("tracer-agent");
     let agent = Agent::start_with(
         &root,
         Launch {
-            wrapper: vec!["sh".into(), "-c".into(), script],
+            wrapper: own.wrapper(&[]),
             ..Launch::default()
         },
         &["--namespace", &namespace],
@@ -675,14 +673,9 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
     // namespace's root in each hierarchy.
     let agent_cgroup =
         std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("agent cgroup");
-    assert!(agent_cgroup.contains(&agent_pod), "{agent_cgroup}");
+    assert!(agent_cgroup.contains(&own.pod), "{agent_cgroup}");
     assert_own_cgroup_namespace(agent.pid());
-    for dir in &own.0 {
-        let resolved = format!(
-            "cgroup paths resolved against this agent's cgroup namespace root {} (private \
-             cgroup namespace)",
-            dir.display()
-        );
+    for resolved in own.resolved_lines() {
         assert!(agent.stderr().contains(&resolved), "{}", agent.stderr());
     }
 
@@ -700,40 +693,6 @@ fn an_agent_in_its_own_cgroup_namespace_still_reads_pods_memory_as_the_host_does
         "{report:#}"
     );
     assert_own_cgroup_namespace(agent.pid());
-}
-
-/// The agent's own container cgroups (one per hierarchy), removed with their parent on drop,
-/// once the agent has left them.
-struct AgentCgroups(Vec<PathBuf>);
-
-impl Drop for AgentCgroups {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for dir in
-            (self.0.iter()).flat_map(|d| [Some(d.as_path()), d.parent()].into_iter().flatten())
-        {
-            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-/// Every thread of `pid` is in another cgroup namespace than this test's (the host's here).
-fn assert_own_cgroup_namespace(pid: u32) {
-    let ours = std::fs::read_link("/proc/self/ns/cgroup").expect("our cgroup namespace");
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
-    for task in tasks.flatten() {
-        let Ok(theirs) = std::fs::read_link(task.path().join("ns/cgroup")) else {
-            continue;
-        };
-        assert_ne!(
-            theirs,
-            ours,
-            "thread {} of the agent joined this test's cgroup namespace",
-            task.file_name().to_string_lossy()
-        );
-    }
 }
 
 #[test]

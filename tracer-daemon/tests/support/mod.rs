@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub(crate) mod agent;
+pub(crate) mod cgroupns;
 pub(crate) mod docker;
 pub(crate) mod faults;
 pub(crate) mod links;

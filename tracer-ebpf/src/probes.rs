@@ -1,5 +1,5 @@
-//! Entry points: one uprobe program per kind of allocator entry and one uretprobe program per
-//! kind of return. The daemon's table (`attach::functions`) puts each on every symbol whose
+//! Entry points: one uprobe program per kind of allocator entry, one uretprobe program for
+//! every return that hands out a block (`alloc_exit`) and one for mmap's. The daemon's table (`attach::functions`) puts each on every symbol whose
 //! arguments sit in the same registers (C++'s operator new and delete, jemalloc's and
 //! mimalloc's APIs); where the kernel has uprobe sessions, malloc's pair gives way to one
 //! session program (`session`).
@@ -63,24 +63,12 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn malloc_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::MALLOC);
-    0
-}
-
 // ---- calloc(nmemb, size) ----
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let size = array_bytes(arg(&ctx, 0), arg(&ctx, 1));
     let _ = thread_state::enter(&ctx, AllocFn::CALLOC, size, 0);
-    0
-}
-
-#[uretprobe]
-pub fn calloc_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::CALLOC);
     0
 }
 
@@ -92,22 +80,10 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
-    resize_returned(&ctx, AllocFn::REALLOC);
-    0
-}
-
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let size = array_bytes(arg(&ctx, 1), arg(&ctx, 2));
     resize_entered(&ctx, AllocFn::REALLOCARRAY, arg(&ctx, 0), size);
-    0
-}
-
-#[uretprobe]
-pub fn reallocarray_exit(ctx: RetProbeContext) -> u32 {
-    resize_returned(&ctx, AllocFn::REALLOCARRAY);
     0
 }
 
@@ -125,27 +101,6 @@ fn resize_entered(ctx: &ProbeContext, func: AllocFn, old: u64, size: u64) {
             state.stash_valid = 1;
         }
     }
-}
-
-fn resize_returned(ctx: &RetProbeContext, func: AllocFn) {
-    let Some(state) = thread_state::exit(func) else {
-        return;
-    };
-    let (tgid, _) = current();
-    let new: u64 = ctx.ret();
-    if new != 0 {
-        if state.sampled == 1 {
-            heap::record(ctx, tgid, new, state.size_bytes, state.sample_bytes);
-        }
-    } else if state.size_bytes != 0 || state.arg == 0 {
-        // Failed: realloc(p, n > 0) returned NULL and p is still the caller's.
-        bump(Stat::FAILED_CALLS);
-        if state.stash_valid == 1 {
-            heap::restore(tgid, state.arg, &state.stash);
-        }
-    }
-    // realloc(p, 0) returning NULL freed p, which left the books at entry.
-    state.stash_valid = 0;
 }
 
 // ---- free(ptr) ----
@@ -174,40 +129,11 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
-    let Some(state) = thread_state::exit(AllocFn::POSIX_MEMALIGN) else {
-        return 0;
-    };
-    let status: i32 = ctx.ret();
-    if status != 0 {
-        bump(Stat::FAILED_CALLS);
-        return 0;
-    }
-    // The result is only in the caller's out-pointer, written just before the return.
-    // SAFETY: a user-memory read; the helper checks the address.
-    match unsafe { bpf_probe_read_user(state.arg as *const u64) } {
-        Ok(_) if state.sampled == 0 => {}
-        Ok(ptr) if ptr != 0 => {
-            let (tgid, _) = current();
-            heap::record(&ctx, tgid, ptr, state.size_bytes, state.sample_bytes);
-        }
-        _ => bump(Stat::FAILED_CALLS),
-    }
-    0
-}
-
 // ---- aligned_alloc(alignment, size), memalign(alignment, size), valloc(size), pvalloc(size) ----
 
 #[uprobe]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
     let _ = thread_state::enter(&ctx, AllocFn::ALIGNED_ALLOC, arg(&ctx, 1), 0);
-    0
-}
-
-#[uretprobe]
-pub fn aligned_alloc_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::ALIGNED_ALLOC);
     0
 }
 
@@ -217,21 +143,9 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn memalign_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::MEMALIGN);
-    0
-}
-
 #[uprobe]
 pub fn valloc_enter(ctx: ProbeContext) -> u32 {
     let _ = thread_state::enter(&ctx, AllocFn::VALLOC, arg(&ctx, 0), 0);
-    0
-}
-
-#[uretprobe]
-pub fn valloc_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::VALLOC);
     0
 }
 
@@ -243,18 +157,62 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The return of every allocator call that hands out a block (malloc, calloc, realloc,
+/// reallocarray, posix_memalign, memalign, aligned_alloc, valloc, pvalloc, and the jemalloc,
+/// mimalloc and C++ names the daemon's table gives them): one program for all, which the
+/// thread's state tells apart. The kernel verifies each program at load, most of a second for
+/// one that carries the stack walker; one program instead of nine is most of the agent's
+/// startup.
 #[uretprobe]
-pub fn pvalloc_exit(ctx: RetProbeContext) -> u32 {
-    pointer_returned(&ctx, AllocFn::PVALLOC);
-    0
-}
-
-/// Shared return path of every call whose result is the new block's address.
-fn pointer_returned(ctx: &RetProbeContext, func: AllocFn) {
-    let Some(state) = thread_state::exit(func) else {
-        return;
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    let Some((func, state)) = thread_state::exit_outermost() else {
+        return 0;
     };
-    record_returned(ctx, ctx.ret(), state);
+    let ret: u64 = ctx.ret();
+    let block = match func {
+        AllocFn::REALLOC | AllocFn::REALLOCARRAY => {
+            let stash_valid = state.stash_valid;
+            // realloc(p, 0) returning NULL freed p, which left the books at entry.
+            state.stash_valid = 0;
+            if ret == 0 {
+                if state.size_bytes != 0 || state.arg == 0 {
+                    // Failed: realloc(p, n > 0) returned NULL and p is still the caller's.
+                    bump(Stat::FAILED_CALLS);
+                    if stash_valid == 1 {
+                        let (tgid, _) = current();
+                        heap::restore(tgid, state.arg, &state.stash);
+                    }
+                }
+                return 0;
+            }
+            ret
+        }
+        AllocFn::POSIX_MEMALIGN => {
+            if ret as i32 != 0 {
+                bump(Stat::FAILED_CALLS);
+                return 0;
+            }
+            if state.sampled == 0 {
+                return 0;
+            }
+            // The result is only in the caller's out-pointer, written just before the return.
+            // SAFETY: a user-memory read; the helper checks the address.
+            unsafe { bpf_probe_read_user(state.arg as *const u64) }.unwrap_or(0)
+        }
+        AllocFn::MALLOC
+        | AllocFn::CALLOC
+        | AllocFn::MEMALIGN
+        | AllocFn::ALIGNED_ALLOC
+        | AllocFn::VALLOC
+        | AllocFn::PVALLOC => ret,
+        // An outermost call this program is not attached to the return of (mmap has its own).
+        _ => {
+            bump(Stat::RETURNS_WITHOUT_ENTRY);
+            return 0;
+        }
+    };
+    record_returned(&ctx, block, state);
+    0
 }
 
 /// Records the block an outermost call returned (classic return probe or session return).

@@ -138,6 +138,17 @@ pub(crate) fn enter_session<C: EbpfContext>(
 /// Called at every traced return. Returns the state of the outermost call when this is its
 /// return, `None` for a nested return or a return without a matching entry.
 pub(crate) fn exit(func: AllocFn) -> Option<&'static mut ThreadState> {
+    let (outermost, state) = exit_outermost()?;
+    if outermost != func {
+        bump(Stat::RETURNS_WITHOUT_ENTRY);
+        return None;
+    }
+    Some(state)
+}
+
+/// [`exit`] for a program on the return of several functions: the outermost call's function
+/// and state when this is its return, whichever function it is.
+pub(crate) fn exit_outermost() -> Option<(AllocFn, &'static mut ThreadState)> {
     let (tgid, tid) = current();
     if tgid == daemon_tgid() {
         return None;
@@ -156,12 +167,9 @@ pub(crate) fn exit(func: AllocFn) -> Option<&'static mut ThreadState> {
     if state.depth > 0 {
         return None;
     }
-    if state.func != func.0 {
-        bump(Stat::RETURNS_WITHOUT_ENTRY);
-        return None;
-    }
+    let func = AllocFn(state.func);
     state.func = AllocFn::NONE.0;
-    Some(state)
+    Some((func, state))
 }
 
 /// True when the calling thread is inside a traced allocator call (so a munmap it makes is

@@ -58,7 +58,7 @@ const RDI_RSI: &[Register] = &[Register::RDI, Register::RSI];
 
 /// An allocation whose size is the first argument and whose result is the block.
 const fn malloc_like(symbol: &'static str) -> AllocatorFunction {
-    function(symbol, "malloc_enter", Some("malloc_exit"), RDI)
+    function(symbol, "malloc_enter", Some("alloc_exit"), RDI)
 }
 
 /// A free of the block in the first argument.
@@ -98,34 +98,34 @@ pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
         required: true,
         ..free_like("free", ProbeRule::Always)
     },
-    function("calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
-    function("realloc", "realloc_enter", Some("realloc_exit"), RDI_RSI),
+    function("calloc", "calloc_enter", Some("alloc_exit"), RDI_RSI),
+    function("realloc", "realloc_enter", Some("alloc_exit"), RDI_RSI),
     function(
         "reallocarray",
         "reallocarray_enter",
-        Some("reallocarray_exit"),
+        Some("alloc_exit"),
         &[Register::RDI, Register::RSI, Register::RDX],
     ),
     function(
         "posix_memalign",
         "posix_memalign_enter",
-        Some("posix_memalign_exit"),
+        Some("alloc_exit"),
         &[Register::RDI, Register::RDX],
     ),
     function(
         "memalign",
         "memalign_enter",
-        Some("memalign_exit"),
+        Some("alloc_exit"),
         &[Register::RSI],
     ),
     function(
         "aligned_alloc",
         "aligned_alloc_enter",
-        Some("aligned_alloc_exit"),
+        Some("alloc_exit"),
         &[Register::RSI],
     ),
-    function("valloc", "valloc_enter", Some("valloc_exit"), RDI),
-    function("pvalloc", "pvalloc_enter", Some("pvalloc_exit"), RDI),
+    function("valloc", "valloc_enter", Some("alloc_exit"), RDI),
+    function("pvalloc", "pvalloc_enter", Some("alloc_exit"), RDI),
     // mmap's flags are its fourth argument: %rcx in the C calling convention.
     function(
         "mmap",
@@ -162,47 +162,47 @@ pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
     // jemalloc's own API: mallocx(size, flags), rallocx(ptr, size, flags), dallocx(ptr, flags),
     // sdallocx(ptr, size, flags).
     malloc_like("mallocx"),
-    function("rallocx", "realloc_enter", Some("realloc_exit"), RDI_RSI),
+    function("rallocx", "realloc_enter", Some("alloc_exit"), RDI_RSI),
     free_like("dallocx", ProbeRule::Always),
     free_like("sdallocx", ProbeRule::Always),
     // jemalloc built with a prefix (--with-jemalloc-prefix=je_): the program calls these
     // directly, next to the C library's own malloc.
     malloc_like("je_malloc"),
     free_like("je_free", ProbeRule::Always),
-    function("je_calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
-    function("je_realloc", "realloc_enter", Some("realloc_exit"), RDI_RSI),
+    function("je_calloc", "calloc_enter", Some("alloc_exit"), RDI_RSI),
+    function("je_realloc", "realloc_enter", Some("alloc_exit"), RDI_RSI),
     function(
         "je_posix_memalign",
         "posix_memalign_enter",
-        Some("posix_memalign_exit"),
+        Some("alloc_exit"),
         &[Register::RDI, Register::RDX],
     ),
     function(
         "je_aligned_alloc",
         "aligned_alloc_enter",
-        Some("aligned_alloc_exit"),
+        Some("alloc_exit"),
         &[Register::RSI],
     ),
     malloc_like("je_mallocx"),
-    function("je_rallocx", "realloc_enter", Some("realloc_exit"), RDI_RSI),
+    function("je_rallocx", "realloc_enter", Some("alloc_exit"), RDI_RSI),
     free_like("je_dallocx", ProbeRule::Always),
     free_like("je_sdallocx", ProbeRule::Always),
     // Rust's tikv-jemallocator builds jemalloc into the executable with the `_rjem_` prefix
     // and calls these (malloc/calloc/realloc when the alignment is the default, the *x
     // variants otherwise, sdallocx to free).
     malloc_like("_rjem_malloc"),
-    function("_rjem_calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
+    function("_rjem_calloc", "calloc_enter", Some("alloc_exit"), RDI_RSI),
     function(
         "_rjem_realloc",
         "realloc_enter",
-        Some("realloc_exit"),
+        Some("alloc_exit"),
         RDI_RSI,
     ),
     malloc_like("_rjem_mallocx"),
     function(
         "_rjem_rallocx",
         "realloc_enter",
-        Some("realloc_exit"),
+        Some("alloc_exit"),
         RDI_RSI,
     ),
     free_like("_rjem_free", ProbeRule::Always),
@@ -212,15 +212,15 @@ pub const ALLOCATOR_FUNCTIONS: &[AllocatorFunction] = &[
     // crate calls the aligned variants: size first, then alignment).
     malloc_like("mi_malloc"),
     free_like("mi_free", ProbeRule::Always),
-    function("mi_calloc", "calloc_enter", Some("calloc_exit"), RDI_RSI),
-    function("mi_realloc", "realloc_enter", Some("realloc_exit"), RDI_RSI),
+    function("mi_calloc", "calloc_enter", Some("alloc_exit"), RDI_RSI),
+    function("mi_realloc", "realloc_enter", Some("alloc_exit"), RDI_RSI),
     malloc_like("mi_zalloc"),
     malloc_like("mi_malloc_aligned"),
     malloc_like("mi_zalloc_aligned"),
     function(
         "mi_realloc_aligned",
         "realloc_enter",
-        Some("realloc_exit"),
+        Some("alloc_exit"),
         RDI_RSI,
     ),
 ];

@@ -41,13 +41,21 @@ fn owned_by_the_user(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// A test root the unprivileged daemon can reach, with its state and socket dirs its own.
+fn unprivileged_root(label: &str) -> std::path::PathBuf {
+    let root = temp_root(label);
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    owned_by_the_user(&root.join("state"));
+    owned_by_the_user(&root.join("run"));
+    root
+}
+
 /// Runs the daemon as uid 65534 holding exactly `caps`, with `args`, in a cgroup and cgroup
 /// namespace of its own as in a pod, tracing a leaking process in another pod, and checks it
 /// holds only those capabilities and reports the leak exactly; returns its log.
 fn trace_a_leaking_pod_with(label: &str, caps: &[String], args: &[&str]) -> String {
     assert!(!caps.is_empty(), "the manifest lists no capabilities");
-    let root = temp_root(label);
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = unprivileged_root(label);
     let namespace = format!("{label}-{}", std::process::id());
     let pod = FakePod::create(
         &namespace,
@@ -60,8 +68,6 @@ fn trace_a_leaking_pod_with(label: &str, caps: &[String], args: &[&str]) -> Stri
     );
     let mut leaker = Workload::start(&workload("one_leak_site"), &[]);
     pod.place(leaker.pid, "app");
-    owned_by_the_user(&root.join("state"));
-    owned_by_the_user(&root.join("run"));
 
     let mut all_args = vec!["--namespace", namespace.as_str()];
     all_args.extend_from_slice(args);
@@ -151,10 +157,7 @@ fn the_overlay_for_kernels_before_6_6_traces_through_perf_event_uprobes() {
 fn without_uprobe_multi_the_install_stops_naming_cap_sys_admin_and_the_overlay() {
     require_root();
     let caps = support::manifest::capabilities();
-    let root = temp_root("least-privilege-no-multi");
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    owned_by_the_user(&root.join("state"));
-    owned_by_the_user(&root.join("run"));
+    let root = unprivileged_root("least-privilege-no-multi");
     let (status, stderr) = run_until_exit(&caps, &root, &["--uprobe-links", "perf-event"]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -210,10 +213,7 @@ fn run_until_exit(
 fn each_capability_dropped_from_the_manifests_list_is_named_at_startup() {
     require_root();
     let caps = support::manifest::capabilities();
-    let root = temp_root("least-privilege-drop");
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    owned_by_the_user(&root.join("state"));
-    owned_by_the_user(&root.join("run"));
+    let root = unprivileged_root("least-privilege-drop");
     for dropped in &caps {
         let kept: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
         let (status, stderr) = run_until_exit(&kept, &root, &[]);

@@ -139,7 +139,7 @@ pub fn locate_namespace_roots(mounts: &mut CgroupMounts) {
             Err(error) => warn!(
                 hierarchy = hierarchy.as_str(),
                 mount = %mount.path.display(),
-                error = %error_chain(&error),
+                error = %crate::error_chain(&error),
                 "cannot find this agent's cgroup namespace root in the host's cgroup hierarchy, \
                  so pods' cgroups there cannot be read: no memory figures or limits (nor, in \
                  the unified hierarchy, growth profiles and pressure triggers). Run the agent \
@@ -269,18 +269,6 @@ fn shares_init_cgroup_namespace() -> Option<bool> {
     let ours = fs::read_link("/proc/self/ns/cgroup").ok()?;
     let init = fs::read_link("/proc/1/ns/cgroup").ok()?;
     Some(ours == init)
-}
-
-/// The error and its sources, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
